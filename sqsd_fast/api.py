@@ -1,0 +1,165 @@
+"""Public ops: per-sample factor-gradient statistics and their LoRA composition.
+
+One interface, several backends (``"reference"``, ``"cpp"``, ``"triton"``), chosen per call
+with ``backend=`` or automatically (``"auto"``) for the tensors' device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from functools import lru_cache
+
+import torch
+
+from sqsd_fast import validation as checks
+
+_BACKEND_MODULES = {
+    "reference": "sqsd_fast.backends.reference_backend",
+    "cpp": "sqsd_fast.backends.cpp",
+    "triton": "sqsd_fast.backends.triton_backend",
+}
+# Tried in order by backend="auto". On CUDA both fast backends exist; which one wins is a
+# benchmark question (benchmarks/bench_kernels.py), so the order here is only a default.
+_AUTO_ORDER = {"cuda": ("triton", "cpp"), "cpu": ("cpp",)}
+_BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `make test`) in the sqsd_fast checkout"
+
+
+@lru_cache(maxsize=None)
+def _backend_module(name: str):
+    try:
+        return importlib.import_module(_BACKEND_MODULES[name])
+    except ImportError:
+        return None
+
+
+def backend_available(name: str, device: torch.device | str = "cpu") -> bool:
+    """Whether ``backend=name`` can run on ``device`` in this installation."""
+    module = _backend_module(checks.check_choice("backend", name, tuple(_BACKEND_MODULES)))
+    return module is not None and module.is_available(torch.device(device))
+
+
+@lru_cache(maxsize=None)
+def _warn_reference_fallback(device_type: str, reason: str) -> None:
+    # lru_cache makes this warn once per (device, reason), not once per module per batch.
+    warnings.warn(
+        f"sqsd_fast: no fast backend is available for {device_type} tensors ({reason}); "
+        f"using the slow float64 reference. To get the fast one, {_BUILD_HINT}.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turns ``"auto"`` into the fastest available backend name; checks a named one exists."""
+    backend = checks.check_choice("backend", backend, checks.BACKENDS)
+    if backend != "auto":
+        module = _backend_module(backend)
+        if module is None or not module.is_available(device):
+            reason = module.unavailable_reason(device) if module is not None else "its module failed to import"
+            raise RuntimeError(f"backend={backend!r} is not available for {device.type} tensors: {reason}")
+        return backend
+    reasons = []
+    for name in _AUTO_ORDER.get(device.type, ()):
+        module = _backend_module(name)
+        if module is not None and module.is_available(device):
+            return name
+        reasons.append(f"{name}: " + (module.unavailable_reason(device) if module else "module failed to import"))
+    _warn_reference_fallback(device.type, "; ".join(reasons) or "none is built for this device")
+    return "reference"
+
+
+def factor_grad_stats(a, b, cu_seqlens, dirs=None, gram="none", backend="auto", check_inputs=True):
+    """Per-sample statistics of ``G_s = sum_{t in s} a_t b_t^T`` without forming ``G_s`` (sqsd.md §4).
+
+    Args:
+        a: (N, p) and b: (N, q), float32 / bfloat16 / float16 (float64 for the reference),
+            the same dtype; any strides. Rows of sample s are ``cu_seqlens[s]:cu_seqlens[s+1]``.
+        cu_seqlens: (S+1,) int32/int64 offsets, 0 = c[0] <= ... <= c[S] = N.
+        dirs: (K, p, q) directions, or None.
+        gram: "left" -> (S, p, p) ``G G^T``; "right" -> (S, q, q) ``G^T G``;
+            "frobenius" -> (S,) ``||G||_F^2``; "none" -> None.
+        backend: "auto", "reference", "cpp" or "triton".
+        check_inputs: also check the values of ``cu_seqlens`` (a host sync on GPU). Shapes,
+            dtypes and devices are always checked.
+
+    Returns:
+        ``(proj, gram)``: proj (S, K) float32 with ``proj[s, k] = <G_s, dirs[k]>`` ((S, 0)
+        when dirs is None) and the gram statistic in float32 (or None).
+    """
+    a, b, offsets, dirs, gram, backend = checks.check_factor_grad_stats_inputs(
+        a, b, cu_seqlens, dirs, gram, backend, check_values=check_inputs
+    )
+    name = resolve_backend(backend, a.device)
+    with torch.no_grad():
+        return _backend_module(name).factor_grad_stats(a, b, offsets, dirs, gram)
+
+
+def project_directions(A, B, dir_A, dir_B):
+    """The directions as seen by the factor gradients at the state (A, B) (sqsd.md §3).
+
+    A: (r, d_in), B: (d_out, r), dir_A: (K, r_d, d_in), dir_B: (K, d_out, r_d).
+    Returns float32 ``V_A = (B^T dir_B) dir_A``: (K, r, d_in) and ``V_B = dir_B (dir_A A^T)``:
+    (K, d_out, r), so that ``<dW, D> = -(<G_A, V_A> + <G_B, V_B>)``.
+    """
+    checks.check_lora_factors(A, B, dir_A, dir_B)
+    with torch.no_grad():
+        A32, B32 = A.float(), B.float()
+        dA, dB = dir_A.float(), dir_B.float()
+        V_A = (B32.T @ dB) @ dA
+        V_B = dB @ (dA @ A32.T)
+    return V_A, V_B
+
+
+def lora_update_stats_projected(x, h, u, e, cu_seqlens, A, B, V_A, V_B, backend="auto", check_inputs=True):
+    """:func:`lora_update_stats` with the directions already passed through :func:`project_directions`.
+
+    Use it to reuse ``V_A``, ``V_B`` across batches of one (state, direction) pair.
+    """
+    checks.check_lora_activations(x, h, u, e, A, B, V_A, V_B)
+    with torch.no_grad():
+        proj_A, gram_A = factor_grad_stats(u, x, cu_seqlens, V_A, "left", backend, check_inputs)
+        proj_B, gram_B = factor_grad_stats(e, h, cu_seqlens, V_B, "right", backend, check_inputs)
+        # The cross term 2 <G_B A, B G_A> = 2 ||H^T U||_F^2 (sqsd.md §3): G_s = sum_t h_t u_t^T.
+        _, cross = factor_grad_stats(h, u, cu_seqlens, None, "frobenius", backend, False)
+        A32, B32 = A.float(), B.float()
+        sqnorm = (
+            (gram_B * (A32 @ A32.T)).sum(dim=(1, 2))
+            + (gram_A * (B32.T @ B32)).sum(dim=(1, 2))
+            + 2.0 * cross
+        )
+        dot = -(proj_A + proj_B)
+    return dot, sqnorm
+
+
+def lora_update_stats(x, h, u, e, cu_seqlens, A, B, dir_A, dir_B, backend="auto", check_inputs=True):
+    """Inner products and norms of one LoRA module's per-sample induced updates (sqsd.md §3).
+
+    For sample s the induced update is ``dW_s = -(G_B A + B G_A)`` with
+    ``G_A = sum_t u_t x_t^T`` and ``G_B = sum_t e_t h_t^T``; direction k is
+    ``D_k = dir_B[k] @ dir_A[k]``. No d_out x d_in matrix is formed.
+
+    Args:
+        x: (N, d_in) input of lora_A; h: (N, r) input of lora_B (= A x);
+        u: (N, r) gradient at the output of lora_A (= B^T e); e: (N, d_out) gradient at the
+            output of lora_B (including the LoRA scaling). One dtype for all four.
+        cu_seqlens: (S+1,) sample offsets into the N rows.
+        A: (r, d_in), B: (d_out, r): the state's LoRA factors.
+        dir_A: (K, r_d, d_in), dir_B: (K, d_out, r_d): the directions' factors.
+
+    Returns:
+        ``dot`` (S, K) = ``<dW_s, D_k>`` and ``sqnorm`` (S,) = ``||dW_s||_F^2``, float32.
+        The norm identity assumes h = A x and u = B^T e, as captured from a LoRA module.
+    """
+    V_A, V_B = project_directions(A, B, dir_A, dir_B)
+    return lora_update_stats_projected(x, h, u, e, cu_seqlens, A, B, V_A, V_B, backend, check_inputs)
+
+
+def direction_sqnorm(dir_A, dir_B):
+    """``||dir_B[k] @ dir_A[k]||_F^2`` for each k, as ``<B_d^T B_d, A_d A_d^T>`` (float32, (K,))."""
+    checks.check_direction_factors(dir_A, dir_B)
+    with torch.no_grad():
+        dA, dB = dir_A.double(), dir_B.double()
+        gram_B = dB.transpose(1, 2) @ dB  # (K, r_d, r_d)
+        gram_A = dA @ dA.transpose(1, 2)  # (K, r_d, r_d)
+        return (gram_B * gram_A).sum(dim=(1, 2)).float()

@@ -1,0 +1,1 @@
+"""Fast implementations of ``factor_grad_stats``; each module follows docs/CONTRACTS.md."""
