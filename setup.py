@@ -1,0 +1,93 @@
+"""Build driver: runs CMake (CMakeLists.txt describes the native code) and copies the built
+sqsd_fast._C library into the package.
+
+    pip install --no-build-isolation -e .
+
+Environment:
+    SQSD_FAST_NO_CUDA=1       skip the CUDA kernels even where nvcc and a CUDA torch exist
+    MAX_JOBS=N                parallel compile jobs (default: all cores)
+    TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (default: the visible GPUs, else torch's list)
+    SQSD_FAST_BUILD_TYPE      CMake build type (default Release)
+    SQSD_FAST_BUILD_DIR       CMake build folder (default build/cmake)
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    """An extension whose sources CMake knows; setuptools only names its output."""
+
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+def _cuda_wanted(torch) -> bool:
+    if os.environ.get("SQSD_FAST_NO_CUDA", "0") not in ("", "0"):
+        return False
+    if torch.version.cuda is None:
+        return False
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc_in_home = cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists()
+    return bool(shutil.which("nvcc") or nvcc_in_home)
+
+
+def _cuda_architectures(torch) -> str:
+    """CMake's CUDA_ARCHITECTURES ("80;90") from TORCH_CUDA_ARCH_LIST, the GPUs, or torch."""
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if arch_list:
+        archs = arch_list.replace(" ", ";").split(";")
+    elif torch.cuda.is_available():
+        archs = sorted({"%d.%d" % torch.cuda.get_device_capability(i)
+                        for i in range(torch.cuda.device_count())})
+    else:
+        archs = [a.split("_")[1] for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+        archs = [f"{a[:-1]}.{a[-1]}" for a in archs]
+    archs = [a.replace("+PTX", "").replace(".", "") for a in archs if a]
+    return ";".join(archs) or "native"
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        import torch  # a build requirement; imported late so `setup.py --help` works without it
+
+        # A fixed folder (not setuptools' temporary one) keeps rebuilds incremental.
+        build_dir = Path(os.environ.get("SQSD_FAST_BUILD_DIR", ROOT / "build" / "cmake")).resolve()
+        build_dir.mkdir(parents=True, exist_ok=True)
+        with_cuda = _cuda_wanted(torch)
+        args = [
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('SQSD_FAST_BUILD_TYPE', 'Release')}",
+            f"-DSQSD_FAST_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
+        ]
+        if with_cuda:
+            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={_cuda_architectures(torch)}")
+        if shutil.which("ninja"):
+            args.append("-GNinja")
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+
+        jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        subprocess.run(["cmake", "--build", str(build_dir), "--target", "_C", "-j", jobs],
+                       check=True)
+
+        built = build_dir / "_C.so"  # CMakeLists.txt names the module library exactly this
+        if not built.exists():
+            raise RuntimeError(f"CMake finished but no _C library is in {build_dir}")
+        target = Path(self.get_ext_fullpath(ext.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built, target)
+
+
+setup(
+    ext_modules=[CMakeExtension("sqsd_fast._C")],
+    cmdclass={"build_ext": CMakeBuild},
+)

@@ -1,0 +1,82 @@
+"""The compiled backend: ``torch.ops.sqsd_fast.factor_grad_stats`` from ``sqsd_fast._C``.
+
+Importing ``sqsd_fast._C`` registers the op (declared once in ``csrc/ops.cpp``) with its CPU
+kernel and, where CUDA was compiled in, its CUDA kernel. The import is guarded: without the
+extension this module still imports and ``is_available`` says False with a build hint.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `make test`) in the sqsd_fast checkout"
+
+try:
+    from sqsd_fast import _C
+except (ImportError, OSError) as error:  # OSError: a stale .so against another torch
+    _C = None
+    _LOAD_ERROR = f"{type(error).__name__}: {error}"
+else:
+    _LOAD_ERROR = None
+
+if _C is not None:
+
+    @torch.library.register_fake("sqsd_fast::factor_grad_stats")
+    def _factor_grad_stats_fake(a, b, cu_seqlens, dirs, gram):
+        # Output shapes depend only on input shapes (docs/CONTRACTS.md), so torch.compile
+        # and opcheck can trace the op without running it.
+        num_samples = cu_seqlens.shape[0] - 1
+        num_dirs = 0 if dirs is None else dirs.shape[0]
+        p, q = a.shape[1], b.shape[1]
+        gram_shape = {
+            "left": (num_samples, p, p),
+            "right": (num_samples, q, q),
+            "frobenius": (num_samples,),
+            "none": (num_samples, 0),
+        }[gram]
+        proj = a.new_empty((num_samples, num_dirs), dtype=torch.float32)
+        return proj, a.new_empty(gram_shape, dtype=torch.float32)
+
+
+def build_info() -> dict:
+    """How the extension was built (version, torch, CUDA, OpenMP, threads), or why it is missing."""
+    if _C is None:
+        return {"built": False, "error": _LOAD_ERROR}
+    return {"built": True, **_C.build_info()}
+
+
+def is_available(device: torch.device) -> bool:
+    device = torch.device(device)
+    if _C is None:
+        return False
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return bool(_C.build_info()["cuda_compiled"])
+    return False
+
+
+def unavailable_reason(device: torch.device) -> str:
+    device = torch.device(device)
+    if _C is None:
+        return f"the compiled extension sqsd_fast._C did not load ({_LOAD_ERROR}); {_BUILD_HINT}"
+    if device.type == "cuda" and not _C.build_info()["cuda_compiled"]:
+        return ("sqsd_fast._C was built without CUDA kernels (no nvcc or a CPU build of torch "
+                f"at build time, or SQSD_FAST_NO_CUDA=1); on a CUDA machine {_BUILD_HINT}")
+    if device.type not in ("cpu", "cuda"):
+        return f"the compiled extension has no kernels for {device.type} tensors"
+    return ""
+
+
+def factor_grad_stats(a, b, cu_seqlens, dirs, gram):
+    """Per-sample statistics of ``G_s = sum_{t in s} a_t b_t^T`` (sqsd.md §4).
+
+    a: (N, p), b: (N, q) float32/bfloat16/float16, any strides; cu_seqlens: (S+1,) int64;
+    dirs: (K, p, q) or None; gram: "left" | "right" | "frobenius" | "none".
+    Returns proj (S, K) float32 and the gram statistic as float32 ((S, p, p), (S, q, q),
+    (S,)) or None for "none".
+    """
+    if _C is None:
+        raise RuntimeError(unavailable_reason(a.device))
+    proj, stat = torch.ops.sqsd_fast.factor_grad_stats(a, b, cu_seqlens, dirs, gram)
+    return proj, None if gram == "none" else stat
