@@ -1,0 +1,199 @@
+"""The Triton backend of factor_grad_stats against the float64 reference (sqsd.md §4).
+
+Without a GPU the kernel runs on CPU tensors under Triton's interpreter (tests/conftest.py
+sets TRITON_INTERPRET=1), which is slow: shapes stay small. Lengths such as 70 and 25 are
+not multiples of BLOCK_T = 64, and 70 > 64 makes the row loop take two steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _helpers import assert_relative_close, non_contiguous, random_cu_seqlens
+
+from sqsd_fast.backends import triton_backend
+from sqsd_fast.reference import factor_grad_stats_reference
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if not triton_backend.is_available(DEVICE):
+    pytest.skip(triton_backend.unavailable_reason(DEVICE), allow_module_level=True)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GRAMS = ("left", "right", "frobenius", "none")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    # sqsd.md §4: the GPU tolerance 1e-4 for fp32 assumes tf32 is off (it only matters for
+    # the torch fallback; the kernel's fp32 dots always use "ieee").
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    if dtype == torch.float32:
+        return 1e-4 if DEVICE.type == "cuda" else 1e-5
+    return 1e-2
+
+
+def make_inputs(lengths, p, q, n_dirs, dtype, seed, strided=True, dirs_dtype=torch.float32):
+    """Random (never zero) a (N, p), b (N, q), dirs (K, p, q); strided views when asked."""
+    gen = torch.Generator().manual_seed(seed)
+    n_rows = sum(lengths)
+    a = torch.randn(n_rows, p, generator=gen).to(dtype)
+    b = torch.randn(n_rows, q, generator=gen).to(dtype)
+    dirs = torch.randn(n_dirs, q, p, generator=gen).to(dirs_dtype).transpose(1, 2) if n_dirs else None
+    if strided:
+        a, b = non_contiguous(a), b.T.contiguous().T  # every-other-column view; column-major
+    move = (lambda t: t if t is None else t.to(DEVICE))
+    return move(a), move(b), random_cu_seqlens(lengths).to(DEVICE), move(dirs)
+
+
+def check_against_reference(a, b, cu, dirs, gram, tol):
+    proj, stat = triton_backend.factor_grad_stats(a, b, cu, dirs, gram)
+    ref_proj, ref_stat = factor_grad_stats_reference(a, b, cu, dirs, gram)
+    assert proj.dtype == torch.float32 and proj.device == a.device
+    if ref_proj.numel():
+        assert_relative_close("proj", proj, ref_proj, tol)
+    else:
+        assert proj.shape == ref_proj.shape
+    if gram == "none":
+        assert stat is None
+    else:
+        assert stat.dtype == torch.float32
+        assert_relative_close(f"gram {gram}", stat, ref_stat, tol)
+    return proj, stat
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gram", GRAMS)
+@pytest.mark.parametrize("p, q", [(5, 19), (19, 1), (1, 5)])
+def test_matches_reference(dtype, gram, p, q):
+    a, b, cu, dirs = make_inputs([70, 0, 25], p, q, 3, dtype, seed=p * 100 + q)
+    check_against_reference(a, b, cu, dirs, gram, tolerance(dtype))
+
+
+@pytest.mark.parametrize("n_dirs", [0, 1, 3])
+@pytest.mark.parametrize("lengths", [[37], [3, 0, 70]])
+def test_sample_and_direction_counts(n_dirs, lengths):
+    a, b, cu, dirs = make_inputs(lengths, 7, 11, n_dirs, torch.float32, seed=len(lengths) + n_dirs)
+    proj, _ = check_against_reference(a, b, cu, dirs, "frobenius", 1e-5 if DEVICE.type == "cpu" else 1e-4)
+    assert proj.shape == (len(lengths), n_dirs)
+
+
+def test_zero_direction_tensor_and_no_samples():
+    a, b, cu, _ = make_inputs([9, 4], 5, 6, 0, torch.float32, seed=1)
+    proj, _ = triton_backend.factor_grad_stats(a, b, cu, torch.randn(0, 5, 6, device=DEVICE), "none")
+    assert proj.shape == (2, 0)
+    empty = torch.zeros(0, 5, device=DEVICE)
+    proj, stat = triton_backend.factor_grad_stats(empty, empty[:, :3], cu[:1], None, "left")
+    assert proj.shape == (0, 0) and stat.shape == (0, 5, 5)
+    all_empty = torch.zeros(3, dtype=torch.int64, device=DEVICE)  # S = 2 samples, N = 0 rows
+    proj, stat = triton_backend.factor_grad_stats(empty, empty[:, :3], all_empty, torch.randn(1, 5, 3, device=DEVICE), "right")
+    assert torch.equal(proj, torch.zeros(2, 1, device=DEVICE)) and torch.equal(stat, torch.zeros(2, 3, 3, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "gram, p, q",
+    [("left", 5, 70), ("right", 70, 6), ("left", 150, 7), ("right", 6, 131), ("frobenius", 70, 80), ("none", 80, 70)],
+)
+def test_wide_sides(dtype, gram, p, q):
+    # 70 and 80 span two 64-wide tiles, so per-tile partials are summed; left p > 128 and
+    # right q > 128 take the torch Gram-form fallback.
+    a, b, cu, dirs = make_inputs([70, 0, 13], p, q, 2, dtype, seed=p + q)
+    check_against_reference(a, b, cu, dirs, gram, tolerance(dtype))
+
+
+@pytest.mark.parametrize("dirs_dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_direction_dtypes(dirs_dtype):
+    a, b, cu, dirs = make_inputs([20, 9], 5, 19, 2, torch.bfloat16, seed=3, dirs_dtype=dirs_dtype)
+    check_against_reference(a, b, cu, dirs, "left", 1e-2)
+
+
+@pytest.mark.parametrize("gram", GRAMS)
+def test_empty_samples_are_exact_zeros(gram):
+    a, b, cu, dirs = make_inputs([0, 33, 0], 5, 19, 2, torch.bfloat16, seed=4)
+    proj, stat = triton_backend.factor_grad_stats(a, b, cu, dirs, gram)
+    for s in (0, 2):
+        assert torch.equal(proj[s], torch.zeros_like(proj[s]))
+        if stat is not None:
+            assert torch.equal(stat[s], torch.zeros_like(stat[s]))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, interpreter
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("gram", ("left", "right", "frobenius"))
+def test_non_finite_stays_in_its_sample(bad, gram):
+    a, b, cu, dirs = make_inputs([30, 25], 5, 19, 2, torch.float32, seed=5)
+    a[3, 2] = bad  # a row of sample 0
+    proj, stat = triton_backend.factor_grad_stats(a, b, cu, dirs, gram)
+    assert not torch.isfinite(proj[0]).all() and not torch.isfinite(stat[0]).all()
+    ref_proj, ref_stat = factor_grad_stats_reference(a, b, cu, dirs, gram)
+    assert_relative_close("proj[1]", proj[1], ref_proj[1], tolerance(torch.float32))
+    assert_relative_close("gram[1]", stat[1], ref_stat[1], tolerance(torch.float32))
+
+
+def test_deterministic():
+    a, b, cu, dirs = make_inputs([70, 41, 5], 19, 150, 3, torch.bfloat16, seed=6)
+    first = triton_backend.factor_grad_stats(a, b, cu, dirs, "left")
+    second = triton_backend.factor_grad_stats(a, b, cu, dirs, "left")
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_public_api_and_registered_op():
+    import sqsd_fast
+
+    a, b, cu, dirs = make_inputs([12, 30], 5, 19, 2, torch.float32, seed=7)
+    proj, stat = sqsd_fast.factor_grad_stats(a, b, cu, dirs, "right", backend="triton")
+    ref_proj, ref_stat = factor_grad_stats_reference(a, b, cu, dirs, "right")
+    assert_relative_close("proj", proj, ref_proj, tolerance(torch.float32))
+    assert_relative_close("gram right", stat, ref_stat, tolerance(torch.float32))
+    op_proj, op_stat = torch.ops.sqsd_fast.factor_grad_stats_triton(a, b, cu, dirs, "right")
+    assert torch.equal(op_proj, proj) and torch.equal(op_stat, stat)
+
+
+def test_unavailable_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not triton_backend.is_available(torch.device("cpu"))
+    assert "TRITON_INTERPRET=1" in triton_backend.unavailable_reason(torch.device("cpu"))
+
+
+@requires_cuda
+@pytest.mark.parametrize("gram", GRAMS)
+def test_opcheck_cuda(gram):
+    a, b, cu, dirs = make_inputs([70, 0, 25], 16, 40, 2, torch.bfloat16, seed=8)
+    torch.library.opcheck(torch.ops.sqsd_fast.factor_grad_stats_triton.default, (a, b, cu, dirs, gram))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_lora_sized_cuda(dtype):
+    # lora_A of a 4096-wide layer at rank 16: a = U (N, 16), b = X (N, 4096), K = 2.
+    lengths = [1024, 517, 0, 2048, 300, 811, 1, 999]
+    a, b, cu, dirs = make_inputs(lengths, 16, 4096, 2, dtype, seed=9, strided=False)
+    check_against_reference(a, b, cu, dirs, "left", tolerance(dtype))
+    a, b, cu, dirs = make_inputs(lengths, 4096, 16, 2, dtype, seed=10, strided=False)  # lora_B
+    check_against_reference(a, b, cu, dirs, "right", tolerance(dtype))
+
+
+@requires_cuda
+def test_torch_compile_sees_the_op():
+    a, b, cu, dirs = make_inputs([70, 25], 16, 64, 2, torch.bfloat16, seed=11)
+    compiled = torch.compile(lambda *args: torch.ops.sqsd_fast.factor_grad_stats_triton(*args), fullgraph=True)
+    proj, stat = compiled(a, b, cu, dirs, "left")
+    eager_proj, eager_stat = triton_backend.factor_grad_stats(a, b, cu, dirs, "left")
+    torch.testing.assert_close(proj, eager_proj)
+    torch.testing.assert_close(stat, eager_stat)
+
+
+def test_tiles_narrow_when_few_programs():
+    # LoRA lora_A at rank 16: 64-wide q tiles, narrowed for one long sample on 132 SMs.
+    assert triton_backend._pick_tiles(16, 4096, "left", 64, 528) == (64, 16, 64, 4)
+    assert triton_backend._pick_tiles(16, 4096, "left", 1, 528) == (64, 16, 16, 4)
+    assert triton_backend._pick_tiles(4096, 128, "right", 2, 528) == (64, 16, 128, 8)
+    assert triton_backend._pick_tiles(19, 5, "frobenius", 1, 528) == (64, 32, 16, 4)
