@@ -20,7 +20,12 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if not triton_backend.is_available(DEVICE):
     pytest.skip(triton_backend.unavailable_reason(DEVICE), allow_module_level=True)
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def requires_cuda(test):
+    """The `gpu` marker of pytest.ini, skipped without a CUDA device."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
 GRAMS = ("left", "right", "frobenius", "none")
 
 
