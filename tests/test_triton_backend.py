@@ -98,8 +98,10 @@ def test_zero_direction_tensor_and_no_samples():
     proj, stat = triton_backend.factor_grad_stats(empty, empty[:, :3], cu[:1], None, "left")
     assert proj.shape == (0, 0) and stat.shape == (0, 5, 5)
     all_empty = torch.zeros(3, dtype=torch.int64, device=DEVICE)  # S = 2 samples, N = 0 rows
-    proj, stat = triton_backend.factor_grad_stats(empty, empty[:, :3], all_empty, torch.randn(1, 5, 3, device=DEVICE), "right")
-    assert torch.equal(proj, torch.zeros(2, 1, device=DEVICE)) and torch.equal(stat, torch.zeros(2, 3, 3, device=DEVICE))
+    dirs = torch.randn(1, 5, 3, device=DEVICE)
+    proj, stat = triton_backend.factor_grad_stats(empty, empty[:, :3], all_empty, dirs, "right")
+    assert torch.equal(proj, torch.zeros(2, 1, device=DEVICE))
+    assert torch.equal(stat, torch.zeros(2, 3, 3, device=DEVICE))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
