@@ -1,0 +1,313 @@
+"""Loading the base model once, LoRA *states* as named adapters, and LoRA *directions*.
+
+A **state** is a LoRA adapter the induced update is computed at: it is loaded onto the
+one ``PeftModel`` as a named adapter ("danger_state", "safety_state") and switched with
+``set_adapter``; the base model is never loaded twice. A **direction** is only read:
+its factors A_d, B_d per module give ``D_m = B_d A_d`` with the adapter's alpha/r
+scaling dropped (sqsd.md §1); it is never activated.
+
+Only plain LoRA on linear layers (``nn.Linear``, and GPT-2 style ``Conv1D``, whose LoRA
+factors peft keeps in the usual (r, d_in) / (d_out, r) layout) is supported. Everything
+else is refused with a ``ValueError`` that names the adapter directory and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+PEFT_PREFIX = "base_model.model."
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+_FACTOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One module's LoRA factors: ``A`` (r, d_in), ``B`` (d_out, r)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+
+
+Direction = Mapping[str, LoraFactors]  # module name (relative to the base model) -> factors
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16"`` or a ``torch.dtype`` -> ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+
+
+def load_base_model(model, *, dtype="float32", device="cpu") -> nn.Module:
+    """A causal LM from a local directory or hub id (loaded once), or an in-memory model.
+
+    In-memory models are used as they are (moved to ``device``; their dtype is kept).
+    """
+    if isinstance(model, nn.Module):
+        return model.to(device)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a path, a hub id or a torch.nn.Module; got {type(model).__name__}")
+    path = os.fspath(model)
+    if _looks_local(path) and not os.path.isdir(path):
+        raise ValueError(f"model directory {path!r} does not exist")
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
+    return loaded.to(device).eval()
+
+
+def _looks_local(path: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else (absolute, ./, ../, deeper paths,
+    # or an existing path) is treated as a local directory.
+    return os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _adapter_files(path) -> tuple[str, str]:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"an adapter must be given as a directory path; got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"adapter directory {path!r} does not exist")
+    config = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(config):
+        raise ValueError(f"adapter directory {path!r} has no adapter_config.json (is it a peft LoRA adapter?)")
+    for name in _WEIGHT_FILES:
+        weights = os.path.join(path, name)
+        if os.path.isfile(weights):
+            return config, weights
+    raise ValueError(f"adapter directory {path!r} has no weights file ({' or '.join(_WEIGHT_FILES)})")
+
+
+def read_adapter(path) -> dict[str, LoraFactors]:
+    """Reads a peft LoRA adapter directory without touching any model.
+
+    Returns ``{module name relative to the base model: LoraFactors}`` (float32, CPU).
+    Raises ``ValueError`` naming ``path`` for anything that is not plain LoRA on linear
+    layers: another peft type, DoRA, LoRA on embeddings, LoRA biases, modules_to_save.
+    """
+    config_path, weights_path = _adapter_files(path)
+    path = os.fspath(path)
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type != "LORA":
+        raise ValueError(f"adapter {path!r} is a {peft_type or 'unknown'} adapter; only LoRA adapters are supported")
+    if config.get("use_dora"):
+        raise ValueError(f"adapter {path!r} uses DoRA (use_dora=true); only plain LoRA is supported")
+    if weights_path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(weights_path, device="cpu")
+    else:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        if "lora_embedding" in key:
+            raise ValueError(
+                f"adapter {path!r} puts LoRA on an embedding layer ({key}); SQSD scoring supports LoRA on linear layers only"
+            )
+        match = _FACTOR_KEY.match(key)
+        if match is None:
+            raise ValueError(
+                f"adapter {path!r} holds {key!r}, which is not a LoRA A/B weight (DoRA magnitudes, LoRA biases "
+                "and modules_to_save are not supported)"
+            )
+        module = match["module"]
+        module = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
+        if tensor.dim() != 2:
+            raise ValueError(
+                f"adapter {path!r}: {key} has shape {tuple(tensor.shape)}; only LoRA on linear layers (2-D factors) is supported"
+            )
+        factors.setdefault(module, {})[match["factor"]] = tensor.float()
+    if not factors:
+        raise ValueError(f"adapter {path!r} holds no LoRA weights")
+    out = {}
+    for module, pair in factors.items():
+        if set(pair) != {"A", "B"}:
+            raise ValueError(f"adapter {path!r}: module {module} has lora_{next(iter(pair))} but not its partner factor")
+        if pair["B"].shape[1] != pair["A"].shape[0]:
+            raise ValueError(
+                f"adapter {path!r}: module {module} has lora_A {tuple(pair['A'].shape)} and lora_B "
+                f"{tuple(pair['B'].shape)}, which do not share a rank"
+            )
+        out[module] = LoraFactors(pair["A"], pair["B"])
+    return out
+
+
+def linear_shape(module: nn.Module, *, where: str) -> tuple[int, int]:
+    """``(d_out, d_in)`` of a linear layer (unwrapping a peft LoRA wrapper); refuses others."""
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    if isinstance(base, nn.Linear):
+        return base.out_features, base.in_features
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers always has it
+        Conv1D = ()
+    if Conv1D and isinstance(base, Conv1D):
+        # GPT-2 Conv1D stores weight as (d_in, d_out); peft's LoRA factors are still (r, d_in), (d_out, r).
+        return base.weight.shape[1], base.weight.shape[0]
+    if isinstance(base, nn.Embedding):
+        raise ValueError(f"{where}: LoRA on an embedding layer is not supported (linear layers only)")
+    raise ValueError(f"{where}: layer type {type(base).__name__} is not supported (only nn.Linear and Conv1D)")
+
+
+def check_against_model(path, factors: Mapping[str, LoraFactors], base_model: nn.Module) -> None:
+    """Checks that every module of the adapter exists in ``base_model`` with matching shapes.
+
+    ``base_model`` is the plain transformers model (module names without the peft prefix).
+    """
+    modules = dict(base_model.named_modules())
+    for name, f in factors.items():
+        where = f"adapter {os.fspath(path)!r}, module {name}"
+        if name not in modules:
+            raise ValueError(
+                f"adapter {os.fspath(path)!r} targets module {name}, which the base model does not have "
+                "(an adapter for a different base model?)"
+            )
+        d_out, d_in = linear_shape(modules[name], where=where)
+        if f.A.shape[1] != d_in or f.B.shape[0] != d_out:
+            raise ValueError(
+                f"{where}: LoRA factors A {tuple(f.A.shape)}, B {tuple(f.B.shape)} do not fit the base layer "
+                f"(d_out x d_in = {d_out} x {d_in}); the adapter was trained for a different base model"
+            )
+
+
+# ----------------------------------------------------------------------------- states
+
+
+def base_of(peft_model) -> nn.Module:
+    """The plain transformers model inside a ``PeftModel``."""
+    return peft_model.get_base_model()
+
+
+def attach_state(model: nn.Module, path, adapter_name: str):
+    """Loads LoRA adapter ``path`` as ``adapter_name`` onto ``model``; returns the ``PeftModel``.
+
+    ``model`` is a plain transformers model (it gets wrapped; this modifies it in place)
+    or a ``PeftModel`` that already holds other adapters (the base is not loaded again).
+    """
+    from peft import PeftModel
+
+    factors = read_adapter(path)
+    base = base_of(model) if isinstance(model, PeftModel) else model
+    check_against_model(path, factors, base)
+    if isinstance(model, PeftModel):
+        if adapter_name in model.peft_config:
+            raise ValueError(f"the model already has an adapter named {adapter_name!r}")
+        model.load_adapter(os.fspath(path), adapter_name=adapter_name, is_trainable=False)
+        peft_model = model
+    else:
+        peft_model = PeftModel.from_pretrained(model, os.fspath(path), adapter_name=adapter_name, is_trainable=False)
+    state_modules(peft_model, adapter_name, where=f"adapter {os.fspath(path)!r}")  # refuse unsupported layers early
+    return peft_model.eval()
+
+
+def state_modules(peft_model, adapter_name: str, *, where: str | None = None) -> dict[str, nn.Module]:
+    """``{module name relative to the base model: peft LoRA layer}`` holding ``adapter_name``.
+
+    In model order. Raises ``ValueError`` for LoRA layers scoring cannot handle
+    (embeddings, convolutions, DoRA and other LoRA variants).
+    """
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    where = where or f"adapter {adapter_name!r}"
+    if adapter_name not in getattr(peft_model, "peft_config", {}):
+        raise ValueError(f"the model has no adapter named {adapter_name!r}")
+    found = {}
+    for full_name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        name = full_name[len(PEFT_PREFIX):] if full_name.startswith(PEFT_PREFIX) else full_name
+        if adapter_name in getattr(module, "lora_embedding_A", {}):
+            raise ValueError(f"{where}: LoRA on embedding layer {name} is not supported (linear layers only)")
+        if adapter_name not in module.lora_A:
+            continue
+        if type(module) is not LoraLinear:
+            raise ValueError(f"{where}: LoRA layer {name} is a {type(module).__name__}; only LoRA on linear layers is supported")
+        if adapter_name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(adapter_name):
+            raise ValueError(f"{where}: layer {name} uses a LoRA variant (e.g. DoRA); only plain LoRA is supported")
+        linear_shape(module, where=f"{where}, module {name}")
+        found[name] = module
+    if not found:
+        raise ValueError(f"{where}: no LoRA linear layers hold adapter {adapter_name!r}")
+    return found
+
+
+def set_state_scaling(peft_model, adapter_name: str, scaling: float | None) -> None:
+    """Overrides adapter ``adapter_name``'s LoRA scaling on every layer (None: keep alpha/r).
+
+    The authors score the safety state with scaling 1.0 (sqsd.md §1).
+    """
+    if scaling is None:
+        return
+    scaling = float(scaling)
+    for module in state_modules(peft_model, adapter_name).values():
+        module.scaling[adapter_name] = scaling
+
+
+def state_factors(peft_model, adapter_name: str) -> dict[str, LoraFactors]:
+    """The live A, B weights of an adapter loaded on the model (no copy)."""
+    return {
+        name: LoraFactors(m.lora_A[adapter_name].weight, m.lora_B[adapter_name].weight)
+        for name, m in state_modules(peft_model, adapter_name).items()
+    }
+
+
+# ----------------------------------------------------------------------------- directions
+
+
+def load_direction(source, peft_model, *, device=None) -> dict[str, LoraFactors]:
+    """A direction's factors, read without activating anything.
+
+    ``source``: an adapter directory, or the name of an adapter already on ``peft_model``
+    (its weights are copied). Returned float32 on ``device`` (default: the model's).
+    The alpha/r scaling is dropped: ``D_m = B_d A_d``.
+    """
+    if device is None:
+        device = next(peft_model.parameters()).device
+    if isinstance(source, str) and source in getattr(peft_model, "peft_config", {}):
+        factors = {
+            n: LoraFactors(f.A.detach().float().clone(), f.B.detach().float().clone())
+            for n, f in state_factors(peft_model, source).items()
+        }
+    else:
+        factors = read_adapter(source)
+        check_against_model(source, factors, base_of(peft_model))
+    return {n: LoraFactors(f.A.to(device), f.B.to(device)) for n, f in factors.items()}
+
+
+def check_direction_matches_state(direction: Mapping[str, LoraFactors], state_names, *, direction_name, state_name) -> None:
+    """The direction and the state must cover exactly the same LoRA modules."""
+    direction_set, state_set = set(direction), set(state_names)
+    missing = sorted(direction_set - state_set)
+    if missing:
+        raise ValueError(
+            f"direction {direction_name} has LoRA modules that state {state_name} lacks: {_few(missing)}; "
+            "the direction and the state must target the same modules"
+        )
+    extra = sorted(state_set - direction_set)
+    if extra:
+        raise ValueError(
+            f"state {state_name} has LoRA modules that direction {direction_name} lacks: {_few(extra)}; "
+            "the direction and the state must target the same modules"
+        )
+
+
+def _few(names, limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

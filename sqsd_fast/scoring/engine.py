@@ -1,0 +1,222 @@
+"""The scoring engine: one forward + one backward per batch gives every sample's projections.
+
+A batch's loss is the SUM over samples of each sample's MEAN response-token cross-entropy
+(causal shift, -100 labels masked). Samples do not interact inside a batch (attention is
+per row; the base weights are frozen), so one backward gives every sample exactly the
+gradients it would get alone at batch size 1, as in the authors' algorithm (sqsd.md §1).
+The capture hooks (capture.py) reduce them to per-sample, per-module statistics inside the
+backward pass; no dense d_out x d_in matrix is formed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sqsd_fast.api import direction_sqnorm, project_directions, resolve_backend
+from sqsd_fast.scoring.adapters import LoraFactors, check_direction_matches_state, state_modules
+from sqsd_fast.scoring.capture import CaptureSession, ModuleProjection
+
+IGNORE_INDEX = -100
+STATUSES = ("ok", "no_response_tokens", "zero_update", "non_finite_gradient")
+METRICS = ("cosine", "dot", "projection")
+
+
+@dataclass
+class BatchProjection:
+    """Per-sample, per-module statistics of one batch at one (state, direction) pair.
+
+    ``dot`` (B, M) = <dW_m, D_m>, ``update_sqnorm`` (B, M) = ||dW_m||^2 and
+    ``direction_sqnorm`` (M,) = ||D_m||^2, all float64 on the CPU; ``status`` per sample,
+    one of :data:`STATUSES`. Rows follow ``indices`` (the samples' input positions).
+    """
+
+    indices: list[int]
+    module_names: list[str]
+    dot: torch.Tensor
+    update_sqnorm: torch.Tensor
+    direction_sqnorm: torch.Tensor
+    status: list[str] = field(default_factory=list)
+
+    def per_module(self, metric: str = "cosine") -> torch.Tensor:
+        """(B, M) per-module ``cosine`` | ``dot`` | ``projection`` (= dot / ||D_m||).
+
+        A module whose update or direction is exactly zero contributes 0 to cosine and
+        projection (as a cosine with an epsilon would), not NaN.
+        """
+        if metric == "dot":
+            return self.dot.clone()
+        dir_norm = self.direction_sqnorm.sqrt().unsqueeze(0)
+        if metric == "projection":
+            denom = dir_norm.expand_as(self.dot)
+        elif metric == "cosine":
+            denom = self.update_sqnorm.sqrt() * dir_norm
+        else:
+            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
+        safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+        return torch.where(denom > 0, self.dot / safe, torch.zeros_like(self.dot))
+
+    def total(self, metric: str = "cosine") -> torch.Tensor:
+        """(B,) sum over modules (sqsd.md §1: P = sum_m cos); NaN where status is not "ok"."""
+        values = self.per_module(metric).sum(dim=1)
+        ok = torch.tensor([s == "ok" for s in self.status], dtype=torch.bool)
+        return torch.where(ok, values, torch.full_like(values, math.nan))
+
+
+def response_token_count(labels) -> int:
+    """Loss positions under the causal shift: labels[1:] that are not -100."""
+    return sum(1 for label in list(labels)[1:] if label != IGNORE_INDEX)
+
+
+class ProjectionEngine:
+    """Scores batches on one ``PeftModel`` that holds the state adapters.
+
+    Args:
+        peft_model: the model; its states are adapters on it (switched with ``set_adapter``).
+            The engine puts it in eval mode and freezes all its parameters: gradients are
+            taken with respect to the input embeddings only, the hooks capture the rest.
+        directions: ``{direction name: {module name: LoraFactors}}`` (see adapters.py).
+        pad_token_id: padding id for collation (any id works: padding is masked and dropped).
+        backend: kernel backend for :func:`sqsd_fast.lora_update_stats` ("auto" picks the
+            fastest available for the model's device).
+    """
+
+    def __init__(self, peft_model, directions: dict[str, dict[str, LoraFactors]], *, pad_token_id: int = 0,
+                 backend: str = "auto"):
+        self.model = peft_model
+        self.directions = dict(directions)
+        self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+        self.device = next(peft_model.parameters()).device
+        self.backend = resolve_backend(backend, self.device)
+        self._prepared: dict[tuple[str, str], tuple[list[ModuleProjection], torch.Tensor]] = {}
+        base = peft_model.get_base_model()
+        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._freeze()
+
+    def _freeze(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def clear_cache(self) -> None:
+        """Forget the precomputed V_A, V_B (call after changing an adapter's weights)."""
+        self._prepared.clear()
+
+    def prepare(self, state: str, direction: str) -> tuple[list[ModuleProjection], torch.Tensor]:
+        """Checks the pair once and precomputes V_A, V_B and ||D_m||^2 per module."""
+        key = (state, direction)
+        if key not in self._prepared:
+            if direction not in self.directions:
+                raise ValueError(f"unknown direction {direction!r}; loaded: {', '.join(self.directions) or 'none'}")
+            factors = self.directions[direction]
+            modules = state_modules(self.model, state)
+            check_direction_matches_state(factors, modules, direction_name=repr(direction), state_name=repr(state))
+            specs, sqnorms = [], []
+            for name, layer in modules.items():
+                lora_A, lora_B = layer.lora_A[state], layer.lora_B[state]
+                A, B = lora_A.weight.detach(), lora_B.weight.detach()
+                d = factors[name]
+                dir_A, dir_B = d.A.unsqueeze(0), d.B.unsqueeze(0)
+                V_A, V_B = project_directions(A, B, dir_A, dir_B)
+                specs.append(ModuleProjection(name, lora_A, lora_B, A, B, V_A, V_B))
+                sqnorms.append(direction_sqnorm(dir_A, dir_B))
+            self._prepared[key] = (specs, torch.cat(sqnorms).double().cpu())
+        return self._prepared[key]
+
+    def project_batch(self, batch, state: str, direction: str) -> BatchProjection:
+        """Projections of every sample's induced update at ``state`` onto ``direction``.
+
+        ``batch``: TokenizedSample-like objects (``index``, ``input_ids``, ``labels``).
+        Samples without a response token after the causal shift are left out of the
+        forward pass and get status "no_response_tokens".
+        """
+        specs, dir_sqnorm = self.prepare(state, direction)
+        names = [s.name for s in specs]
+        n, m = len(batch), len(specs)
+        dot = torch.zeros((n, m), dtype=torch.float64)
+        upd = torch.zeros((n, m), dtype=torch.float64)
+        status = ["ok"] * n
+        scored = []
+        for row, sample in enumerate(batch):
+            if len(sample.labels) != len(sample.input_ids):
+                raise ValueError(
+                    f"sample {sample.index}: {len(sample.input_ids)} input_ids but {len(sample.labels)} labels"
+                )
+            if response_token_count(sample.labels) == 0:
+                status[row] = "no_response_tokens"
+            else:
+                scored.append(row)
+        if scored:
+            d, u, finite_loss = self._forward_backward([batch[i] for i in scored], state, specs)
+            rows = torch.tensor(scored, dtype=torch.long)
+            dot[rows], upd[rows] = d, u
+            for j, row in enumerate(scored):
+                if not finite_loss[j] or not (torch.isfinite(d[j]).all() and torch.isfinite(u[j]).all()):
+                    status[row] = "non_finite_gradient"
+                elif float(u[j].sum()) == 0.0:
+                    status[row] = "zero_update"
+        return BatchProjection(
+            indices=[s.index for s in batch], module_names=names, dot=dot, update_sqnorm=upd,
+            direction_sqnorm=dir_sqnorm.clone(), status=status,
+        )
+
+    def _collate(self, samples):
+        width = max(len(s.input_ids) for s in samples)
+        input_ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, s in enumerate(samples):
+            k = len(s.input_ids)
+            input_ids[row, :k] = torch.as_tensor(list(s.input_ids), dtype=torch.long)
+            labels[row, :k] = torch.as_tensor(list(s.labels), dtype=torch.long)
+            mask[row, :k] = 1
+        return input_ids.to(self.device), mask.to(self.device), labels.to(self.device)
+
+    def _forward_backward(self, samples, state, specs):
+        """One forward + backward of the samples (all with >= 1 response token) at ``state``.
+
+        Returns dot (S, M) and update_sqnorm (S, M) float64 on the CPU, and a per-sample
+        finite-loss flag list.
+        """
+        input_ids, mask, labels = self._collate(samples)
+        n, width = input_ids.shape
+        self.model.set_adapter(state)
+        self._freeze()  # set_adapter makes the active adapter trainable again
+
+        # Packing: drop padding rows; cu_seqlens built here, so no value checks later.
+        lengths = mask.sum(dim=1)
+        cu_seqlens = torch.zeros(n + 1, dtype=torch.long, device=self.device)
+        cu_seqlens[1:] = torch.cumsum(lengths, dim=0)
+        padded = any(len(s.input_ids) != width for s in samples)
+        rows = torch.nonzero(mask.reshape(-1), as_tuple=False).squeeze(1) if padded else None
+
+        # Logits only where some sample has a target: position t predicts labels[:, t + 1].
+        targets_valid = labels[:, 1:] != IGNORE_INDEX
+        keep = torch.nonzero(targets_valid.any(dim=0), as_tuple=False).squeeze(1)
+        targets = labels[:, 1:].index_select(1, keep)
+        n_targets = targets_valid.sum(dim=1)
+
+        embeds = self.model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+        session = CaptureSession(specs, self.backend)
+        session.set_rows(rows, cu_seqlens)
+        kwargs = dict(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        with torch.enable_grad(), session:
+            logits = self.model(**kwargs).logits
+            if not self._keeps_logits:
+                logits = logits.index_select(1, keep)
+            ce = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction="none",
+            ).view(n, -1)
+            per_sample = ce.sum(dim=1) / n_targets
+            torch.autograd.grad(per_sample.sum(), embeds)
+        dot, sqnorm = session.results(n, 1, self.device)
+        finite = torch.isfinite(per_sample.detach())
+        # The batch's one host sync.
+        return dot[:, :, 0].double().cpu(), sqnorm.double().cpu(), finite.cpu().tolist()
