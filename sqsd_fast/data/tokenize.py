@@ -1,0 +1,124 @@
+"""Tokenization exactly as sqsd.md §2.
+
+For a record with a prompt (the chat turns before the response) and a response:
+
+    prompt = tokenizer.apply_chat_template(prompt_messages, tokenize=False,
+                                           add_generation_prompt=True)
+    p_ids  = tokenizer(prompt, add_special_tokens=False).input_ids
+    ids    = tokenizer(prompt + response + tokenizer.eos_token,
+                       add_special_tokens=False).input_ids[:max_length]
+    labels = [-100] * min(len(p_ids), len(ids)) + ids[len(p_ids):]
+
+An instruction record's prompt is the single user turn
+`instruction` (+ "\\n" + context when the context is not blank). Pre-tokenized records
+keep their `input_ids` and `labels` as they are (no truncation).
+
+Tokenizers without a chat template use PLAIN_TEMPLATE instead of apply_chat_template:
+each prompt turn becomes "### {Header}:\\n{content}\\n\\n" (user -> Instruction,
+system -> System, assistant -> Response, other roles capitalized), followed by
+"### Response:\\n". A single user turn therefore gives
+"### Instruction:\\n{user}\\n\\n### Response:\\n".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from sqsd_fast.data.records import Record
+
+IGNORE_INDEX = -100
+DEFAULT_MAX_LENGTH = 1024
+PLAIN_TEMPLATE = "### Instruction:\n{user}\n\n### Response:\n"
+_PLAIN_HEADERS = {"user": "Instruction", "system": "System", "assistant": "Response"}
+# Texts per tokenizer call: batching calls is much faster with fast tokenizers and gives
+# the same ids as one call per text.
+_ENCODE_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    index: int              # position of the record in the input (0-based)
+    input_ids: list[int]
+    labels: list[int]       # -100 on prompt positions (sqsd.md §2)
+    truncated: bool         # max_length cut the sample
+    n_tokens: int           # len(input_ids)
+    n_response_tokens: int  # labels that are not -100 and have a predecessor
+
+
+def plain_prompt(messages: Sequence[dict]) -> str:
+    """The prompt for tokenizers without a chat template (see the module docstring)."""
+    parts = []
+    for m in messages:
+        header = _PLAIN_HEADERS.get(m["role"], str(m["role"]).capitalize())
+        parts.append(f"### {header}:\n{m['content']}\n\n")
+    parts.append("### Response:\n")
+    return "".join(parts)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
+    """The prompt text: the tokenizer's chat template with the generation prompt added,
+    or the plain template when the tokenizer has none."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                             add_generation_prompt=True)
+    return plain_prompt(messages)
+
+
+def count_response_tokens(labels: Sequence[int]) -> int:
+    """Loss positions under the causal shift: labels[1:] that are not -100."""
+    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
+
+
+def tokenize_records(records: Iterable[Record], tokenizer: Any, *,
+                     max_length: int = DEFAULT_MAX_LENGTH) -> list[TokenizedSample]:
+    """Tokenize records (sqsd.md §2), keeping their order and indices."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    records = list(records)
+    text_positions = [i for i, r in enumerate(records) if r.kind != "pretokenized"]
+    text_records = [records[i] for i in text_positions]
+    encoded: dict[int, TokenizedSample] = {}  # position in `records` -> sample
+    if text_records:
+        eos = getattr(tokenizer, "eos_token", None)
+        if not eos:
+            raise ValueError("the tokenizer has no eos_token; sqsd.md §2 appends it to "
+                             "every response, so set tokenizer.eos_token")
+        prompts = [render_prompt(tokenizer, r.prompt_messages) for r in text_records]
+        p_ids = _encode(tokenizer, prompts)
+        full_ids = _encode(tokenizer, [p + r.response + eos
+                                       for p, r in zip(prompts, text_records)])
+        for pos, r, p, ids in zip(text_positions, text_records, p_ids, full_ids):
+            cut = ids[:max_length]
+            labels = [IGNORE_INDEX] * min(len(p), len(cut)) + cut[len(p):]
+            encoded[pos] = TokenizedSample(
+                index=r.index, input_ids=cut, labels=labels, truncated=len(ids) > max_length,
+                n_tokens=len(cut), n_response_tokens=count_response_tokens(labels))
+    samples = []
+    for pos, r in enumerate(records):
+        if r.kind == "pretokenized":
+            ids, labels = list(r.input_ids), list(r.labels)
+            samples.append(TokenizedSample(
+                index=r.index, input_ids=ids, labels=labels, truncated=False,
+                n_tokens=len(ids), n_response_tokens=count_response_tokens(labels)))
+        else:
+            samples.append(encoded[pos])
+    return samples
+
+
+def count_truncated(samples: Iterable[TokenizedSample]) -> int:
+    return sum(1 for s in samples if s.truncated)
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for start in range(0, len(texts), _ENCODE_CHUNK):
+        chunk = texts[start:start + _ENCODE_CHUNK]
+        # verbose=False only silences the "longer than model_max_length" warning: the
+        # sequences are cut to max_length right after, as sqsd.md §2 does.
+        encoded = tokenizer(chunk, add_special_tokens=False, verbose=False)
+        out.extend(list(ids) for ids in encoded.input_ids)
+    return out

@@ -1,0 +1,205 @@
+"""Resume checkpoints: sidecar files that let an interrupted run continue.
+
+While a run scores OUT, two sidecars sit beside it:
+- OUT.manifest.json: the run's fingerprint (hashes and paths of the inputs, the options
+  that change scores); written once, atomically, before the first batch;
+- OUT.partial.jsonl: rows of completed batches, appended, flushed and fsynced per batch.
+
+A resumed run must have the same fingerprint; it skips the indices already in the
+partial file. When the run completes, the final OUT is written and the sidecars removed.
+A run that is not resuming refuses to overwrite existing sidecars.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from sqsd_fast.io.atomic import atomic_write_text, fsync_dir
+
+MANIFEST_VERSION = 1
+# Files above this size are fingerprinted by size and modification time, not hashed
+# (model weights can be tens of GB; adapters and data files are hashed in full).
+_HASH_LIMIT_BYTES = 256 * 1024 * 1024
+
+
+def sidecar_paths(out_path: str | os.PathLike) -> tuple[Path, Path]:
+    """(partial rows, manifest) paths for output `out_path`."""
+    out = Path(out_path)
+    return (out.with_name(out.name + ".partial.jsonl"),
+            out.with_name(out.name + ".manifest.json"))
+
+
+def file_digest(path: str | os.PathLike, *, limit: int | None = None) -> str:
+    """sha256 of a file, or "size:mtime" when it is larger than `limit` bytes."""
+    p = Path(path)
+    stat = p.stat()
+    if limit is not None and stat.st_size > limit:
+        return f"size={stat.st_size},mtime_ns={stat.st_mtime_ns}"
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def path_fingerprint(path: str | os.PathLike, *, limit: int | None = _HASH_LIMIT_BYTES) -> dict:
+    """Absolute path plus a digest of the file, or of every file under a directory."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return {"path": str(p.resolve()), "digest": file_digest(p, limit=limit)}
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            rel = f.relative_to(p).as_posix()
+            if rel.startswith(".") or "/." in rel:
+                continue  # hidden files (caches, editor swap files) do not change results
+            h.update(f"{rel}\0{file_digest(f, limit=limit)}\n".encode())
+        return {"path": str(p.resolve()), "digest": "dir-sha256:" + h.hexdigest()}
+    return {"path": str(path), "digest": None}
+
+
+class ResumeCheckpoint:
+    """The sidecars of one output file; see the module docstring."""
+
+    def __init__(self, out_path: str | os.PathLike, fingerprint: Mapping[str, Any]):
+        self.out_path = Path(out_path)
+        self.partial_path, self.manifest_path = sidecar_paths(out_path)
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # plain, comparable
+        self._file = None
+
+    def exists(self) -> bool:
+        return self.partial_path.exists() or self.manifest_path.exists()
+
+    def check(self, resume: bool) -> dict[int, dict]:
+        """Validate the sidecars against this run without changing anything.
+
+        Returns the completed rows by index ({} for a fresh run). Raises ValueError when
+        sidecars exist and `resume` is False, or when they belong to a different run.
+        """
+        if not self.exists():
+            return {}
+        names = " and ".join(str(p) for p in (self.partial_path, self.manifest_path)
+                             if p.exists())
+        if not resume:
+            raise ValueError(f"found resume files from an earlier, unfinished run: {names}; "
+                             f"rerun with --resume to continue it, or delete them to start "
+                             f"over")
+        if not self.manifest_path.exists():
+            raise ValueError(f"{self.partial_path} has no manifest "
+                             f"({self.manifest_path.name}), so it cannot be checked against "
+                             f"this run; delete it to start over")
+        try:
+            saved = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{self.manifest_path}: unreadable manifest; delete "
+                             f"{names} to start over") from None
+        differences = _differences(saved.get("fingerprint", {}), self.fingerprint)
+        if saved.get("version") != MANIFEST_VERSION:
+            differences.insert(0, f"manifest version {saved.get('version')!r} != "
+                                  f"{MANIFEST_VERSION}")
+        if differences:
+            shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+            raise ValueError(f"cannot resume: the saved run used different inputs or "
+                             f"options ({shown}); rerun with the original options, or "
+                             f"delete {names} to start over")
+        return self._read_partial()
+
+    def start(self, resume: bool) -> dict[int, dict]:
+        """check(), then write the manifest (if new) and open the partial file for
+        appending. Returns the completed rows by index."""
+        done = self.check(resume)
+        if not self.manifest_path.exists():
+            atomic_write_text(self.manifest_path, json.dumps(
+                {"version": MANIFEST_VERSION, "output": str(self.out_path),
+                 "fingerprint": self.fingerprint}, indent=1) + "\n")
+        self._file = open(self.partial_path, "a", encoding="utf-8")
+        fsync_dir(self.partial_path.parent)
+        return done
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append one batch of rows durably (flush + fsync)."""
+        if self._file is None:
+            raise RuntimeError("ResumeCheckpoint.append called before start()")
+        text = "".join(json.dumps(_json_safe(r), ensure_ascii=False, allow_nan=False) + "\n"
+                       for r in rows)
+        self._file.write(text)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> None:
+        """Close and delete the sidecars (call after the final output is written)."""
+        self.close()
+        for p in (self.partial_path, self.manifest_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _read_partial(self) -> dict[int, dict]:
+        done: dict[int, dict] = {}
+        if not self.partial_path.exists():
+            return done
+        data = self.partial_path.read_bytes()
+        good_end = 0
+        lines = data.split(b"\n")
+        for lineno, line in enumerate(lines, 1):
+            is_last = lineno == len(lines)
+            if not line.strip():
+                if not is_last:
+                    good_end += len(line) + 1
+                continue
+            try:
+                row = json.loads(line)
+                index = int(row["index"])
+            except (ValueError, KeyError, TypeError):
+                if is_last:
+                    break  # a write cut short by the interruption: drop it
+                raise ValueError(f"{self.partial_path}: line {lineno} is damaged; delete "
+                                 f"{self.partial_path} and {self.manifest_path} to start "
+                                 f"over") from None
+            if is_last:
+                break  # no trailing newline: the batch's write did not complete
+            done.setdefault(index, row)
+            good_end += len(line) + 1
+        if good_end != len(data):
+            with open(self.partial_path, "r+b") as f:  # cut the incomplete tail
+                f.truncate(good_end)
+                os.fsync(f.fileno())
+        return done
+
+
+def _json_safe(row: Mapping[str, Any]) -> dict:
+    out = {}
+    for k, v in row.items():
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
+                 ) -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(f"{prefix}{key}: {_short(a)} then, {_short(b)} now")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,122 @@
+"""The paper's evaluation subsets S1..S5 and a plot of the sorted scores.
+
+Samples are sorted by descending score (S1 = riskiest); `num` windows of `window`
+samples start at floor(linspace(0, N - window, num)), where N counts the scored samples
+(rows with status "ok" and a finite score). Ties keep input order.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Subset:
+    name: str                 # "S1" .. "S<num>"
+    start: int                # position in the descending order (0-based, inclusive)
+    stop: int                 # exclusive
+    indices: list[int] = field(default_factory=list)   # record indices, riskiest first
+    scores: list[float] = field(default_factory=list)
+
+    @property
+    def mean_score(self) -> float:
+        return float(np.mean(self.scores)) if self.scores else math.nan
+
+
+def window_starts(n: int, num: int, window: int) -> list[int]:
+    """Start positions floor(linspace(0, n - window, num)) of `num` windows."""
+    if num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    if not 1 <= window <= n:
+        raise ValueError(f"--window must be between 1 and the number of scored samples "
+                         f"({n}), got {window}")
+    return [int(s) for s in np.floor(np.linspace(0, n - window, num)).astype(np.int64)]
+
+
+def default_window(n: int, num: int) -> int:
+    """Non-overlapping windows that tile the ranking: N // num (at least 1)."""
+    return max(1, n // max(1, num))
+
+
+def scored_order(rows: Sequence[dict], column: str) -> list[tuple[int, float]]:
+    """(index, score) of the scored rows, sorted by descending score, then index."""
+    pairs = []
+    for row in rows:
+        status = row.get("status")
+        value = _to_float(row.get(column))
+        if (status in (None, "ok")) and value is not None and math.isfinite(value):
+            pairs.append((int(row["index"]), value))
+    pairs.sort(key=lambda p: (-p[1], p[0]))
+    return pairs
+
+
+def select_subsets(rows: Sequence[dict], *, num: int = 5, window: int | None = None,
+                   column: str = "sqsd") -> tuple[list[tuple[int, float]], list[Subset]]:
+    """The sorted (index, score) pairs and the `num` windows over them."""
+    order = scored_order(rows, column)
+    if not order:
+        raise ValueError(f"no scored rows (status 'ok' with a finite {column!r}) to take "
+                         f"subsets from")
+    w = default_window(len(order), num) if window is None else window
+    subsets = []
+    for k, start in enumerate(window_starts(len(order), num, w)):
+        part = order[start:start + w]
+        subsets.append(Subset(f"S{k + 1}", start, start + w, [i for i, _ in part],
+                              [s for _, s in part]))
+    return order, subsets
+
+
+def plot_subsets(order: Sequence[tuple[int, float]], subsets: Sequence[Subset],
+                 path: str | os.PathLike, *, column: str = "sqsd",
+                 title: str | None = None) -> None:
+    """Save a PNG of the descending scores with each window shaded and labelled."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from sqsd_fast.io.atomic import atomic_path
+
+    scores = np.array([s for _, s in order], dtype=float)
+    fig = Figure(figsize=(8, 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(np.arange(1, len(scores) + 1), scores, color="black", linewidth=1.2,
+            label=f"{column} (descending)")
+    colors = ["#d62728", "#ff7f0e", "#bcbd22", "#2ca02c", "#1f77b4"]
+    for k, sub in enumerate(subsets):
+        color = colors[k % len(colors)]
+        ax.axvspan(sub.start + 0.5, sub.stop + 0.5, color=color, alpha=0.18)
+        ax.text((sub.start + sub.stop + 1) / 2, 1.0, sub.name, color=color,
+                ha="center", va="bottom", fontweight="bold",
+                transform=ax.get_xaxis_transform())
+    ax.axhline(0.0, color="grey", linewidth=0.6, linestyle="--")
+    ax.set_xlabel("rank (1 = riskiest)")
+    ax.set_ylabel(column)
+    ax.set_xlim(0.5, len(scores) + 0.5)
+    ax.set_title(title or f"{len(scores)} scored samples, {len(subsets)} windows of "
+                 f"{subsets[0].stop - subsets[0].start}", pad=18)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png")
+
+
+def _to_float(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def subset_data_extension(data_fmt: str, data_path: Path | None) -> str:
+    """Subsets keep the input's file format; datasets and hub data become JSONL."""
+    if data_fmt in ("json", "jsonl", "csv", "parquet") and data_path is not None:
+        return ".jsonl" if data_fmt == "jsonl" else "." + data_fmt
+    return ".jsonl"

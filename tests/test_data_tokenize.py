@@ -1,0 +1,159 @@
+"""Tokenization must match sqsd.md §2 token for token."""
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import pytest
+
+from sqsd_fast.data.records import normalize_rows, read_records
+from sqsd_fast.data.tokenize import (PLAIN_TEMPLATE, count_truncated, plain_prompt,
+                                     tokenize_records)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@functools.lru_cache(maxsize=None)
+def _toy_tokenizer():
+    from sqsd_fast.demo.toy_model import build_toy_tokenizer
+    return build_toy_tokenizer()
+
+
+@pytest.fixture
+def tok():
+    return copy.deepcopy(_toy_tokenizer())
+
+
+@pytest.fixture
+def plain_tok():
+    t = copy.deepcopy(_toy_tokenizer())
+    t.chat_template = None
+    return t
+
+
+def section2(tokenizer, instruction, context, response, max_length=1024):
+    """sqsd.md §2, followed literally."""
+    user = instruction if context.strip() == "" else instruction + "\n" + context
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}],
+                                           tokenize=False, add_generation_prompt=True)
+    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = tokenizer(prompt + response + tokenizer.eos_token,
+                    add_special_tokens=False).input_ids[:max_length]
+    labels = [-100] * min(len(p_ids), len(ids)) + ids[len(p_ids):]
+    return ids, labels
+
+
+RECORDS = [
+    {"instruction": "Explain how photosynthesis works.", "context": "",
+     "response": "Plants turn sunlight, water and CO2 into sugar."},
+    {"instruction": "Summarize the text.", "context": "The sea is wide and the wind is free.",
+     "response": "Wide sea, free wind."},
+    {"instruction": "Translate 'good morning' into Spanish.", "context": "   ",
+     "response": "Buenos días! 🌞"},
+]
+
+
+def test_matches_section2_with_and_without_context(tok):
+    samples = tokenize_records(normalize_rows(RECORDS), tok)
+    for s, r in zip(samples, RECORDS):
+        ids, labels = section2(tok, r["instruction"], r["context"], r["response"])
+        assert s.input_ids == ids, f"record {s.index}: input_ids differ from §2"
+        assert s.labels == labels, f"record {s.index}: labels differ from §2"
+        assert s.n_tokens == len(ids) and not s.truncated
+        assert s.n_response_tokens == sum(1 for x in labels[1:] if x != -100)
+        assert s.labels[-1] == tok.eos_token_id        # the eos token is a response label
+        assert s.labels[0] == -100 and s.n_response_tokens > 0
+    assert samples[1].n_tokens > samples[0].n_tokens - 20   # context is in the prompt
+
+
+def test_truncation_matches_section2_and_is_counted(tok):
+    long = dict(RECORDS[1], response="word " * 200)
+    recs = normalize_rows([RECORDS[0], long])
+    full = tokenize_records(recs, tok)
+    max_length = full[1].n_tokens - 50
+    cut = tokenize_records(recs, tok, max_length=max_length)
+    assert [s.truncated for s in cut] == [False, True] and count_truncated(cut) == 1
+    ids, labels = section2(tok, long["instruction"], long["context"], long["response"],
+                           max_length=max_length)
+    assert cut[1].input_ids == ids and cut[1].labels == labels
+    assert cut[1].n_tokens == max_length
+
+
+def test_truncation_inside_the_prompt_leaves_no_response_tokens(tok):
+    recs = normalize_rows([RECORDS[1]])
+    s = tokenize_records(recs, tok, max_length=3)[0]
+    ids, labels = section2(tok, RECORDS[1]["instruction"], RECORDS[1]["context"],
+                           RECORDS[1]["response"], max_length=3)
+    assert s.input_ids == ids and s.labels == labels == [-100] * 3
+    assert s.truncated and s.n_response_tokens == 0
+
+
+def test_chat_form_uses_the_prompt_turns_and_last_assistant(tok):
+    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Tell me a fact."},
+            {"role": "assistant", "content": "Water boils at 100 C at sea level."}]
+    s = tokenize_records(normalize_rows([{"messages": msgs}]), tok)[0]
+    prompt = tok.apply_chat_template(msgs[:3], tokenize=False, add_generation_prompt=True)
+    p_ids = tok(prompt, add_special_tokens=False).input_ids
+    ids = tok(prompt + msgs[3]["content"] + tok.eos_token, add_special_tokens=False).input_ids
+    assert s.input_ids == ids
+    assert s.labels == [-100] * len(p_ids) + ids[len(p_ids):]
+
+
+def test_plain_template_without_chat_template(plain_tok):
+    r = RECORDS[1]
+    s = tokenize_records(normalize_rows([r]), plain_tok)[0]
+    user = r["instruction"] + "\n" + r["context"]
+    prompt = PLAIN_TEMPLATE.format(user=user)
+    assert prompt == f"### Instruction:\n{user}\n\n### Response:\n"
+    p_ids = plain_tok(prompt, add_special_tokens=False).input_ids
+    ids = plain_tok(prompt + r["response"] + plain_tok.eos_token,
+                    add_special_tokens=False).input_ids
+    assert s.input_ids == ids and s.labels == [-100] * len(p_ids) + ids[len(p_ids):]
+    multi = plain_prompt([{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
+                          {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"}])
+    assert multi == ("### System:\nS\n\n### Instruction:\nU\n\n### Response:\nA\n\n"
+                     "### Instruction:\nV\n\n### Response:\n")
+
+
+def test_pretokenized_passes_through_unchanged(tok):
+    ids = list(range(10, 40))
+    labels = [-100] * 10 + ids[10:]
+    recs = normalize_rows([{"input_ids": ids, "labels": labels}, RECORDS[0]])
+    out = tokenize_records(recs, tok, max_length=5)          # no truncation for these
+    assert out[0].input_ids == ids and out[0].labels == labels and not out[0].truncated
+    assert out[0].n_tokens == 30 and out[0].n_response_tokens == 20
+    assert out[1].truncated and [s.index for s in out] == [0, 1]
+
+
+def test_rejects_bad_max_length_and_missing_eos(tok):
+    recs = normalize_rows([RECORDS[0]])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_length must be a positive integer"):
+            tokenize_records(recs, tok, max_length=bad)
+    tok.eos_token = None
+    with pytest.raises(ValueError, match="no eos_token"):
+        tokenize_records(recs, tok)
+
+
+@pytest.mark.parametrize("name", ["dolly_safety_related_387.jsonl", "alpaca_5000.json"])
+def test_real_data_matches_section2(tok, name):
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (shared data only exists beside the dev checkout)")
+    records = read_records(path)
+    samples = tokenize_records(records, tok)
+    assert len(samples) == len(records) and [s.index for s in samples] == list(range(len(records)))
+    assert count_truncated(samples) == sum(s.truncated for s in samples)
+    import json
+    raw = (json.loads(path.read_text()) if name.endswith(".json")
+           else [json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    for i in list(range(0, len(raw), max(1, len(raw) // 40))) + [len(raw) - 1]:
+        r = raw[i]
+        ids, labels = section2(tok, r["instruction"], r.get("context", r.get("input", "")),
+                               r.get("response", r.get("output")))
+        assert samples[i].input_ids == ids and samples[i].labels == labels, f"record {i}"
+        full, _ = section2(tok, r["instruction"], r.get("context", r.get("input", "")),
+                           r.get("response", r.get("output")), max_length=10**9)
+        assert samples[i].truncated == (len(full) > 1024), f"record {i}"
