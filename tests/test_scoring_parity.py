@@ -250,3 +250,33 @@ def test_zero_state_gives_zero_update(assets, samples, tmp_path):
     rows = scorer.project(samples[:2], progress=False)
     assert [r["status"] for r in rows] == ["zero_update", "zero_update"]
     assert all(r["proj"] is None for r in rows)
+
+
+def test_lora_dropout_is_off_while_scoring(assets, scorer, samples, tmp_path):
+    import json
+    import shutil
+
+    noisy = tmp_path / "dropout_state"
+    shutil.copytree(assets.danger_state, noisy)
+    config = json.loads((noisy / "adapter_config.json").read_text())
+    config["lora_dropout"] = 0.5
+    (noisy / "adapter_config.json").write_text(json.dumps(config))
+    with_dropout = SQSDScorer.from_pretrained(assets.model_dir, danger_state=str(noisy),
+                                              danger_direction=assets.danger_direction, backend="reference")
+    assert with_dropout.engine.model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout[
+        "danger_state"].p == 0.5
+    got = with_dropout.project(samples[:4], batch_size=4, progress=False)
+    want = scorer.project(samples[:4], batch_size=4, progress=False)
+    assert_scores_close("dropout state", [r["proj"] for r in got], [r["proj"] for r in want], atol=1e-6)
+
+
+def test_bfloat16_model_runs_and_stays_close(assets, scorer, samples):
+    low = SQSDScorer.from_pretrained(
+        assets.model_dir, danger_state=assets.danger_state, danger_direction=assets.danger_direction,
+        safety_direction=assets.safety_direction, dtype="bfloat16", backend="reference",
+    )
+    got = low.score(samples[:4], batch_size=4, progress=False)
+    want = scorer.score(samples[:4], batch_size=4, progress=False)
+    assert all(r["status"] == "ok" for r in got)
+    # bf16 base weights and activations: a smoke-level tolerance on a sum of 14 cosines.
+    assert_scores_close("bf16 sqsd", [r["sqsd"] for r in got], [r["sqsd"] for r in want], atol=0.15)

@@ -114,12 +114,14 @@ def read_adapter(path) -> dict[str, LoraFactors]:
     else:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
 
+    embedding_keys = [key for key in state if "lora_embedding" in key]
+    if embedding_keys:
+        raise ValueError(
+            f"adapter {path!r} puts LoRA on an embedding layer ({embedding_keys[0]}); SQSD scoring supports LoRA on "
+            "linear layers only"
+        )
     factors: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
-        if "lora_embedding" in key:
-            raise ValueError(
-                f"adapter {path!r} puts LoRA on an embedding layer ({key}); SQSD scoring supports LoRA on linear layers only"
-            )
         match = _FACTOR_KEY.match(key)
         if match is None:
             raise ValueError(

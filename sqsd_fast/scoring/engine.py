@@ -164,9 +164,11 @@ class ProjectionEngine:
             direction_sqnorm=dir_sqnorm.clone(), status=status,
         )
 
-    def _collate(self, samples):
+    @staticmethod
+    def _collate(samples, pad_token_id: int):
+        """Right-padded (B, L) input_ids, attention_mask, labels on the CPU."""
         width = max(len(s.input_ids) for s in samples)
-        input_ids = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)
+        input_ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
         labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(samples), width), dtype=torch.long)
         for row, s in enumerate(samples):
@@ -174,7 +176,7 @@ class ProjectionEngine:
             input_ids[row, :k] = torch.as_tensor(list(s.input_ids), dtype=torch.long)
             labels[row, :k] = torch.as_tensor(list(s.labels), dtype=torch.long)
             mask[row, :k] = 1
-        return input_ids.to(self.device), mask.to(self.device), labels.to(self.device)
+        return input_ids, mask, labels
 
     def _forward_backward(self, samples, state, specs):
         """One forward + backward of the samples (all with >= 1 response token) at ``state``.
@@ -182,24 +184,27 @@ class ProjectionEngine:
         Returns dot (S, M) and update_sqnorm (S, M) float64 on the CPU, and a per-sample
         finite-loss flag list.
         """
-        input_ids, mask, labels = self._collate(samples)
+        input_ids, mask, labels = self._collate(samples, self.pad_token_id)
         n, width = input_ids.shape
-        self.model.set_adapter(state)
-        self._freeze()  # set_adapter makes the active adapter trainable again
-
-        # Packing: drop padding rows; cu_seqlens built here, so no value checks later.
+        # Every index below is built on the CPU from the host-side batch, so the device
+        # never waits for the host mid-batch (the one sync is the final copy back).
         lengths = mask.sum(dim=1)
-        cu_seqlens = torch.zeros(n + 1, dtype=torch.long, device=self.device)
+        cu_seqlens = torch.zeros(n + 1, dtype=torch.long)
         cu_seqlens[1:] = torch.cumsum(lengths, dim=0)
-        padded = any(len(s.input_ids) != width for s in samples)
-        rows = torch.nonzero(mask.reshape(-1), as_tuple=False).squeeze(1) if padded else None
-
+        # Packing drops padding rows; cu_seqlens is built here, so no value checks later.
+        rows = torch.nonzero(mask.reshape(-1)).squeeze(1) if int(lengths.min()) < width else None
         # Logits only where some sample has a target: position t predicts labels[:, t + 1].
         targets_valid = labels[:, 1:] != IGNORE_INDEX
-        keep = torch.nonzero(targets_valid.any(dim=0), as_tuple=False).squeeze(1)
+        keep = torch.nonzero(targets_valid.any(dim=0)).squeeze(1)
         targets = labels[:, 1:].index_select(1, keep)
         n_targets = targets_valid.sum(dim=1)
+        to_dev = lambda t: None if t is None else t.to(self.device, non_blocking=True)  # noqa: E731
+        input_ids, mask, cu_seqlens, rows, keep, targets, n_targets = map(
+            to_dev, (input_ids, mask, cu_seqlens, rows, keep, targets, n_targets)
+        )
 
+        self.model.set_adapter(state)
+        self._freeze()  # set_adapter makes the active adapter trainable again
         embeds = self.model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
         session = CaptureSession(specs, self.backend)
         session.set_rows(rows, cu_seqlens)
@@ -217,6 +222,8 @@ class ProjectionEngine:
             per_sample = ce.sum(dim=1) / n_targets
             torch.autograd.grad(per_sample.sum(), embeds)
         dot, sqnorm = session.results(n, 1, self.device)
-        finite = torch.isfinite(per_sample.detach())
-        # The batch's one host sync.
-        return dot[:, :, 0].double().cpu(), sqnorm.double().cpu(), finite.cpu().tolist()
+        # The batch's one host sync: everything comes back in one copy.
+        packed = torch.cat([dot[:, :, 0], sqnorm, per_sample.detach().float().unsqueeze(1)], dim=1).double().cpu()
+        m = sqnorm.shape[1]
+        finite = torch.isfinite(packed[:, 2 * m]).tolist()
+        return packed[:, :m], packed[:, m:2 * m], finite
