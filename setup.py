@@ -11,6 +11,8 @@ Environment:
     SQSD_FAST_BUILD_DIR       CMake build folder (default build/cmake)
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess
@@ -30,14 +32,18 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def _find_nvcc() -> str | None:
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
 def _cuda_wanted(torch) -> bool:
+    """CUDA kernels need nvcc and a CUDA build of torch (to link against), unless opted out."""
     if os.environ.get("SQSD_FAST_NO_CUDA", "0") not in ("", "0"):
         return False
-    if torch.version.cuda is None:
-        return False
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    nvcc_in_home = cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists()
-    return bool(shutil.which("nvcc") or nvcc_in_home)
+    return torch.version.cuda is not None and _find_nvcc() is not None
 
 
 def _cuda_architectures(torch) -> str:
@@ -69,11 +75,17 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={os.environ.get('SQSD_FAST_BUILD_TYPE', 'Release')}",
             f"-DSQSD_FAST_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
         ]
+        env = dict(os.environ)
         if with_cuda:
-            args.append(f"-DCMAKE_CUDA_ARCHITECTURES={_cuda_architectures(torch)}")
+            archs = _cuda_architectures(torch)
+            args += [f"-DCMAKE_CUDA_COMPILER={_find_nvcc()}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
+            # torch's own CMake adds -gencode flags from this list; keep both in agreement.
+            if archs != "native":
+                env.setdefault("TORCH_CUDA_ARCH_LIST",
+                               ";".join(f"{a[:-1]}.{a[-1]}" for a in archs.split(";")))
         if shutil.which("ninja"):
             args.append("-GNinja")
-        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True, env=env)
 
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(["cmake", "--build", str(build_dir), "--target", "_C", "-j", jobs],

@@ -1,19 +1,17 @@
-// CUDA implementation of factor_grad_stats (sqsd.md §4): launches the tile kernel of
-// factor_grad_tile_kernel.cuh on the current stream, reduces its per-group partials in a
-// fixed order, and falls back to the Gram form through cuBLAS for a "left" gram with
-// p > 128 (or "right" with q > 128), which one tile cannot span.
+// CUDA implementation of factor_grad_stats (sqsd.md §4), host side: plans the tiles, launches
+// the kernels of factor_grad_launch.cu on the current stream, reduces their per-group
+// partials in a fixed order, and falls back to the Gram form through cuBLAS for a "left"
+// gram with p > 128 (or "right" with q > 128), which one tile cannot span.
 #include "../factor_grad_stats.h"
-#include "factor_grad_tile_kernel.cuh"
+#include "factor_grad_launch.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <vector>
 
 namespace sqsd_fast::gpu {
 namespace {
@@ -39,34 +37,19 @@ TileChoice choose_tile(GramMode mode, int64_t p, int64_t q) {
   return {64, 64, TileGram::kNone};
 }
 
-template <typename scalar_t>
-void launch_tile_kernel(const TileChoice& choice, dim3 grid, cudaStream_t stream,
-                        const TileParams& prm) {
-#define SQSD_LAUNCH_TILE(TM, TN)                                                  \
-  if (choice.tm == TM && choice.tn == TN) {                                       \
-    factor_grad_tile_kernel<scalar_t, TM, TN><<<grid, kThreads, 0, stream>>>(prm); \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                               \
-    return;                                                                       \
-  }
-  SQSD_LAUNCH_TILE(64, 64)
-  SQSD_LAUNCH_TILE(16, 256)
-  SQSD_LAUNCH_TILE(32, 128)
-  SQSD_LAUNCH_TILE(128, 32)
-  SQSD_LAUNCH_TILE(256, 16)
-#undef SQSD_LAUNCH_TILE
-  TORCH_CHECK(false, "factor_grad_stats (CUDA): no kernel for tile ", choice.tm, "x", choice.tn);
-}
-
 // out (S, width...) = partial (S, groups, width) summed over groups in order.
 void sum_over_groups(const at::Tensor& partial, at::Tensor& out, cudaStream_t stream) {
-  const int64_t S = partial.size(0), groups = partial.size(1), width = partial.size(2);
-  const int64_t total = S * width;
-  if (total == 0) return;
-  const int threads = 256;
-  const int64_t blocks = (total + threads - 1) / threads;
-  sum_over_groups_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-      partial.const_data_ptr<float>(), out.mutable_data_ptr<float>(), S, groups, width);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(launch_sum_over_groups(partial.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                        partial.size(0), partial.size(1), partial.size(2), stream));
+}
+
+InputDtype input_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return InputDtype::kFloat32;
+    case at::kBFloat16: return InputDtype::kBFloat16;
+    case at::kHalf: return InputDtype::kFloat16;
+    default: TORCH_CHECK(false, "factor_grad_stats (CUDA): unsupported dtype ", type);
+  }
 }
 
 // G G^T = a_s^T (b_s b_s^T) a_s and G^T G = b_s^T (a_s a_s^T) b_s: correct for any p, q,
@@ -101,6 +84,9 @@ std::tuple<at::Tensor, at::Tensor> factor_grad_stats_cuda(
 
   const at::Tensor a = a_in.detach(), b = b_in.detach();
   const TileChoice choice = choose_tile(mode, p, q);
+  TORCH_CHECK(tile_shape_supported(choice.tm, choice.tn), "factor_grad_stats (CUDA): no kernel "
+              "for tile ", choice.tm, "x", choice.tn);
+  const InputDtype dtype = input_dtype(a.scalar_type());
   const bool want_sqnorm = mode == GramMode::kFrobenius;
   const bool gram_fallback = (mode == GramMode::kLeft || mode == GramMode::kRight) &&
                              choice.gram == TileGram::kNone;
@@ -151,11 +137,7 @@ std::tuple<at::Tensor, at::Tensor> factor_grad_stats_cuda(
     prm.gram_partial = gram_width > 0
                            ? gram_partial.mutable_data_ptr<float>() + s0 * groups * gram_width
                            : nullptr;
-    const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(count));
-    AT_DISPATCH_SWITCH(a.scalar_type(), "factor_grad_stats_cuda",
-        AT_DISPATCH_CASE(at::kFloat, [&] { launch_tile_kernel<scalar_t>(choice, grid, stream, prm); })
-        AT_DISPATCH_CASE(at::kBFloat16, [&] { launch_tile_kernel<scalar_t>(choice, grid, stream, prm); })
-        AT_DISPATCH_CASE(at::kHalf, [&] { launch_tile_kernel<scalar_t>(choice, grid, stream, prm); }));
+    C10_CUDA_CHECK(launch_factor_grad_tiles(dtype, choice.tm, choice.tn, count, prm, stream));
   }
 
   sum_over_groups(proj_partial, proj, stream);
