@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -172,6 +173,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="tokenizer directory (default: --model)")
     p.add_argument("--data-split", default=None, metavar="SPLIT",
                    help="split of a datasets directory or hub dataset (default: train)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     g = p.add_argument_group(
         "field names", "Records are instruction form (instruction, optional context/input, "
@@ -319,9 +321,35 @@ def _fingerprint(args: argparse.Namespace, prep: Prepared, adapters: dict) -> di
     return fp
 
 
+@contextmanager
+def quiet_libraries():
+    """Silence loading progress bars and deprecation chatter from transformers/peft, so
+    the user sees our progress bar and summary; restores the previous settings."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_scorer(args: argparse.Namespace):
     """Build the SQSDScorer for `args` (tests replace this to avoid a real model)."""
     from sqsd_fast.scoring.scorer import SQSDScorer
+    with quiet_libraries():
+        return _load_scorer(SQSDScorer, args)
+
+
+def _load_scorer(SQSDScorer, args: argparse.Namespace):
     if args.command == "score":
         return SQSDScorer.from_pretrained(
             args.model, danger_state=args.danger_state, danger_direction=args.danger_direction,
@@ -384,7 +412,7 @@ def _run_scoring(args: argparse.Namespace, adapters: dict, columns: dict) -> lis
 
 
 def _iterate(scorer, args, samples, skip):
-    progress = not args.quiet
+    progress = not (args.quiet or args.no_progress)
     if args.command == "score":
         return scorer.iter_score(samples, metric=args.metric, batch_size=args.batch_size,
                                  skip_indices=skip, progress=progress)
