@@ -60,8 +60,27 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each paragraph on its own (keeps example lines as written) and shows
+    defaults only where they say something."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+        out = []
+        for line in text.splitlines():
+            if line.startswith("  ") or not line.strip():
+                out.append(indent + line)      # indented example lines stay as written
+            else:
+                out.append(textwrap.fill(line, width, initial_indent=indent,
+                                         subsequent_indent=indent))
+        return "\n".join(out)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,14 +198,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "field names", "Records are instruction form (instruction, optional context/input, "
         "response/output), chat form (messages; the last assistant turn is the response) "
         "or pre-tokenized (input_ids + labels). Rename the fields here.")
-    g.add_argument("--instruction-field", default="instruction", metavar="NAME")
+    g.add_argument("--instruction-field", default="instruction", metavar="NAME",
+                   help="field with the instruction")
     g.add_argument("--context-field", default=None, metavar="NAME",
-                   help="(default: context, else input)")
+                   help="field with the optional context (default: context, else input)")
     g.add_argument("--response-field", default=None, metavar="NAME",
-                   help="(default: response, else output)")
-    g.add_argument("--messages-field", default="messages", metavar="NAME")
-    g.add_argument("--input-ids-field", default="input_ids", metavar="NAME")
-    g.add_argument("--labels-field", default="labels", metavar="NAME")
+                   help="field with the response (default: response, else output)")
+    g.add_argument("--messages-field", default="messages", metavar="NAME",
+                   help="field with the chat turns")
+    g.add_argument("--input-ids-field", default="input_ids", metavar="NAME",
+                   help="field with pre-tokenized ids")
+    g.add_argument("--labels-field", default="labels", metavar="NAME",
+                   help="field with pre-tokenized labels (-100 = not trained on)")
 
 
 # ----------------------------------------------------------------------------- main

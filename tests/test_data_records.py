@@ -220,3 +220,26 @@ def test_limit_reads_only_the_first_rows(tmp_path):
 def test_snippet_is_short_and_single_line():
     rec = Record(0, "instruction", ({"role": "user", "content": "word\n" * 40},), "r")
     assert len(rec.snippet(30)) == 30 and "\n" not in rec.snippet(30)
+
+
+def test_hub_name_goes_to_load_dataset(monkeypatch):
+    import datasets
+    calls = []
+
+    def fake_load_dataset(name, split=None):
+        calls.append((name, split))
+        if name == "owner/missing":
+            raise FileNotFoundError("Dataset 'owner/missing' doesn't exist on the Hub\nmore")
+        return datasets.Dataset.from_list(ROWS)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    raw = load_raw("owner/dolly", split="train")
+    assert raw.fmt == "hub" and raw.path is None and len(raw.rows) == 3
+    _check(read_records("owner/dolly"))
+    with pytest.raises(ValueError, match=r"owner/missing: no such data file, and loading it "
+                                         r"as a hub dataset failed \(Dataset 'owner/missing'"):
+        read_records("owner/missing")
+    assert calls == [("owner/dolly", "train"), ("owner/dolly", "train"),
+                     ("owner/missing", "train")]
+    with pytest.raises(ValueError, match="data file not found"):
+        read_records("owner/name/extra")                   # not a hub id: a missing path
