@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from typing import Iterable, Iterator
 
@@ -224,7 +223,6 @@ class SQSDScorer:
         todo = [s for s in _as_samples(samples) if s.index not in skip_indices]
         batches = length_bucketed_batches(todo, batch_size)
         bar = _progress_bar(len(todo), progress)
-        start = time.perf_counter()
         try:
             for batch in batches:
                 yield batch
@@ -233,7 +231,6 @@ class SQSDScorer:
         finally:
             if bar is not None:
                 bar.close()
-        self.last_run_seconds = time.perf_counter() - start
 
 
 class _Sample:
