@@ -23,6 +23,7 @@ constexpr int64_t kTileFloats = 32 * 1024;     // a 128 KiB G tile stays in L2 f
 constexpr int64_t kMinTile = 16;
 constexpr int64_t kTargetWorkItems = 64;       // enough items to balance threads, few partials
 constexpr int64_t kMaxPartialBytes = 256 << 20;  // cap on per-chunk gram partials
+constexpr int64_t kMaxGramFormRows = 2048;     // two T x T fp32 Grams: at most 32 MiB a thread
 
 struct Plan {
   GramMode mode;
@@ -39,7 +40,7 @@ struct Plan {
   // Frobenius without projections can skip G entirely:
   // ||G_s||^2 = sum_{t,t'} (a_t.a_t')(b_t.b_t') costs ~T^2 (p+q) instead of ~T p q.
   bool use_gram_form(int64_t T) const {
-    return mode == GramMode::kFrobenius && shape.num_dirs == 0 &&
+    return mode == GramMode::kFrobenius && shape.num_dirs == 0 && T <= kMaxGramFormRows &&
            T * (shape.p + shape.q) < shape.p * shape.q;
   }
 };
