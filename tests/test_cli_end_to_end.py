@@ -151,3 +151,20 @@ def test_csv_scores_and_subsets(assets, reference_rows, tmp_path):
         [r["rank"] for r in reference_rows]
     top = sorted((r for r in reference_rows if r["rank"] is not None), key=lambda r: r["rank"])
     assert read_rows(tmp_path / "sub" / "S1.jsonl") == [RECORDS[r["index"]] for r in top[:2]]
+
+
+@pytest.mark.parametrize("name", ["dolly_safety_related_387.jsonl", "refusal_anchors_40.jsonl"])
+def test_real_shared_data(assets, tmp_path, name):
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (shared data only exists beside the dev checkout)")
+    toy, _ = assets
+    out = tmp_path / "scores.jsonl"
+    argv = _score_argv(assets, out, "--quiet", "--limit", "6")
+    argv[argv.index("--data") + 1] = str(path)
+    argv[argv.index("--max-length") + 1] = "160"
+    assert cli.main(argv) == 0
+    rows = read_rows(out)
+    assert [r["index"] for r in rows] == list(range(6))
+    assert any(r["status"] == "ok" for r in rows)
