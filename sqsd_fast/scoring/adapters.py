@@ -48,13 +48,14 @@ def resolve_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
 
 
-def load_base_model(model, *, dtype="float32", device="cpu") -> nn.Module:
+def load_base_model(model, *, dtype="float32", device=None) -> nn.Module:
     """A causal LM from a local directory or hub id (loaded once), or an in-memory model.
 
-    In-memory models are used as they are (moved to ``device``; their dtype is kept).
+    In-memory models are used as they are: their dtype is kept, and they stay on their
+    device unless ``device`` is given. Models loaded from a path go to ``device`` or the CPU.
     """
     if isinstance(model, nn.Module):
-        return model.to(device)
+        return model if device is None else model.to(device)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path, a hub id or a torch.nn.Module; got {type(model).__name__}")
     path = os.fspath(model)
@@ -63,7 +64,7 @@ def load_base_model(model, *, dtype="float32", device="cpu") -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
-    return loaded.to(device).eval()
+    return loaded.to(device or "cpu").eval()
 
 
 def _looks_local(path: str) -> bool:

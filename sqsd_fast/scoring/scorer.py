@@ -47,7 +47,7 @@ class SQSDScorer:
 
     @classmethod
     def from_pretrained(cls, model, *, danger_state, danger_direction, safety_state=None, safety_direction=None,
-                        safety_state_scaling=1.0, danger_state_scaling=None, dtype="float32", device="cpu",
+                        safety_state_scaling=1.0, danger_state_scaling=None, dtype="float32", device=None,
                         backend="auto", tokenizer=None) -> "SQSDScorer":
         """Loads the base model once and the LoRA states on it as named adapters.
 
@@ -66,7 +66,8 @@ class SQSDScorer:
                 None keeps alpha/r). danger_state_scaling: same for the danger state
                 (default None: alpha/r).
             dtype: "float32" | "bfloat16" | "float16" for a model loaded from a path.
-            device: where the model runs ("cpu", "cuda", "cuda:1", ...).
+            device: where the model runs ("cpu", "cuda", "cuda:1", ...). Default: "cpu" for a
+                model loaded from a path, the model's own device for an in-memory model.
             backend: statistics backend ("auto", "reference", "cpp", "triton").
             tokenizer: optional; loaded from ``model`` when it is a directory.
 
@@ -103,7 +104,7 @@ class SQSDScorer:
                                  "scalings; pass them as directories so each is loaded on its own")
             set_state_scaling(peft_model, adapter, scaling)
             states[logical] = adapter
-        peft_model.to(device)
+        peft_model.to(next(base.parameters()).device)  # adapters join the base model's device
 
         directions = {DANGER: load_direction(danger_direction, peft_model)}
         if safety_direction is not None:
