@@ -14,6 +14,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,11 +40,28 @@ def _find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def _nvcc_version(nvcc: str) -> str:
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else "unknown"
+
+
 def _cuda_wanted(torch) -> bool:
     """CUDA kernels need nvcc and a CUDA build of torch (to link against), unless opted out."""
     if os.environ.get("SQSD_FAST_NO_CUDA", "0") not in ("", "0"):
         return False
-    return torch.version.cuda is not None and _find_nvcc() is not None
+    nvcc = _find_nvcc()
+    if torch.version.cuda is None or nvcc is None:
+        return False
+    # Kernels built by one CUDA major version next to a torch built for another would load
+    # two CUDA runtimes into the process; build the CPU kernels only and say so.
+    nvcc_version = _nvcc_version(nvcc)
+    if nvcc_version.split(".")[0] != torch.version.cuda.split(".")[0]:
+        print(f"sqsd_fast: skipping the CUDA kernels: nvcc {nvcc_version} ({nvcc}) does not match "
+              f"torch's CUDA {torch.version.cuda}; point CUDA_HOME at a matching toolkit.",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def _cuda_architectures(torch) -> str:
