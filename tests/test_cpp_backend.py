@@ -44,13 +44,13 @@ def _inputs(S, p, q, K, dtype, device, seed, dirs_dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
     cu = random_cu_seqlens(_lengths(S, generator))
     N = int(cu[-1])
-    a = torch.randn(p, N, generator=generator).to(dtype).T  # transposed storage
-    b = non_contiguous(torch.randn(N, q, generator=generator).to(dtype))  # every other column
+    # Views are taken on the device itself: .to(device) would make a gappy view contiguous.
+    a = torch.randn(p, N, generator=generator).to(device=device, dtype=dtype).T  # transposed
+    b = non_contiguous(torch.randn(N, q, generator=generator).to(device=device, dtype=dtype))
     dirs = None
     if K:
-        dirs = torch.randn(K, q, p, generator=generator, dtype=dirs_dtype).transpose(1, 2)
-    to = lambda t: None if t is None else t.to(device)  # noqa: E731 (.to keeps the strides)
-    return to(a), to(b), to(cu), to(dirs)
+        dirs = torch.randn(K, q, p, generator=generator, dtype=dirs_dtype).to(device).transpose(1, 2)
+    return a, b, cu.to(device), dirs
 
 
 def _run(a, b, cu, dirs, gram):
