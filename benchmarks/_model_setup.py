@@ -1,0 +1,195 @@
+"""Model, adapters and samples shared by the end-to-end benchmarks.
+
+A Llama (or Qwen2) built from a config with random weights, a byte-level BPE tokenizer
+trained on the benchmark's own texts (nothing is downloaded), and two LoRA adapters on
+every projection: the *state* ("danger_state") and the *direction* ("danger"), both with
+seeded random non-zero A and B (a fresh LoRA has B = 0, which makes every induced update
+degenerate). Written to a temporary directory so path-based loaders can read them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+STATE, DIRECTION = "danger_state", "danger"
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_DATA = SHARED_DATA / "alpaca_5000.json"
+
+PRESETS = {
+    # CPU default of the brief: hidden 512, intermediate 1536, 4 layers, 8 heads, vocab ~8k.
+    "cpu-llama": dict(arch="llama", hidden_size=512, intermediate_size=1536, num_layers=4,
+                      num_heads=8, num_kv_heads=8, vocab_size=8192, rank=8, alpha=16,
+                      dtype="float32", device="cpu", vocab_pad=None),
+    # ~0.5B Qwen2-style (Qwen2-0.5B shapes; the embedding is padded to its 151,936 rows).
+    "gpu-0.5b": dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_layers=24,
+                     num_heads=14, num_kv_heads=2, vocab_size=8192, rank=8, alpha=16,
+                     dtype="bfloat16", device="cuda", vocab_pad=151936),
+    # Seconds-scale, for --smoke.
+    "smoke": dict(arch="llama", hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=4, num_kv_heads=4, vocab_size=512, rank=4, alpha=8,
+                  dtype="float32", device="cpu", vocab_pad=None),
+}
+
+
+def add_model_args(parser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="model size preset (default cpu-llama; smoke with --smoke)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="instruction data (json/jsonl); synthetic text when the file is absent")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--attn", default="sdpa", help="attn_implementation: sdpa | eager")
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "rank"):
+        parser.add_argument("--" + key.replace("_", "-"), type=int, default=None)
+
+
+def resolve_preset(args) -> dict:
+    name = args.preset or ("smoke" if args.smoke else "cpu-llama")
+    cfg = dict(PRESETS[name], name=name)
+    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "rank"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg[key] = value
+            if key == "num_heads":
+                cfg["num_kv_heads"] = value
+    if args.device is not None and args.device != cfg["device"]:
+        cfg["device"] = args.device
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"preset {name} wants cuda, but torch.cuda.is_available() is False")
+    return cfg
+
+
+def _synthetic_rows(n: int) -> list[dict]:
+    import random
+
+    rng = random.Random(0)
+    words = ("the model data sample safety update gradient token sequence batch layer "
+             "answer question write explain list describe three short long simple").split()
+    rows = []
+    for i in range(n):
+        rows.append({"instruction": " ".join(rng.choices(words, k=rng.randint(5, 30))),
+                     "input": "",
+                     "output": " ".join(rng.choices(words, k=rng.randint(10, 200)))})
+    return rows
+
+
+def load_rows(data: str, n: int) -> tuple[list[dict], str]:
+    path = Path(data)
+    if path.exists():
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        else:
+            rows = json.loads(path.read_text())
+        return rows[:n], str(path)
+    return _synthetic_rows(n), f"synthetic (no file at {path})"
+
+
+@dataclass
+class Setup:
+    cfg: dict
+    tokenizer: object
+    model: object           # PeftModel with adapters STATE and DIRECTION, STATE active
+    samples: list           # TokenizedSample
+    data_name: str
+    adapter_dirs: dict      # name -> directory saved with save_pretrained
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def build_setup(args, *, n_samples: int | None = None, workdir: str | None = None) -> Setup:
+    from peft import LoraConfig, get_peft_model
+
+    from sqsd_fast.data import read_records, tokenize_records
+    from sqsd_fast.demo.toy_model import ALL_PROJECTIONS, build_toy_model, build_toy_tokenizer
+
+    cfg = resolve_preset(args)
+    n = n_samples or args.samples
+    rows, data_name = load_rows(args.data, n)
+    # Tokenizer trained on the benchmark's own texts (plus the demo corpus' specials).
+    texts = [" ".join(str(r.get(k, "")) for k in ("instruction", "input", "context", "output", "response"))
+             for r in rows]
+    tok = build_toy_tokenizer(vocab_size=cfg["vocab_size"], corpus=texts)
+    model = build_toy_model(tok, hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"],
+                            num_layers=cfg["num_layers"], num_heads=cfg["num_heads"],
+                            num_kv_heads=cfg["num_kv_heads"], arch=cfg["arch"],
+                            attn_implementation=args.attn)
+    if cfg.get("vocab_pad"):
+        model.resize_token_embeddings(cfg["vocab_pad"])
+    dtype = getattr(torch, cfg["dtype"])
+    device = torch.device(cfg["device"])
+    lora = LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], target_modules=list(ALL_PROJECTIONS),
+                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        peft_model = get_peft_model(model, lora, adapter_name=STATE)
+        peft_model.add_adapter(DIRECTION, lora)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_A" in name:
+                    p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+                elif "lora_B" in name:
+                    p.copy_(torch.randn_like(p) * 0.02)
+    peft_model.set_adapter(STATE)
+    peft_model = peft_model.to(device=device, dtype=dtype).eval()
+    workdir = workdir or tempfile.mkdtemp(prefix="sqsd_bench_")
+    adapter_dirs = {}
+    for name in (STATE, DIRECTION):
+        out = os.path.join(workdir, name)
+        peft_model.save_pretrained(out, selected_adapters=[name])
+        # save_pretrained puts non-default adapters in a sub-directory named after them.
+        adapter_dirs[name] = out if os.path.exists(os.path.join(out, "adapter_config.json")) \
+            else os.path.join(out, name)
+    model_dir = os.path.join(workdir, "base_tokenizer")
+    tok.save_pretrained(model_dir)
+    records = read_records(rows)
+    samples = tokenize_records(records, tok, max_length=args.max_length)
+    return Setup(cfg, tok, peft_model, samples, data_name, adapter_dirs, device, dtype)
+
+
+def train_only_state(peft_model, state: str) -> None:
+    """Activate adapter ``state``; only its LoRA factors require grad (the engine freezes all)."""
+    peft_model.set_adapter(state)
+    for name, p in peft_model.named_parameters():
+        p.requires_grad_(("lora_A." + state + ".") in name or ("lora_B." + state + ".") in name)
+
+
+def per_sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) mean causal-LM cross-entropy of each sample over its own response tokens."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    tok_loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+        ignore_index=-100, reduction="none").view(shift_labels.shape)
+    counts = (shift_labels != -100).sum(dim=1).clamp_min(1)
+    return tok_loss.sum(dim=1) / counts
+
+
+def floor_pass(setup: Setup, batches) -> None:
+    """The floor: forward + backward of every batch, same model and active LoRA, no hooks.
+
+    Loss = sum over samples of each sample's mean response-token cross-entropy (the loss
+    whose gradient, sample by sample, is what scoring needs).
+    """
+    from sqsd_fast.data.batching import collate
+
+    model = setup.model
+    train_only_state(model, STATE)
+    pad = setup.tokenizer.pad_token_id
+    for batch in batches:
+        enc = collate(batch, pad)
+        enc = {k: v.to(setup.device) for k, v in enc.items()}
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(setup.device.type, dtype=setup.dtype, enabled=setup.dtype != torch.float32):
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        per_sample_mean_loss(logits, enc["labels"]).sum().backward()
+    model.zero_grad(set_to_none=True)

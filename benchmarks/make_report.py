@@ -1,0 +1,201 @@
+"""Regenerates the tables of BENCHMARKS.md from benchmarks/results/*.csv.
+
+Only the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` is
+replaced; everything else in BENCHMARKS.md is hand-written and kept. For each script the
+latest full (non-smoke) run per device (and model preset) is shown; rows of one run share
+its ``date_utc``. No number in the tables is typed by hand.
+
+    python benchmarks/make_report.py [--results benchmarks/results] [--doc BENCHMARKS.md] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("mode", "full") == "full"]
+
+
+def latest_runs(rows: list[dict], group_keys: tuple[str, ...]) -> list[list[dict]]:
+    """The rows of the latest run of every group (device, preset, ...)."""
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        g = tuple(r.get(k, "") for k in group_keys)
+        groups.setdefault(g, {}).setdefault(r["date_utc"], []).append(r)
+    return [runs[max(runs)] for _, runs in sorted(groups.items())]
+
+
+def num(value, digits=3):
+    if value in (None, ""):
+        return ""
+    try:
+        x = float(value)
+    except ValueError:
+        return str(value)
+    if x != x:
+        return ""
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if abs(x) >= 0.01 or x == 0:
+        return f"{x:.{digits}g}"
+    return f"{x:.2e}"
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for title, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for _, key in columns:
+            v = r.get(key, "")
+            cells.append(num(v) if key not in TEXT_COLUMNS else str(v).replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+TEXT_COLUMNS = {"case", "backend", "method", "dtype", "status", "axis", "phase", "gram", "mem_method"}
+
+
+def provenance(run: list[dict]) -> str:
+    r = run[0]
+    return (f"*{r['device']} ({r['device_type']}), {r['threads']} threads, torch {r['torch']}, "
+            f"triton {r['triton']}, sqsd_fast {r['sqsd_fast']} (git {r['git']}), {r['date_utc']}.*")
+
+
+def kernels_section(results: Path) -> str:
+    runs = latest_runs(read(results / "bench_kernels.csv"), ("device",))
+    if not runs:
+        return "_No full run recorded yet (`python benchmarks/bench_kernels.py`)._"
+    parts = []
+    for run in runs:
+        parts.append(provenance(run))
+        cols = [("case", "case"), ("backend", "backend"), ("dtype", "dtype"), ("N rows", "N"), ("p", "p"),
+                ("q", "q"), ("K", "K"), ("gram", "gram"), ("median ms", "time_ms"), ("IQR ms", "iqr_ms"),
+                ("x floor (time / mm)", "x_floor"), ("speed-up vs reference", "x_ref"),
+                ("rel. error", "rel_err")]
+        if any(r.get("bw_frac") for r in run):
+            cols += [("GB/s", "bw_GBps"), ("of copy BW", "bw_frac")]
+        if any(r.get("mem_frac_dense") for r in run):
+            cols += [("extra peak MB", "extra_peak_MB"), ("dense grads MB", "dense_grads_MB"),
+                     ("extra / dense", "mem_frac_dense")]
+        cols += [("status", "status")]
+        parts.append(table(run, cols))
+    return "\n\n".join(parts)
+
+
+def e2e_section(results: Path) -> str:
+    runs = latest_runs(read(results / "bench_e2e.csv"), ("device", "preset"))
+    if not runs:
+        return "_No full run recorded yet (`python benchmarks/bench_e2e.py`)._"
+    parts = []
+    for run in runs:
+        r0 = run[0]
+        parts.append(provenance(run) + f" Preset {r0['preset']} ({num(r0['params_M'])}M parameters, "
+                     f"{r0['dtype']}), {r0['samples']} samples / {r0['tokens']} tokens of {r0['data']}; "
+                     f"agreement tolerance {r0['tol']} on the summed cosine.")
+        cols = [("method", "method"), ("backend", "backend"), ("batch", "batch_size"), ("time s", "time_s"),
+                ("samples/s", "samples_per_s"), ("x floor time", "x_floor_time"),
+                ("x authors' throughput", "x_authors_throughput"), ("extra peak MB", "extra_peak_MB"),
+                ("peak RSS/alloc MB", "peak_MB"), ("extra peak / floor's", "x_floor_extra_mem"),
+                ("peak / floor's", "x_floor_peak_mem"), ("max abs diff", "max_abs_diff")]
+        final = [r for r in run if r.get("phase") == "final"]
+        sweep = [r for r in run if r.get("phase") == "sweep"]
+        parts.append(f"Final (median of {final[0]['repeats'] if final else '?'} interleaved passes):\n\n"
+                     + table(final, cols))
+        if sweep:
+            parts.append("Batch-size sweep (one pass each; picks (c)):\n\n" + table(sweep, cols))
+    return "\n\n".join(parts)
+
+
+def per_sample_section(results: Path) -> str:
+    runs = latest_runs(read(results / "bench_per_sample.csv"), ("device", "preset"))
+    if not runs:
+        return "_No full run recorded yet (`python benchmarks/bench_per_sample.py`)._"
+    parts = []
+    for run in runs:
+        r0 = run[0]
+        parts.append(provenance(run) + f" Preset {r0['preset']}, one batch of {r0['batch_size']} samples "
+                     f"({r0.get('tokens', '')} tokens, {r0.get('padded_tokens', '')} padded), "
+                     f"{r0.get('modules', '')} LoRA modules.")
+        parts.append(table(run, [("method", "method"), ("median ms", "time_ms"), ("samples/s", "samples_per_s"),
+                                 ("speed vs torch.func", "x_torch_func_speed"), ("extra peak MB", "extra_peak_MB"),
+                                 ("memory vs torch.func", "x_torch_func_mem"), ("rel. error", "rel_err"),
+                                 ("status", "status")]))
+    return "\n\n".join(parts)
+
+
+def scaling_section(results: Path) -> str:
+    runs = latest_runs(read(results / "bench_scaling.csv"), ("device", "preset"))
+    if not runs:
+        return "_No full run recorded yet (`python benchmarks/bench_scaling.py`)._"
+    parts = []
+    for run in runs:
+        parts.append(provenance(run) + f" Preset {run[0]['preset']}, engine backend "
+                     f"{next((r['backend'] for r in run if r['method'] == 'engine'), '?')}. "
+                     "One pass per point. Plot: `benchmarks/results/bench_scaling.png`.")
+        merged = []
+        for eng in (r for r in run if r["method"] == "engine"):
+            fl = next((r for r in run if r["method"] == "floor" and r["axis"] == eng["axis"]
+                       and r["value"] == eng["value"]), {})
+            merged.append({"axis": eng["axis"], "value": eng["value"], "samples": eng["samples"],
+                           "batch_size": eng["batch_size"], "tokens": eng["tokens"],
+                           "e_ms": eng["ms_per_sample"], "f_ms": fl.get("ms_per_sample", ""),
+                           "x_floor": eng.get("x_floor", ""), "e_mem": eng["extra_peak_MB"],
+                           "f_mem": fl.get("extra_peak_MB", "")})
+        parts.append(table(merged, [("axis", "axis"), ("value", "value"), ("samples", "samples"),
+                                    ("batch", "batch_size"), ("tokens", "tokens"),
+                                    ("engine ms/sample", "e_ms"), ("floor ms/sample", "f_ms"),
+                                    ("engine / floor", "x_floor"), ("engine extra peak MB", "e_mem"),
+                                    ("floor extra peak MB", "f_mem")]))
+    return "\n\n".join(parts)
+
+
+SECTIONS = {"kernels": kernels_section, "e2e": e2e_section, "per_sample": per_sample_section,
+            "scaling": scaling_section}
+
+
+def render(doc: str, results: Path) -> str:
+    for name, fn in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
+        if not pattern.search(doc):
+            raise SystemExit(f"BENCHMARKS.md has no <!-- generated:{name} --> ... <!-- /generated:{name} --> block")
+        body = fn(results)
+        doc = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), doc)
+    return doc
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--doc", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of --doc")
+    parser.add_argument("--check", action="store_true", help="exit 1 if --doc is not up to date")
+    args = parser.parse_args(argv)
+    doc = args.doc.read_text()
+    new = render(doc, args.results)
+    if args.check:
+        if new != doc:
+            print(f"{args.doc} is out of date: run python benchmarks/make_report.py")
+            return 1
+        return 0
+    out = args.out or args.doc
+    out.write_text(new)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

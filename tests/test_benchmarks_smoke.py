@@ -1,0 +1,93 @@
+"""Every benchmark script runs end to end in --smoke mode (tiny sizes, results in a tmp dir).
+
+Numbers from smoke runs mean nothing; these tests check that the scripts, their
+agreement checks and their CSV / report plumbing work.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+
+
+def run_script(name: str, out_dir: Path, *extra: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), "--smoke", "--device", "cpu", "--threads", "1",
+         "--out-dir", str(out_dir), *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{name} --smoke failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_kernels_smoke(tmp_path):
+    proc = run_script("bench_kernels.py", tmp_path)
+    out = rows(tmp_path / "bench_kernels.csv")
+    assert {r["case"] for r in out} == {"lora_A", "lora_B", "full"}
+    ref = [r for r in out if r["backend"] == "reference"]
+    assert ref and all(r["status"] == "ok" and float(r["rel_err"]) <= 1e-5 for r in ref)
+    assert all(r["mode"] == "smoke" and r["device"] and r["torch"] for r in out)
+    assert "MISMATCH" not in proc.stdout
+
+
+def test_bench_e2e_smoke(tmp_path):
+    pytest.importorskip("peft")
+    proc = run_script("bench_e2e.py", tmp_path)
+    out = rows(tmp_path / "bench_e2e.csv")
+    methods = {(r["phase"], r["method"], r["backend"]) for r in out}
+    assert ("final", "authors", "-") in methods and ("final", "engine", "reference") in methods
+    assert ("final", "floor", "-") in methods
+    assert "MISMATCH" not in proc.stdout
+
+
+def test_bench_per_sample_smoke(tmp_path):
+    pytest.importorskip("peft")
+    run_script("bench_per_sample.py", tmp_path)
+    out = rows(tmp_path / "bench_per_sample.csv")
+    by_method = {r["method"].split()[0]: r for r in out}
+    assert by_method["torch.func"]["status"] == "ok"
+    assert by_method["engine[reference]"]["status"] == "ok"
+    assert "opacus" in by_method  # measured, or a row saying why it was skipped
+
+
+def test_bench_scaling_smoke(tmp_path):
+    pytest.importorskip("matplotlib")
+    run_script("bench_scaling.py", tmp_path)
+    out = rows(tmp_path / "bench_scaling.csv")
+    assert {r["axis"] for r in out} == {"samples", "seq_len", "batch_size"}
+    assert (tmp_path / "bench_scaling.png").stat().st_size > 0
+
+
+def test_make_report_renders_from_csvs(tmp_path):
+    """The report generator fills every generated block from CSVs (smoke rows are ignored)."""
+    run_script("bench_kernels.py", tmp_path)
+    # Mark the smoke rows as a full run so the generator has something to show.
+    path = tmp_path / "bench_kernels.csv"
+    data = rows(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(data[0]))
+        writer.writeheader()
+        for r in data:
+            writer.writerow({**r, "mode": "full"})
+    out = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, str(BENCH / "make_report.py"), "--results", str(tmp_path),
+                           "--doc", str(REPO / "BENCHMARKS.md"), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| lora_A | reference |" in text
+    assert "No full run recorded yet" in text  # the other scripts' blocks, no CSVs in tmp_path
