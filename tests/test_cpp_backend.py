@@ -3,6 +3,10 @@ against the float64 reference (sqsd.md §4)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 from _helpers import RELATIVE_TOLERANCE, assert_relative_close, non_contiguous, random_cu_seqlens
@@ -164,6 +168,38 @@ def test_op_rejects_bad_input_itself(bad, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.sqsd_fast.factor_grad_stats(args["a"], args["b"], args["cu"], args["dirs"],
                                               args["gram"])
+
+
+@pytest.fixture(scope="module")
+def tile_kernel_on_cpu(tmp_path_factory):
+    """csrc/cuda/emulate_tile_kernel.cpp built with the host compiler: the CUDA tile kernel's
+    logic, runnable without a GPU."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to build the CPU emulation of the CUDA kernel")
+    source = Path(__file__).resolve().parents[1] / "csrc" / "cuda" / "emulate_tile_kernel.cpp"
+    binary = tmp_path_factory.mktemp("emulate") / "emulate_tile_kernel"
+    torch_include = Path(torch.__file__).parent / "include"
+    subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", f"-I{torch_include}", str(source),
+                    "-o", str(binary)], check=True, capture_output=True)
+    return binary
+
+
+# (p, q, K, gram, TM, TN, dtype): every tile shape the launcher picks, with the gram it
+# computes in-kernel; gram 0 none, 1 left, 2 right, 3 frobenius; dtype 0 fp32, 1 bf16, 2 fp16.
+EMULATED_CASES = [(16, 300, 2, 1, 16, 256, 0), (16, 1000, 1, 1, 16, 256, 1), (30, 40, 4, 1, 32, 128, 2),
+                  (60, 70, 1, 1, 64, 64, 0), (100, 50, 3, 1, 128, 32, 0), (123, 5, 1, 2, 256, 16, 2),
+                  (60, 20, 1, 2, 128, 32, 1), (50, 100, 2, 2, 32, 128, 0), (70, 130, 2, 3, 64, 64, 1),
+                  (1, 1, 1, 0, 64, 64, 0)]
+
+
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda c: "p%d-q%d-K%d-gram%d-%dx%d-dt%d" % c)
+def test_cuda_tile_kernel_logic_on_cpu(tile_kernel_on_cpu, case):
+    out = subprocess.run([str(tile_kernel_on_cpu), *map(str, case)], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    fields = dict(item.split("=") for item in out.split())
+    assert float(fields["rel_err"]) <= 1e-5, out
+    assert fields["empty_zero"] == "1", out
 
 
 def test_build_info_describes_the_build():

@@ -26,7 +26,7 @@ __device__ inline float block_sum(float value, float* scratch) {
   scratch[threadIdx.x] = value;
   __syncthreads();
   for (int offset = kThreads / 2; offset > 0; offset >>= 1) {
-    if (threadIdx.x < offset) scratch[threadIdx.x] += scratch[threadIdx.x + offset];
+    if (static_cast<int>(threadIdx.x) < offset) scratch[threadIdx.x] += scratch[threadIdx.x + offset];
     __syncthreads();
   }
   const float total = scratch[0];
