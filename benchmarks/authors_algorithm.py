@@ -84,11 +84,13 @@ def authors_project(peft_model, samples, *, state: str, direction: str,
         loss.backward()
         with torch.no_grad():
             for m, (_, module) in enumerate(modules):
-                A = module.lora_A[state].weight
-                B = module.lora_B[state].weight
-                G_A, G_B = A.grad, B.grad
+                # float32 math (a no-op for fp32 models) so bf16 runs compare at bf16-gradient accuracy
+                A = module.lora_A[state].weight.float()
+                B = module.lora_B[state].weight.float()
+                G_A = module.lora_A[state].weight.grad.float()
+                G_B = module.lora_B[state].weight.grad.float()
                 dW = -(G_B @ A + B @ G_A)                                   # (d_out, d_in)
-                D = module.lora_B[direction].weight @ module.lora_A[direction].weight
+                D = module.lora_B[direction].weight.float() @ module.lora_A[direction].weight.float()
                 dot[i, m] = (dW * D).sum().double()
                 upd[i, m] = dW.square().sum().double()
                 dsq[m] = D.square().sum().double()

@@ -95,7 +95,9 @@ def run_once(fn, samples, device, keep=False):
 def main(argv=None):
     parser = base_parser(__doc__.split("\n")[0])
     add_model_args(parser)
-    parser.add_argument("--batch-sizes", default="4,8,16,32", help="engine/floor sweep")
+    parser.add_argument("--batch-sizes", default="8,16,32", help="engine/floor sweep")
+    parser.add_argument("--sweep-samples", type=int, default=64,
+                        help="the sweep that picks (c)'s batch size runs on the first N samples (0: all)")
     parser.add_argument("--reference-batch-size", type=int, default=None,
                         help="batch size of (b) (default: the best of the sweep)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed passes per method")
@@ -126,15 +128,16 @@ def main(argv=None):
           f"(mean {n_tokens / n:.0f}), data {st.data_name}, fast backends {backends or 'none'}", flush=True)
 
     # ---- sweep: fast engine and floor at every batch size (one pass each, after warm-up)
+    sweep_samples = samples[: args.sweep_samples] if args.sweep_samples else samples
     sweep = {}  # (method, backend, bs) -> Memory
     for bs in batch_sizes:
         for backend in backends:
             fn = engine(backend, bs)
             fn(warm)
-            sweep[("engine", backend, bs)] = run_once(fn, samples, device, keep=True)
+            sweep[("engine", backend, bs)] = run_once(fn, sweep_samples, device, keep=True)
         fn = floor(bs)
         fn(warm)
-        sweep[("floor", "-", bs)] = run_once(fn, samples, device)
+        sweep[("floor", "-", bs)] = run_once(fn, sweep_samples, device)
         print(f"  swept batch size {bs}", file=sys.stderr, flush=True)
     if backends:
         best_backend, best_bs = min(((b, bs) for b in backends for bs in batch_sizes),
@@ -163,9 +166,13 @@ def main(argv=None):
     truth_key = ("authors", "-", 1) if not args.skip_authors else ("engine", "reference", ref_bs)
     truth = runs[truth_key][0].result
     checks = {}
-    for key, mems in list(runs.items()) + [((k[0], k[1], k[2]), [m]) for k, m in sweep.items()]:
+    for key, mems in runs.items():
         if key[0] == "engine" and mems[0].result is not None:
             checks[key] = max_abs_diff(mems[0].result, truth)
+    sweep_checks = {k: max_abs_diff(m.result, truth[: len(sweep_samples)])
+                    for k, m in sweep.items() if k[0] == "engine"}
+    for k, v in sweep_checks.items():
+        checks[("sweep",) + k] = v
     bad = {k: v for k, v in checks.items() if not v <= tol}
     if bad:
         for k, v in bad.items():
@@ -181,17 +188,22 @@ def main(argv=None):
     common = dict(preset=st.cfg["name"], params_M=st.n_params / 1e6, samples=n, tokens=n_tokens,
                   data=st.data_name, dtype=str(st.dtype).removeprefix("torch."), tol=tol)
 
+    sweep_tokens = sum(s.n_tokens for s in sweep_samples)
+
     def row(phase, key, seconds, mem, floor_s, floor_mem):
         method, backend, bs = key
+        n_s, n_t = (len(sweep_samples), sweep_tokens) if phase == "sweep" else (n, n_tokens)
         r = {**facts, **common, "phase": phase, "method": method, "backend": backend, "batch_size": bs,
-             "time_s": seconds, "samples_per_s": n / seconds, "tokens_per_s": n_tokens / seconds,
+             "samples": n_s, "tokens": n_t,
+             "time_s": seconds, "samples_per_s": n_s / seconds, "tokens_per_s": n_t / seconds,
              "x_floor_time": seconds / floor_s,
              "extra_peak_MB": mem.extra_bytes / 2**20, "peak_MB": mem.peak_bytes / 2**20,
              "x_floor_extra_mem": mem.extra_bytes / max(floor_mem.extra_bytes, 1),
              "x_floor_peak_mem": mem.peak_bytes / max(floor_mem.peak_bytes, 1),
-             "mem_method": mem.method, "max_abs_diff": checks.get(key, float("nan")),
+             "mem_method": mem.method,
+             "max_abs_diff": checks.get(("sweep",) + key if phase == "sweep" else key, float("nan")),
              "repeats": len(runs.get(key, [None])), "note": note}
-        if authors_time:
+        if authors_time and phase == "final":
             r["x_authors_throughput"] = authors_time / seconds
         return r
 
@@ -203,7 +215,7 @@ def main(argv=None):
             "x_authors_throughput", "extra_peak_MB", "peak_MB", "x_floor_extra_mem", "max_abs_diff"]
     title = (f"{st.cfg['name']} {facts['device']} threads={facts['threads']}: {n} samples, "
              f"{n_tokens} tokens, agreement tol {tol:g} vs {truth_key[0]}")
-    print_table(sweep_rows, cols, title="sweep (one pass each) - " + title)
+    print_table(sweep_rows, cols, title=f"sweep (one pass each over the first {len(sweep_samples)} samples) - " + title)
     print_table(final_rows, cols, title=f"final (median of {args.repeats} interleaved passes) - " + title)
     fast_key = ("engine", best_backend, best_bs) if best_backend else None
     if fast_key:
