@@ -30,9 +30,16 @@ def latest_runs(rows: list[dict], group_keys: tuple[str, ...]) -> list[list[dict
     """The rows of the latest run of every group (device, preset, ...)."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in rows:
-        g = tuple(r.get(k, "") for k in group_keys)
+        g = tuple(_sort_key(r.get(k, "")) for k in group_keys)
         groups.setdefault(g, {}).setdefault(r["date_utc"], []).append(r)
     return [runs[max(runs)] for _, runs in sorted(groups.items())]
+
+
+def _sort_key(value: str):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def num(value, digits=3):
@@ -44,6 +51,8 @@ def num(value, digits=3):
         return str(value)
     if x != x:
         return ""
+    if x == int(x) and abs(x) < 1e15 and "." not in str(value).rstrip("0").rstrip(".") :
+        return f"{int(x):,}"
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     if abs(x) >= 10:
@@ -102,7 +111,9 @@ def e2e_section(results: Path) -> str:
         return "_No full run recorded yet (`python benchmarks/bench_e2e.py`)._"
     parts = []
     for run in runs:
-        r0 = run[0]
+        final = [r for r in run if r.get("phase") == "final"]
+        sweep = [r for r in run if r.get("phase") == "sweep"]
+        r0 = final[0] if final else run[0]
         parts.append(provenance(run) + f" Preset {r0['preset']} ({num(r0['params_M'])}M parameters, "
                      f"{r0['dtype']}), {r0['samples']} samples / {r0['tokens']} tokens of {r0['data']}; "
                      f"agreement tolerance {r0['tol']} on the summed cosine.")
@@ -111,17 +122,29 @@ def e2e_section(results: Path) -> str:
                 ("x authors' throughput", "x_authors_throughput"), ("extra peak MB", "extra_peak_MB"),
                 ("peak RSS/alloc MB", "peak_MB"), ("extra peak / floor's", "x_floor_extra_mem"),
                 ("peak / floor's", "x_floor_peak_mem"), ("max abs diff", "max_abs_diff")]
-        final = [r for r in run if r.get("phase") == "final"]
-        sweep = [r for r in run if r.get("phase") == "sweep"]
         parts.append(f"Final (median of {final[0]['repeats'] if final else '?'} interleaved passes):\n\n"
                      + table(final, cols))
+        fast = [r for r in final if r["method"] == "engine" and r["backend"] != "reference"]
+        authors = [r for r in final if r["method"] == "authors"]
+        if fast:
+            f = fast[0]
+            goals = [f"engine ({f['backend']}, batch {f['batch_size']}) time / floor time = {num(f['x_floor_time'])} "
+                     f"(goal <= 1.10: {'met' if float(f['x_floor_time']) <= 1.10 else 'not met'})"]
+            if authors:
+                x = float(f["x_authors_throughput"])
+                goals.append(f"throughput = {num(x)}x the authors' (goal >= 1.4: {'met' if x >= 1.4 else 'not met'})")
+            goals.append(f"peak RSS = {num(f['x_floor_peak_mem'])}x the floor's, extra peak = "
+                         f"{num(f['x_floor_extra_mem'])}x the floor's (goal <= 1.10: "
+                         f"{'met' if max(float(f['x_floor_peak_mem']), float(f['x_floor_extra_mem'])) <= 1.10 else 'not met'})")
+            parts.append("Goals: " + "; ".join(goals) + ".")
         if sweep:
-            parts.append("Batch-size sweep (one pass each; picks (c)):\n\n" + table(sweep, cols))
+            parts.append(f"Batch-size sweep (one pass each over the first {sweep[0]['samples']} samples; "
+                         "picks (c)):\n\n" + table(sweep, cols))
     return "\n\n".join(parts)
 
 
 def per_sample_section(results: Path) -> str:
-    runs = latest_runs(read(results / "bench_per_sample.csv"), ("device", "preset"))
+    runs = latest_runs(read(results / "bench_per_sample.csv"), ("device", "preset", "batch_size"))
     if not runs:
         return "_No full run recorded yet (`python benchmarks/bench_per_sample.py`)._"
     parts = []
