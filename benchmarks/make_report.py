@@ -90,7 +90,8 @@ def kernels_section(results: Path) -> str:
         return "_No full run recorded yet (`python benchmarks/bench_kernels.py`)._"
     parts = []
     for run in runs:
-        parts.append(provenance(run))
+        copy = run[0].get("copy_GBps", "")
+        parts.append(provenance(run) + (f" Measured copy bandwidth {num(copy)} GB/s (read + write)." if copy else ""))
         cols = [("case", "case"), ("backend", "backend"), ("dtype", "dtype"), ("N rows", "N"), ("p", "p"),
                 ("q", "q"), ("K", "K"), ("gram", "gram"), ("median ms", "time_ms"), ("IQR ms", "iqr_ms"),
                 ("x floor (time / mm)", "x_floor"), ("speed-up vs reference", "x_ref"),
