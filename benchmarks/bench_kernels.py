@@ -65,7 +65,7 @@ def measured_copy_bandwidth(device, nbytes=1 << 30) -> float:
     """Bytes/s of a large device-to-device copy (read + write counted)."""
     x = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
     y = torch.empty_like(x)
-    t = measure_time(lambda: y.copy_(x), device, min_run_time=0.5)
+    t = measure_time(lambda: y.copy_(x), device, min_run_time=0.05 if nbytes < (1 << 26) else 0.5)
     return 2 * nbytes / t.median_s
 
 
@@ -159,7 +159,8 @@ def main(argv=None):
     facts = env_facts(device)
     # Achieved bandwidth (bytes of a and b / time) against a measured large copy: the
     # roofline of an op that must read a and b once. On CPU a 256 MiB copy (beyond cache).
-    copy_bw = measured_copy_bandwidth(device, nbytes=(1 << 30) if device.type == "cuda" else (1 << 28))
+    copy_bw = measured_copy_bandwidth(device, nbytes=(1 << 25) if args.smoke else
+                                      (1 << 30) if device.type == "cuda" else (1 << 28))
     print(f"measured copy bandwidth (read + write): {copy_bw / 1e9:.1f} GB/s")
 
     all_rows = []

@@ -75,7 +75,7 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-TEXT_COLUMNS = {"case", "backend", "method", "dtype", "status", "axis", "phase", "gram", "mem_method"}
+TEXT_COLUMNS = {"case", "backend", "method", "dtype", "status", "axis", "phase", "gram", "mem_method", "date_utc"}
 
 
 def provenance(run: list[dict]) -> str:
@@ -138,10 +138,42 @@ def e2e_section(results: Path) -> str:
                          f"{num(f['x_floor_extra_mem'])}x the floor's (goal <= 1.10: "
                          f"{'met' if max(float(f['x_floor_peak_mem']), float(f['x_floor_extra_mem'])) <= 1.10 else 'not met'})")
             parts.append("Goals: " + "; ".join(goals) + ".")
+        history = e2e_history(results, r0)
+        if history:
+            parts.append(history)
         if sweep:
             parts.append(f"Batch-size sweep (one pass each over the first {sweep[0]['samples']} samples; "
                          "picks (c)):\n\n" + table(sweep, cols))
     return "\n\n".join(parts)
+
+
+def e2e_history(results: Path, like: dict) -> str:
+    """Every full run of the same device and preset, one line each, to show run-to-run spread."""
+    runs: dict[str, list[dict]] = {}
+    for r in read(results / "bench_e2e.csv"):
+        if r["device"] == like["device"] and r["preset"] == like["preset"] and r.get("phase") == "final":
+            runs.setdefault(r["date_utc"], []).append(r)
+    if len(runs) < 2:
+        return ""
+    lines = []
+    for date in sorted(runs):
+        run = runs[date]
+        fast = next((r for r in run if r["method"] == "engine" and r["backend"] != "reference"), None)
+        ref = next((r for r in run if r["method"] == "engine" and r["backend"] == "reference"), None)
+        if fast is None:
+            continue
+        lines.append({"date_utc": date, "threads": fast["threads"], "samples": fast["samples"],
+                      "batch_size": fast["batch_size"], "x_floor_time": fast["x_floor_time"],
+                      "x_authors_throughput": fast.get("x_authors_throughput", ""),
+                      "ref_x_floor": ref["x_floor_time"] if ref else "",
+                      "x_floor_peak_mem": fast["x_floor_peak_mem"], "x_floor_extra_mem": fast["x_floor_extra_mem"]})
+    return ("Every full run on this device and preset (fastest backend's ratios; the table above is the "
+            "latest):\n\n" + table(lines, [("run (UTC)", "date_utc"), ("threads", "threads"), ("samples", "samples"),
+                                         ("batch", "batch_size"), ("engine / floor time", "x_floor_time"),
+                                         ("x authors' throughput", "x_authors_throughput"),
+                                         ("reference engine / floor", "ref_x_floor"),
+                                         ("peak / floor's", "x_floor_peak_mem"),
+                                         ("extra peak / floor's", "x_floor_extra_mem")]))
 
 
 def per_sample_section(results: Path) -> str:
