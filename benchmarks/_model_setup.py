@@ -58,7 +58,7 @@ def resolve_preset(args) -> dict:
             cfg[key] = value
             if key == "num_heads":
                 cfg["num_kv_heads"] = value
-    if args.device is not None and args.device != cfg["device"]:
+    if getattr(args, "device_given", args.device is not None) and args.device != cfg["device"]:
         cfg["device"] = args.device
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"preset {name} wants cuda, but torch.cuda.is_available() is False")

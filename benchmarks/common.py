@@ -64,6 +64,7 @@ def setup(args) -> torch.device:
         args.threads = 1  # smoke runs share CI machines: one thread avoids OpenMP oversubscription stalls
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    args.device_given = args.device is not None  # a model preset's own device yields to an explicit --device
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
