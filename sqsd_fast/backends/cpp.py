@@ -18,6 +18,8 @@ except (ImportError, OSError) as error:  # OSError: a stale .so against another 
     _LOAD_ERROR = f"{type(error).__name__}: {error}"
 else:
     _LOAD_ERROR = None
+# Read once: availability is checked on every op call, and build_info() formats a report.
+_CUDA_COMPILED = _C is not None and bool(_C.build_info()["cuda_compiled"])
 
 if _C is not None:
 
@@ -52,7 +54,7 @@ def is_available(device: torch.device) -> bool:
     if device.type == "cpu":
         return True
     if device.type == "cuda":
-        return bool(_C.build_info()["cuda_compiled"])
+        return _CUDA_COMPILED
     return False
 
 
@@ -60,7 +62,7 @@ def unavailable_reason(device: torch.device) -> str:
     device = torch.device(device)
     if _C is None:
         return f"the compiled extension sqsd_fast._C did not load ({_LOAD_ERROR}); {_BUILD_HINT}"
-    if device.type == "cuda" and not _C.build_info()["cuda_compiled"]:
+    if device.type == "cuda" and not _CUDA_COMPILED:
         return ("sqsd_fast._C was built without CUDA kernels (no nvcc or a CPU build of torch "
                 f"at build time, or SQSD_FAST_NO_CUDA=1); on a CUDA machine {_BUILD_HINT}")
     if device.type not in ("cpu", "cuda"):
