@@ -80,7 +80,8 @@ TEXT_COLUMNS = {"case", "backend", "method", "dtype", "status", "axis", "phase",
 
 def provenance(run: list[dict]) -> str:
     r = run[0]
-    return (f"*{r['device']} ({r['device_type']}), {r['threads']} threads, torch {r['torch']}, "
+    load = f", load average {r['load_1min']} at start" if r.get("load_1min") else ""
+    return (f"*{r['device']} ({r['device_type']}), {r['threads']} threads{load}, torch {r['torch']}, "
             f"triton {r['triton']}, sqsd_fast {r['sqsd_fast']} (git {r['git']}), {r['date_utc']}.*")
 
 
