@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from sqsd_fast.api import direction_sqnorm, project_directions, resolve_backend
+from sqsd_fast.data.batching import collate
+from sqsd_fast.data.tokenize import IGNORE_INDEX, count_response_tokens
 from sqsd_fast.scoring.adapters import LoraFactors, check_direction_matches_state, state_modules
 from sqsd_fast.scoring.capture import CaptureSession, ModuleProjection
 
-IGNORE_INDEX = -100
 STATUSES = ("ok", "no_response_tokens", "zero_update", "non_finite_gradient")
 METRICS = ("cosine", "dot", "projection")
 
@@ -65,11 +66,6 @@ class BatchProjection:
         values = self.per_module(metric).sum(dim=1)
         ok = torch.tensor([s == "ok" for s in self.status], dtype=torch.bool)
         return torch.where(ok, values, torch.full_like(values, math.nan))
-
-
-def response_token_count(labels) -> int:
-    """Loss positions under the causal shift: labels[1:] that are not -100."""
-    return sum(1 for label in list(labels)[1:] if label != IGNORE_INDEX)
 
 
 class ProjectionEngine:
@@ -146,7 +142,7 @@ class ProjectionEngine:
                 raise ValueError(
                     f"sample {sample.index}: {len(sample.input_ids)} input_ids but {len(sample.labels)} labels"
                 )
-            if response_token_count(sample.labels) == 0:
+            if count_response_tokens(sample.labels) == 0:
                 status[row] = "no_response_tokens"
             else:
                 scored.append(row)
@@ -164,27 +160,14 @@ class ProjectionEngine:
             direction_sqnorm=dir_sqnorm.clone(), status=status,
         )
 
-    @staticmethod
-    def _collate(samples, pad_token_id: int):
-        """Right-padded (B, L) input_ids, attention_mask, labels on the CPU."""
-        width = max(len(s.input_ids) for s in samples)
-        input_ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(samples), width), dtype=torch.long)
-        for row, s in enumerate(samples):
-            k = len(s.input_ids)
-            input_ids[row, :k] = torch.as_tensor(list(s.input_ids), dtype=torch.long)
-            labels[row, :k] = torch.as_tensor(list(s.labels), dtype=torch.long)
-            mask[row, :k] = 1
-        return input_ids, mask, labels
-
     def _forward_backward(self, samples, state, specs):
         """One forward + backward of the samples (all with >= 1 response token) at ``state``.
 
         Returns dot (S, M) and update_sqnorm (S, M) float64 on the CPU, and a per-sample
         finite-loss flag list.
         """
-        input_ids, mask, labels = self._collate(samples, self.pad_token_id)
+        batch = collate(samples, self.pad_token_id)
+        input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         n, width = input_ids.shape
         # Every index below is built on the CPU from the host-side batch, so the device
         # never waits for the host mid-batch (the one sync is the final copy back).

@@ -25,7 +25,8 @@ from sqsd_fast.scoring.adapters import (
     set_state_scaling,
     state_modules,
 )
-from sqsd_fast.scoring.engine import METRICS, BatchProjection, ProjectionEngine, response_token_count
+from sqsd_fast.data.tokenize import count_response_tokens
+from sqsd_fast.scoring.engine import METRICS, BatchProjection, ProjectionEngine
 
 DANGER_STATE, SAFETY_STATE = "danger_state", "safety_state"
 DANGER, SAFETY = "danger", "safety"
@@ -165,7 +166,7 @@ class SQSDScorer:
             values = result.total(metric).tolist()
             yield [
                 {"index": s.index, "proj": _number(v, st), "n_tokens": len(s.input_ids),
-                 "n_response_tokens": response_token_count(s.labels), "status": st}
+                 "n_response_tokens": count_response_tokens(s.labels), "status": st}
                 for s, v, st in zip(batch, values, result.status)
             ]
 
@@ -192,7 +193,7 @@ class SQSDScorer:
                 rows.append({
                     "index": s.index, "danger_proj": dp, "safety_proj": sp,
                     "sqsd": dp - sp if status == "ok" else None,
-                    "n_tokens": len(s.input_ids), "n_response_tokens": response_token_count(s.labels),
+                    "n_tokens": len(s.input_ids), "n_response_tokens": count_response_tokens(s.labels),
                     "status": status,
                 })
             yield rows
