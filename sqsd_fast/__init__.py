@@ -17,6 +17,16 @@ from sqsd_fast.api import (
 __version__ = "0.1.0"
 
 
+def __getattr__(name: str):
+    # The scorer pulls in transformers and peft; import it only when asked for, so that the
+    # kernel ops stay cheap to import for tools that embed them.
+    if name == "SQSDScorer":
+        from sqsd_fast.scoring.scorer import SQSDScorer
+
+        return SQSDScorer
+    raise AttributeError(f"module 'sqsd_fast' has no attribute {name!r}")
+
+
 def build_info() -> dict:
     """Facts about the compiled extension: built or not, CUDA compiled in, threads, version."""
     try:
@@ -27,6 +37,7 @@ def build_info() -> dict:
 
 
 __all__ = [
+    "SQSDScorer",
     "__version__",
     "backend_available",
     "build_info",

@@ -163,3 +163,11 @@ def test_lora_update_stats_bad_input(override, message):
     kwargs.update(override)
     with pytest.raises(ValueError, match=message):
         sqsd_fast.lora_update_stats(**kwargs)
+
+
+def test_scorer_is_reachable_from_the_package_top_level():
+    from sqsd_fast.scoring.scorer import SQSDScorer
+
+    assert sqsd_fast.SQSDScorer is SQSDScorer
+    with pytest.raises(AttributeError, match="no attribute 'not_an_op'"):
+        sqsd_fast.not_an_op
