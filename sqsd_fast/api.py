@@ -13,6 +13,7 @@ from functools import lru_cache
 import torch
 
 from sqsd_fast import validation as checks
+from sqsd_fast.backends import BUILD_HINT
 
 _BACKEND_MODULES = {
     "reference": "sqsd_fast.backends.reference_backend",
@@ -22,7 +23,6 @@ _BACKEND_MODULES = {
 # Tried in order by backend="auto". On CUDA both fast backends exist; which one wins is a
 # benchmark question (benchmarks/bench_kernels.py), so the order here is only a default.
 _AUTO_ORDER = {"cuda": ("triton", "cpp"), "cpu": ("cpp",)}
-_BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `make test`) in the sqsd_fast checkout"
 
 
 @lru_cache(maxsize=None)
@@ -42,9 +42,11 @@ def backend_available(name: str, device: torch.device | str = "cpu") -> bool:
 @lru_cache(maxsize=None)
 def _warn_reference_fallback(device_type: str, reason: str) -> None:
     # lru_cache makes this warn once per (device, reason), not once per module per batch.
+    # The cpp backend's own reason already carries the build hint; say it once.
+    hint = "" if BUILD_HINT in reason else f" To get the fast one, {BUILD_HINT}."
     warnings.warn(
         f"sqsd_fast: no fast backend is available for {device_type} tensors ({reason}); "
-        f"using the slow float64 reference. To get the fast one, {_BUILD_HINT}.",
+        f"using the slow float64 reference.{hint}",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-_BUILD_HINT = "build it with `pip install --no-build-isolation -e .` (or `make test`) in the sqsd_fast checkout"
+from sqsd_fast.backends import BUILD_HINT
 
 try:
     from sqsd_fast import _C
@@ -61,10 +61,10 @@ def is_available(device: torch.device) -> bool:
 def unavailable_reason(device: torch.device) -> str:
     device = torch.device(device)
     if _C is None:
-        return f"the compiled extension sqsd_fast._C did not load ({_LOAD_ERROR}); {_BUILD_HINT}"
+        return f"the compiled extension sqsd_fast._C did not load ({_LOAD_ERROR}); {BUILD_HINT}"
     if device.type == "cuda" and not _CUDA_COMPILED:
         return ("sqsd_fast._C was built without CUDA kernels (no nvcc or a CPU build of torch "
-                f"at build time, or SQSD_FAST_NO_CUDA=1); on a CUDA machine {_BUILD_HINT}")
+                f"at build time, or SQSD_FAST_NO_CUDA=1); on a CUDA machine {BUILD_HINT}")
     if device.type not in ("cpu", "cuda"):
         return f"the compiled extension has no kernels for {device.type} tensors"
     return ""
