@@ -42,7 +42,7 @@ cuda-check: $(DEPS_STAMP)
 	else echo "cuda-check: skipped (no nvcc on this machine)"; fi
 
 test: build cuda-check
-	$(PY) -m pytest -q tests
+	SQSD_FAST_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
 demo: build
 	$(PY) -m sqsd_fast.demo

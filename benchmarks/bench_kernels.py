@@ -1,4 +1,4 @@
-"""``factor_grad_stats`` by backend vs the compute floor (sqsd.md §4).
+"""``factor_grad_stats`` by backend vs the compute floor (docs/METHOD.md §4).
 
 Cases
   lora_A   a=U (N, r), b=X (N, d), gram "left", K directions   (the lora_A statistic)
@@ -13,6 +13,8 @@ achieved bandwidth (bytes of a and b / time) as a fraction of a measured large c
 (read + write bytes / time; goal on GPU >= 0.7); for "full", extra peak memory as a fraction of the materialized per-sample
 gradients S*p*q*4 bytes (goal < 0.1). Outputs are checked against the float64 reference
 before anything is timed; a backend that disagrees is reported as such and not timed.
+Every backend is called through the public op ``sqsd_fast.ops.factor_grad_stats(...,
+backend=name)``, so input validation is part of what is timed, as users pay it.
 
     python benchmarks/bench_kernels.py            # CPU fp32 (or GPU bf16 when present)
     python benchmarks/bench_kernels.py --smoke    # seconds
@@ -28,9 +30,12 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from _backends import backend_status, factor_grad_stats_fn  # noqa: E402
 from common import (base_parser, env_facts, measure_peak_memory, measure_time, print_table,  # noqa: E402
                     rel_err, setup, write_results)
+
+from sqsd_fast.ops import backend_available, backend_unavailable_reason, factor_grad_stats  # noqa: E402
+from sqsd_fast.ops.constants import BACKEND_NAMES  # noqa: E402
+from sqsd_fast.ops.reference import factor_grad_stats_reference  # noqa: E402
 
 SCRIPT = "bench_kernels"
 
@@ -69,9 +74,16 @@ def measured_copy_bandwidth(device, nbytes=1 << 30) -> float:
     return 2 * nbytes / t.median_s
 
 
-def run_case(case, backends, device, args, facts, copy_bw):
-    from sqsd_fast.reference import factor_grad_stats_reference
+def backend_fn(name: str):
+    """``f(a, b, cu_seqlens, dirs, gram) -> (proj, stat)``: the public op on backend ``name``."""
 
+    def call(a, b, cu_seqlens, dirs, gram):
+        return factor_grad_stats(a, b, cu_seqlens, dirs=dirs, gram=gram, backend=name)
+
+    return call
+
+
+def run_case(case, backends, device, args, facts, copy_bw):
     a, b, cu, dirs, gram = case["a"], case["b"], case["cu"], case["dirs"], case["gram"]
     S, p, q = case["S"], case["p"], case["q"]
     ref_proj, ref_stat = factor_grad_stats_reference(a, b, cu, dirs, gram)
@@ -94,12 +106,11 @@ def run_case(case, backends, device, args, facts, copy_bw):
     for name in backends:
         row = {**facts, "case": case["kind"], "backend": name, "dtype": rows[0]["dtype"], "S": S,
                "N": case["N"], "p": p, "q": q, "K": case["K"], "gram": gram}
-        ok, reason = backend_status(name, device)
-        if not ok:
-            row["status"] = f"unavailable: {reason}"
+        if not backend_available(name, device):
+            row["status"] = f"unavailable: {backend_unavailable_reason(name, device)}"
             rows.append(row)
             continue
-        fn = factor_grad_stats_fn(name)
+        fn = backend_fn(name)
         proj, stat = fn(a, b, cu, dirs, gram)
         err = rel_err(proj, ref_proj) if proj.numel() else 0.0
         if stat is not None or ref_stat is not None:
@@ -154,6 +165,9 @@ def main(argv=None):
         args.rank, args.dim, args.full_dim = 4, 64, 48
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     backends = [b for b in args.backends.split(",") if b]
+    unknown = [b for b in backends if b not in BACKEND_NAMES]
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(unknown)}; choose among {', '.join(BACKEND_NAMES)}")
     if device.type == "cpu" and "triton" in backends:
         backends.remove("triton")  # the Triton interpreter on CPU is not a performance path
     facts = env_facts(device)

@@ -1,4 +1,4 @@
-// Shared pieces of the factor_grad_stats op (sqsd.md §4, docs/CONTRACTS.md):
+// Shared pieces of the factor_grad_stats op (docs/METHOD.md §4, docs/CONTRACTS.md):
 // input checks, output allocation and the gram-mode parsing used by every device.
 #pragma once
 
@@ -24,7 +24,7 @@ struct FactorGradShape {
   int64_t num_dirs;     // K, 0 when dirs is None
 };
 
-// Second line of defence: Python (validation.py) checks inputs first, but a direct
+// Second line of defence: Python (sqsd_fast/ops/validation.py) checks inputs first, but a direct
 // torch.ops call must still fail with a clear message instead of reading out of bounds.
 // Checks cu_seqlens values only on the CPU (on CUDA that would need a host sync).
 FactorGradShape check_factor_grad_inputs(const at::Tensor& a, const at::Tensor& b,

@@ -7,6 +7,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include "cuda/factor_grad_tile_params.h"  // plain C++: the CUDA tile list and Gram limit
+
 #ifndef SQSD_FAST_VERSION
 #define SQSD_FAST_VERSION "unknown"
 #endif
@@ -36,6 +38,16 @@ pybind11::dict build_info() {
 #endif
   info["num_threads"] = at::get_num_threads();
   info["parallel_info"] = at::get_parallel_info();
+  // The CUDA kernel's one definition of these (csrc/cuda/factor_grad_tile_params.h), reported
+  // whether or not CUDA is compiled in, so Python and the tests read them, not copies.
+  info["max_gram_side"] = sqsd_fast::gpu::kMaxGramSide;
+  pybind11::list tile_shapes;
+  for (const auto& shape : sqsd_fast::gpu::kTileShapes) {
+    tile_shapes.append(pybind11::make_tuple(shape.tm, shape.tn));
+  }
+  info["cuda_tile_shapes"] = tile_shapes;
+  info["cuda_default_tile"] =
+      pybind11::make_tuple(sqsd_fast::gpu::kDefaultTile.tm, sqsd_fast::gpu::kDefaultTile.tn);
   return info;
 }
 
@@ -44,5 +56,6 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Compiled kernels of sqsd_fast (ops live under torch.ops.sqsd_fast).";
   m.def("build_info", &build_info,
-        "How this extension was built: version, torch version, CUDA, OpenMP and threads.");
+        "How this extension was built: version, torch version, CUDA, OpenMP and threads, "
+        "and the CUDA kernel's tile shapes and widest in-kernel Gram side.");
 }

@@ -1,5 +1,8 @@
 """The compiled op torch.ops.sqsd_fast.factor_grad_stats (CPU, and CUDA when present)
-against the float64 reference (sqsd.md §4)."""
+against the float64 reference (docs/METHOD.md §4).
+
+Skipped where sqsd_fast._C is not built, except under SQSD_FAST_REQUIRE_EXTENSION=1 (set by
+`make test`), where every test here fails instead (sqsd_fast.testing.assertions)."""
 
 from __future__ import annotations
 
@@ -9,28 +12,40 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import RELATIVE_TOLERANCE, assert_relative_close, non_contiguous, random_cu_seqlens
 
-from sqsd_fast.backends import cpp
-from sqsd_fast.reference import factor_grad_stats_reference
+from sqsd_fast.ops import backend_available, build_info, factor_grad_stats
+from sqsd_fast.ops.constants import MAX_GRAM_SIDE
+from sqsd_fast.ops.reference import factor_grad_stats_reference
+from sqsd_fast.testing.assertions import (
+    RELATIVE_TOLERANCE,
+    assert_relative_close,
+    non_contiguous,
+    random_cu_seqlens,
+    require_backend,
+)
 
-pytestmark = pytest.mark.skipif(not cpp.is_available(torch.device("cpu")),
-                                reason=cpp.unavailable_reason(torch.device("cpu")))
 
-CUDA_READY = torch.cuda.is_available() and cpp.is_available(torch.device("cuda"))
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_extension():
+    require_backend("cpp", "cpu")  # skips, or fails under SQSD_FAST_REQUIRE_EXTENSION=1
+
+
+CUDA_READY = torch.cuda.is_available() and backend_available("cpp", "cuda")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not CUDA_READY, reason="needs a CUDA device and sqsd_fast._C built with CUDA")])]
 GRAMS = ("left", "right", "frobenius", "none")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # (S, p, q, K): odd sizes, rank-1 factors, a 300-row p that needs several CPU tiles (and the
-# CUDA Gram-form fallback for "left"), and one LoRA shape (r = 16, d = 4096).
+# CUDA Gram-form fallback for "left"), p = MAX_GRAM_SIDE (the widest in-kernel "left" Gram on
+# CUDA) and q = MAX_GRAM_SIDE + 1 (the narrowest "right" fallback), and one LoRA shape
+# (r = 16, d = 4096).
 SHAPES = [(1, 1, 1, 1), (3, 5, 123, 4), (17, 123, 5, 0), (17, 123, 123, 1), (3, 300, 123, 4),
-          (3, 16, 4096, 2)]
+          (2, MAX_GRAM_SIDE, 40, 1), (2, 40, MAX_GRAM_SIDE + 1, 1), (3, 16, 4096, 2)]
 
 
 def _tolerance(dtype, device):
-    # sqsd.md §4: fp32 1e-5 on CPU, 1e-4 on GPU (tf32 off); bf16 / fp16 1e-2.
+    # docs/METHOD.md §4: fp32 1e-5 on CPU, 1e-4 on GPU (tf32 off); bf16 / fp16 1e-2.
     return 1e-4 if (dtype == torch.float32 and device == "cuda") else RELATIVE_TOLERANCE[dtype]
 
 
@@ -58,17 +73,21 @@ def _inputs(S, p, q, K, dtype, device, seed, dirs_dtype=torch.float64):
 
 
 def _run(a, b, cu, dirs, gram):
-    return cpp.factor_grad_stats(a, b, cu, dirs, gram)
+    return factor_grad_stats(a, b, cu, dirs, gram, backend="cpp")
+
+
+# Every shape x gram x dtype, except that the wide LoRA shape (q = 4096, slow on the
+# reference) runs once per gram it uses in scoring ("left", "frobenius"), in float32.
+REFERENCE_CASES = [
+    pytest.param(shape, gram, dtype, id="S%d-p%d-q%d-K%d-%s-%s" % (*shape, gram, str(dtype)[6:]))
+    for shape in SHAPES for gram in GRAMS for dtype in DTYPES
+    if shape[2] != 4096 or (dtype == torch.float32 and gram in ("left", "frobenius"))]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("gram", GRAMS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "S%d-p%d-q%d-K%d" % s)
+@pytest.mark.parametrize("shape, gram, dtype", REFERENCE_CASES)
 def test_matches_float64_reference(shape, gram, dtype, device):
     S, p, q, K = shape
-    if q == 4096 and (dtype != torch.float32 or gram in ("right", "none")):
-        pytest.skip("one LoRA case per gram that it uses is enough")
     dirs_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float64
     a, b, cu, dirs = _inputs(S, p, q, K, dtype, device, seed=sum(shape), dirs_dtype=dirs_dtype)
     proj, stat = _run(a, b, cu, dirs, gram)
@@ -146,8 +165,10 @@ def test_opcheck(gram, device):
 
 
 def test_inputs_that_require_grad_are_accepted():
+    """The op itself (outside the public op's no_grad) detaches what it reads."""
     a, b, cu, dirs = _inputs(3, 5, 12, 1, torch.float32, "cpu", seed=5)
-    proj, stat = _run(a.detach().requires_grad_(), b.detach().requires_grad_(), cu, dirs, "left")
+    proj, stat = torch.ops.sqsd_fast.factor_grad_stats(a.detach().requires_grad_(), b.detach().requires_grad_(),
+                                                       cu, dirs, "left")
     ref_proj, ref_stat = factor_grad_stats_reference(a, b, cu, dirs, "left")
     assert_relative_close("proj", proj, ref_proj, 1e-5)
     assert_relative_close("gram left", stat, ref_stat, 1e-5)
@@ -161,13 +182,48 @@ def test_inputs_that_require_grad_are_accepted():
     (dict(dirs=torch.randn(2, 4, 3)), "dirs must be"),
 ])
 def test_op_rejects_bad_input_itself(bad, message):
-    """The C++ checks are the second line of defence behind validation.py."""
+    """The C++ checks are the second line of defence behind sqsd_fast/ops/validation.py."""
     args = dict(a=torch.randn(9, 3), b=torch.randn(9, 4), cu=torch.tensor([0, 4, 9]), dirs=None,
                 gram="left")
     args.update(bad)
     with pytest.raises(RuntimeError, match=message):
         torch.ops.sqsd_fast.factor_grad_stats(args["a"], args["b"], args["cu"], args["dirs"],
                                               args["gram"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(a=torch.randn(9, 3, 1)), r"a must be 2-D \(N, p\)"),
+    (dict(b=torch.randn(9)), r"b must be 2-D \(N, q\)"),
+    (dict(b=torch.randn(8, 4)), "same number of rows N"),
+    (dict(b=torch.randn(9, 4).half()), "b must have a's dtype"),
+    (dict(cu=torch.tensor([[0, 9]])), r"cu_seqlens must be 1-D \(S \+ 1,\)"),
+    (dict(dirs=torch.randn(2, 4, 3)), r"dirs must be \(K >= 1, p=3, q=4\)"),
+    (dict(dirs=torch.randn(2, 3)), r"dirs must be \(K >= 1, p=3, q=4\)"),
+    (dict(gram="diag"), "gram must be one of 'left', 'right', 'frobenius', 'none'"),
+])
+def test_fake_kernel_rejects_bad_input(bad, message):
+    """The fake kernel (what torch.compile and opcheck trace) checks shapes like the C++ op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args = dict(a=torch.randn(9, 3), b=torch.randn(9, 4), cu=torch.tensor([0, 4, 9]), dirs=None,
+                gram="left")
+    args.update(bad)
+    with FakeTensorMode() as mode:
+        fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.sqsd_fast.factor_grad_stats(fake["a"], fake["b"], fake["cu"], fake["dirs"], fake["gram"])
+
+
+@pytest.mark.parametrize("gram, shape", [("left", (3, 5, 5)), ("right", (3, 7, 7)), ("frobenius", (3,)),
+                                         ("none", (3, 0))])
+def test_fake_kernel_gives_the_output_shapes(gram, shape):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        a, b, cu, dirs = torch.empty(11, 5), torch.empty(11, 7), torch.zeros(4, dtype=torch.int64), torch.empty(2, 5, 7)
+        proj, stat = torch.ops.sqsd_fast.factor_grad_stats(a, b, cu, dirs, gram)
+    assert proj.shape == (3, 2) and proj.dtype == torch.float32
+    assert stat.shape == shape and stat.dtype == torch.float32
 
 
 @pytest.fixture(scope="module")
@@ -185,15 +241,26 @@ def tile_kernel_on_cpu(tmp_path_factory):
     return binary
 
 
-# (p, q, K, gram, TM, TN, dtype): every tile shape the launcher picks, with the gram it
-# computes in-kernel; gram 0 none, 1 left, 2 right, 3 frobenius; dtype 0 fp32, 1 bf16, 2 fp16.
-EMULATED_CASES = [(16, 300, 2, 1, 16, 256, 0), (16, 1000, 1, 1, 16, 256, 1), (30, 40, 4, 1, 32, 128, 2),
-                  (60, 70, 1, 1, 64, 64, 0), (100, 50, 3, 1, 128, 32, 0), (123, 5, 1, 2, 256, 16, 2),
-                  (60, 20, 1, 2, 128, 32, 1), (50, 100, 2, 2, 32, 128, 0), (70, 130, 2, 3, 64, 64, 1),
-                  (1, 1, 1, 0, 64, 64, 0)]
+def _emulated_cases():
+    """(p, q, K, gram, TM, TN, dtype) for every tile shape of the kernel, as build_info()
+    reports them from csrc/cuda/factor_grad_tile_params.h: each tile with the Gram it can
+    compute in-kernel (side <= max_gram_side; the side fills the tile, the other dimension
+    spans several tiles), and the default tile with "frobenius" and "none".
+    gram 0 none, 1 left, 2 right, 3 frobenius; dtype 0 fp32, 1 bf16, 2 fp16."""
+    info = build_info()
+    if not info["built"]:  # the autouse fixture skips (or fails) it; keep one case to report
+        return [pytest.param(None, id="extension-missing")]
+    limit, cases = info["max_gram_side"], []
+    for i, (tm, tn) in enumerate(info["cuda_tile_shapes"]):
+        if tm <= limit:
+            cases.append((tm - i, 2 * tn + 44, 1 + i % 3, 1, tm, tn, i % 3))
+        if tn <= limit:
+            cases.append((tm + 37, tn - i, 1 + (i + 1) % 3, 2, tm, tn, (i + 1) % 3))
+    dm, dn = info["cuda_default_tile"]
+    return cases + [(dm + 6, dn + 66, 2, 3, dm, dn, 1), (1, 1, 1, 0, dm, dn, 0)]
 
 
-@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda c: "p%d-q%d-K%d-gram%d-%dx%d-dt%d" % c)
+@pytest.mark.parametrize("case", _emulated_cases(), ids=lambda c: "p%d-q%d-K%d-gram%d-%dx%d-dt%d" % c)
 def test_cuda_tile_kernel_logic_on_cpu(tile_kernel_on_cpu, case):
     out = subprocess.run([str(tile_kernel_on_cpu), *map(str, case)], check=True,
                          capture_output=True, text=True, timeout=60).stdout
@@ -203,8 +270,19 @@ def test_cuda_tile_kernel_logic_on_cpu(tile_kernel_on_cpu, case):
 
 
 def test_build_info_describes_the_build():
-    info = cpp.build_info()
+    info = build_info()
     assert info["built"] is True and info["version"] == "0.1.0"
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert isinstance(info["cuda_compiled"], bool) and info["num_threads"] >= 1
     assert (info["cuda_version"] is None) == (not info["cuda_compiled"])
+
+
+def test_build_info_reports_one_gram_limit_and_the_tile_list():
+    """The CUDA kernel's Gram limit is the Python one (the Triton backend's), and its tile
+    list has a tile that spans the limit both ways and holds the default tile."""
+    info = build_info()
+    assert info["max_gram_side"] == MAX_GRAM_SIDE
+    shapes = [tuple(shape) for shape in info["cuda_tile_shapes"]]
+    assert len(set(shapes)) == len(shapes) and tuple(info["cuda_default_tile"]) in shapes
+    assert any(tm == MAX_GRAM_SIDE for tm, _ in shapes) and any(tn == MAX_GRAM_SIDE for _, tn in shapes)
+    assert all(tm % 16 == 0 and tn % 16 == 0 for tm, tn in shapes)

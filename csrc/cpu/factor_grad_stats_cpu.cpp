@@ -1,4 +1,4 @@
-// CPU kernel of factor_grad_stats (sqsd.md §4): statistics of G_s = a_s^T b_s without ever
+// CPU kernel of factor_grad_stats (docs/METHOD.md §4): statistics of G_s = a_s^T b_s without ever
 // holding more than one tile of G_s per thread.
 //
 // G_s is formed one tile at a time along the dimension the requested gram does not need

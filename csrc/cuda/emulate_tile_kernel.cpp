@@ -64,8 +64,7 @@ void launch_tiles(int tm, int tn, const TileParams& prm, unsigned samples) {
              [&] { factor_grad_tile_kernel<scalar_t, TM, TN>(prm); });                \
     return;                                                                           \
   }
-  EMULATE_TILE(64, 64) EMULATE_TILE(16, 256) EMULATE_TILE(32, 128) EMULATE_TILE(128, 32)
-  EMULATE_TILE(256, 16)
+  SQSD_FAST_CUDA_TILE_SHAPES(EMULATE_TILE)  // the launcher's list (factor_grad_tile_params.h)
 #undef EMULATE_TILE
   std::fprintf(stderr, "no tile %dx%d\n", tm, tn);
   std::exit(2);

@@ -17,21 +17,12 @@ cudaError_t launch_for_dtype(int tm, int tn, dim3 grid, const TileParams& prm,
     factor_grad_tile_kernel<scalar_t, TM, TN><<<grid, kThreads, 0, stream>>>(prm); \
     return cudaGetLastError();                                                    \
   }
-  SQSD_LAUNCH_TILE(64, 64)
-  SQSD_LAUNCH_TILE(16, 256)
-  SQSD_LAUNCH_TILE(32, 128)
-  SQSD_LAUNCH_TILE(128, 32)
-  SQSD_LAUNCH_TILE(256, 16)
+  SQSD_FAST_CUDA_TILE_SHAPES(SQSD_LAUNCH_TILE)  // one instantiation per listed tile shape
 #undef SQSD_LAUNCH_TILE
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
-
-bool tile_shape_supported(int tm, int tn) {
-  return (tm == 64 && tn == 64) || (tm == 16 && tn == 256) || (tm == 32 && tn == 128) ||
-         (tm == 128 && tn == 32) || (tm == 256 && tn == 16);
-}
 
 cudaError_t launch_factor_grad_tiles(InputDtype dtype, int tm, int tn, int64_t num_samples,
                                      const TileParams& prm, cudaStream_t stream) {

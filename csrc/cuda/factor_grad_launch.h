@@ -12,10 +12,8 @@ namespace sqsd_fast::gpu {
 
 enum class InputDtype { kFloat32, kBFloat16, kFloat16 };
 
-// Tile shapes the kernel is instantiated for: (16,256) (32,128) (64,64) (128,32) (256,16).
-bool tile_shape_supported(int tm, int tn);
-
-// Launches the tile kernel over grid (num_groups, samples); returns the launch error.
+// Launches the tile kernel over grid (num_groups, samples); returns the launch error. (tm, tn)
+// must be one of SQSD_FAST_CUDA_TILE_SHAPES (factor_grad_tile_params.h: tile_shape_supported).
 cudaError_t launch_factor_grad_tiles(InputDtype dtype, int tm, int tn, int64_t num_samples,
                                      const TileParams& prm, cudaStream_t stream);
 

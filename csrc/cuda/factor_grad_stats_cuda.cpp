@@ -1,7 +1,8 @@
-// CUDA implementation of factor_grad_stats (sqsd.md §4), host side: plans the tiles, launches
-// the kernels of factor_grad_launch.cu on the current stream, reduces their per-group
-// partials in a fixed order, and falls back to the Gram form through cuBLAS for a "left"
-// gram with p > 128 (or "right" with q > 128), which one tile cannot span.
+// CUDA implementation of factor_grad_stats (docs/METHOD.md §4), host side: plans the tiles,
+// launches the kernels of factor_grad_launch.cu on the current stream, reduces their
+// per-group partials in a fixed order, and falls back to the Gram form through cuBLAS for a
+// "left" gram with p > kMaxGramSide (or "right" with q > kMaxGramSide), which one tile
+// cannot span (factor_grad_tile_params.h).
 #include "../factor_grad_stats.h"
 #include "factor_grad_launch.h"
 
@@ -26,15 +27,24 @@ struct TileChoice {
 };
 
 // The kernel can take a "left" gram only when one tile spans all p rows (p <= TM), and a
-// "right" gram when it spans all q columns; LoRA ranks (<= 128) fit. The thinnest tile
-// that spans the rank wastes the fewest FMAs on padding (r = 16: 16 x 256, not 64 x 64).
+// "right" gram when it spans all q columns, up to kMaxGramSide (LoRA ranks fit). Among the
+// tiles of SQSD_FAST_CUDA_TILE_SHAPES the thinnest that spans the rank wastes the fewest FMAs
+// on padding (r = 16: 16 x 256, not 64 x 64); anything else runs on kDefaultTile.
 TileChoice choose_tile(GramMode mode, int64_t p, int64_t q) {
-  constexpr int kSpans[4][2] = {{16, 256}, {32, 128}, {64, 64}, {128, 32}};
-  for (const auto& span : kSpans) {
-    if (mode == GramMode::kLeft && p <= span[0]) return {span[0], span[1], TileGram::kLeft};
-    if (mode == GramMode::kRight && q <= span[0]) return {span[1], span[0], TileGram::kRight};
+  if (mode == GramMode::kLeft || mode == GramMode::kRight) {
+    const bool left = mode == GramMode::kLeft;
+    const int64_t side = left ? p : q;
+    const TileShape* best = nullptr;
+    for (const TileShape& shape : kTileShapes) {
+      const int span = left ? shape.tm : shape.tn;
+      if (side <= span && span <= kMaxGramSide &&
+          (best == nullptr || span < (left ? best->tm : best->tn))) {
+        best = &shape;
+      }
+    }
+    if (best != nullptr) return {best->tm, best->tn, left ? TileGram::kLeft : TileGram::kRight};
   }
-  return {64, 64, TileGram::kNone};
+  return {kDefaultTile.tm, kDefaultTile.tn, TileGram::kNone};
 }
 
 // out (S, width...) = partial (S, groups, width) summed over groups in order.

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
-GRAM_MODES = ("left", "right", "frobenius", "none")
-BACKENDS = ("auto", "reference", "cpp", "triton")
-FAST_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# The reference is the float64 oracle, so it also takes float64 inputs.
-REFERENCE_INPUT_DTYPES = FAST_INPUT_DTYPES + (torch.float64,)
+from sqsd_fast.ops.constants import (  # noqa: F401  (re-exported: validation's vocabulary)
+    BACKEND_NAMES,
+    BACKENDS,
+    FAST_INPUT_DTYPES,
+    GRAM_MODES,
+    REFERENCE_INPUT_DTYPES,
+)
 
 
 def _dtype_names(dtypes) -> str:
@@ -45,11 +47,12 @@ def check_same_device(**tensors) -> torch.device:
     return first
 
 
-def check_cu_seqlens(cu_seqlens, n_rows: int, device: torch.device, check_values: bool = True) -> torch.Tensor:
+def check_cu_seqlens(cu_seqlens, n_rows: int, device: torch.device, check_inputs: bool = True) -> torch.Tensor:
     """Returns ``cu_seqlens`` as a contiguous int64 tensor, after checking it packs ``n_rows`` rows.
 
-    ``check_values`` reads the values (a host sync on a GPU); callers that built the offsets
-    themselves (the scoring engine) skip that part.
+    ``check_inputs`` also reads the values (a host sync on a GPU); callers that built the
+    offsets themselves (the scoring engine) skip that part. Its shape, dtype and device are
+    always checked.
     """
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a torch.Tensor of shape (S+1,); got {type(cu_seqlens).__name__}")
@@ -60,7 +63,7 @@ def check_cu_seqlens(cu_seqlens, n_rows: int, device: torch.device, check_values
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens must be on the same device as a and b ({device}); got {cu_seqlens.device}")
     offsets = cu_seqlens.to(torch.int64).contiguous()
-    if check_values:
+    if check_inputs:
         first, last = int(offsets[0]), int(offsets[-1])
         if first != 0:
             raise ValueError(f"cu_seqlens must start at 0; got cu_seqlens[0] = {first}")
@@ -75,8 +78,8 @@ def check_cu_seqlens(cu_seqlens, n_rows: int, device: torch.device, check_values
     return offsets
 
 
-def check_factor_grad_stats_inputs(a, b, cu_seqlens, dirs, gram, backend, check_values: bool = True):
-    """Validates the arguments of :func:`sqsd_fast.factor_grad_stats`.
+def check_factor_grad_stats_inputs(a, b, cu_seqlens, dirs, gram, backend, check_inputs: bool = True):
+    """Validates the arguments of :func:`sqsd_fast.ops.factor_grad_stats`.
 
     Returns ``(a, b, cu_seqlens_int64, dirs_or_None, gram, backend)``; ``dirs`` with K = 0
     becomes None.
@@ -100,7 +103,7 @@ def check_factor_grad_stats_inputs(a, b, cu_seqlens, dirs, gram, backend, check_
         if dirs.shape[0] == 0:
             dirs = None
     device = check_same_device(a=a, b=b, dirs=dirs)
-    offsets = check_cu_seqlens(cu_seqlens, a.shape[0], device, check_values)
+    offsets = check_cu_seqlens(cu_seqlens, a.shape[0], device, check_inputs)
     return a, b, offsets, dirs, gram, backend
 
 

@@ -1,7 +1,8 @@
 """Public ops: per-sample factor-gradient statistics and their LoRA composition.
 
 One interface, several backends (``"reference"``, ``"cpp"``, ``"triton"``), chosen per call
-with ``backend=`` or automatically (``"auto"``) for the tensors' device.
+with ``backend=`` or automatically (``"auto"``) for the tensors' device. Every backend is
+reached through :func:`factor_grad_stats`, which validates the inputs once.
 """
 
 from __future__ import annotations
@@ -9,24 +10,22 @@ from __future__ import annotations
 import importlib
 import warnings
 from functools import lru_cache
+from types import ModuleType
 
 import torch
 
-from sqsd_fast import validation as checks
-from sqsd_fast.backends import BUILD_HINT
+from sqsd_fast.ops import validation as checks
+from sqsd_fast.ops.backends import BUILD_HINT
+from sqsd_fast.ops.constants import BACKEND_NAMES, BACKENDS
 
-_BACKEND_MODULES = {
-    "reference": "sqsd_fast.backends.reference_backend",
-    "cpp": "sqsd_fast.backends.cpp",
-    "triton": "sqsd_fast.backends.triton_backend",
-}
+_BACKEND_MODULES = {name: f"sqsd_fast.ops.backends.{name}" for name in BACKEND_NAMES}
 # Tried in order by backend="auto". On CUDA both fast backends exist; which one wins is a
 # benchmark question (benchmarks/bench_kernels.py), so the order here is only a default.
 _AUTO_ORDER = {"cuda": ("triton", "cpp"), "cpu": ("cpp",)}
 
 
 @lru_cache(maxsize=None)
-def _backend_module(name: str):
+def _backend_module(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(_BACKEND_MODULES[name])
     except ImportError:
@@ -34,9 +33,32 @@ def _backend_module(name: str):
 
 
 def backend_available(name: str, device: torch.device | str = "cpu") -> bool:
-    """Whether ``backend=name`` can run on ``device`` in this installation."""
-    module = _backend_module(checks.check_choice("backend", name, tuple(_BACKEND_MODULES)))
+    """Whether ``backend=name`` (``"reference"``, ``"cpp"``, ``"triton"``) can run on ``device``
+    in this installation."""
+    module = _backend_module(checks.check_choice("backend", name, BACKEND_NAMES))
     return module is not None and module.is_available(torch.device(device))
+
+
+def backend_unavailable_reason(name: str, device: torch.device | str = "cpu") -> str:
+    """Why ``backend=name`` cannot run on ``device`` and how to get it; ``""`` when it can."""
+    module = _backend_module(checks.check_choice("backend", name, BACKEND_NAMES))
+    if module is None:
+        return "its module failed to import"
+    return module.unavailable_reason(torch.device(device))
+
+
+def build_info() -> dict:
+    """Facts about the compiled extension ``sqsd_fast._C``.
+
+    Built: ``{"built": True, "version", "torch_version", "cuda_compiled", "cuda_version",
+    "openmp", "num_threads", "parallel_info", "max_gram_side", "cuda_tile_shapes",
+    "cuda_default_tile"}``; not built: ``{"built": False, "error": str}``.
+    """
+    try:
+        from sqsd_fast.ops.backends import cpp
+    except ImportError as error:
+        return {"built": False, "error": str(error)}
+    return cpp.build_info()
 
 
 @lru_cache(maxsize=None)
@@ -53,12 +75,12 @@ def _warn_reference_fallback(device_type: str, reason: str) -> None:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turns ``"auto"`` into the fastest available backend name; checks a named one exists."""
-    backend = checks.check_choice("backend", backend, checks.BACKENDS)
+    """Turns ``"auto"`` into the fastest available backend name for ``device``; checks that a
+    named one can run there (``RuntimeError`` saying why not)."""
+    backend = checks.check_choice("backend", backend, BACKENDS)
     if backend != "auto":
-        module = _backend_module(backend)
-        if module is None or not module.is_available(device):
-            reason = module.unavailable_reason(device) if module is not None else "its module failed to import"
+        if not backend_available(backend, device):
+            reason = backend_unavailable_reason(backend, device)
             raise RuntimeError(f"backend={backend!r} is not available for {device.type} tensors: {reason}")
         return backend
     reasons = []
@@ -71,8 +93,16 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "reference"
 
 
-def factor_grad_stats(a, b, cu_seqlens, dirs=None, gram="none", backend="auto", check_inputs=True):
-    """Per-sample statistics of ``G_s = sum_{t in s} a_t b_t^T`` without forming ``G_s`` (sqsd.md §4).
+def factor_grad_stats(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    dirs: torch.Tensor | None = None,
+    gram: str = "none",
+    backend: str = "auto",
+    check_inputs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample statistics of ``G_s = sum_{t in s} a_t b_t^T`` without forming ``G_s`` (docs/METHOD.md §4).
 
     Args:
         a: (N, p) and b: (N, q), float32 / bfloat16 / float16 (float64 for the reference),
@@ -90,15 +120,17 @@ def factor_grad_stats(a, b, cu_seqlens, dirs=None, gram="none", backend="auto", 
         when dirs is None) and the gram statistic in float32 (or None).
     """
     a, b, offsets, dirs, gram, backend = checks.check_factor_grad_stats_inputs(
-        a, b, cu_seqlens, dirs, gram, backend, check_values=check_inputs
+        a, b, cu_seqlens, dirs, gram, backend, check_inputs=check_inputs
     )
     name = resolve_backend(backend, a.device)
     with torch.no_grad():
         return _backend_module(name).factor_grad_stats(a, b, offsets, dirs, gram)
 
 
-def project_directions(A, B, dir_A, dir_B):
-    """The directions as seen by the factor gradients at the state (A, B) (sqsd.md §3).
+def project_directions(
+    A: torch.Tensor, B: torch.Tensor, dir_A: torch.Tensor, dir_B: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The directions as seen by the factor gradients at the state (A, B) (docs/METHOD.md §3).
 
     A: (r, d_in), B: (d_out, r), dir_A: (K, r_d, d_in), dir_B: (K, d_out, r_d).
     Returns float32 ``V_A = (B^T dir_B) dir_A``: (K, r, d_in) and ``V_B = dir_B (dir_A A^T)``:
@@ -113,16 +145,30 @@ def project_directions(A, B, dir_A, dir_B):
     return V_A, V_B
 
 
-def lora_update_stats_projected(x, h, u, e, cu_seqlens, A, B, V_A, V_B, backend="auto", check_inputs=True):
+def lora_update_stats_projected(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    u: torch.Tensor,
+    e: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    V_A: torch.Tensor,
+    V_B: torch.Tensor,
+    backend: str = "auto",
+    check_inputs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`lora_update_stats` with the directions already passed through :func:`project_directions`.
 
-    Use it to reuse ``V_A``, ``V_B`` across batches of one (state, direction) pair.
+    Use it to reuse ``V_A`` (K, r, d_in) and ``V_B`` (K, d_out, r) across batches of one
+    (state, direction) pair. The other arguments and the result ((S, K) ``dot``, (S,)
+    ``sqnorm``, float32) are those of :func:`lora_update_stats`.
     """
     checks.check_lora_activations(x, h, u, e, A, B, V_A, V_B)
     with torch.no_grad():
         proj_A, gram_A = factor_grad_stats(u, x, cu_seqlens, V_A, "left", backend, check_inputs)
         proj_B, gram_B = factor_grad_stats(e, h, cu_seqlens, V_B, "right", backend, check_inputs)
-        # The cross term 2 <G_B A, B G_A> = 2 ||H^T U||_F^2 (sqsd.md §3): G_s = sum_t h_t u_t^T.
+        # The cross term 2 <G_B A, B G_A> = 2 ||H^T U||_F^2 (docs/METHOD.md §3): G_s = sum_t h_t u_t^T.
         _, cross = factor_grad_stats(h, u, cu_seqlens, None, "frobenius", backend, False)
         A32, B32 = A.float(), B.float()
         sqnorm = (
@@ -134,8 +180,20 @@ def lora_update_stats_projected(x, h, u, e, cu_seqlens, A, B, V_A, V_B, backend=
     return dot, sqnorm
 
 
-def lora_update_stats(x, h, u, e, cu_seqlens, A, B, dir_A, dir_B, backend="auto", check_inputs=True):
-    """Inner products and norms of one LoRA module's per-sample induced updates (sqsd.md §3).
+def lora_update_stats(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    u: torch.Tensor,
+    e: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    dir_A: torch.Tensor,
+    dir_B: torch.Tensor,
+    backend: str = "auto",
+    check_inputs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner products and norms of one LoRA module's per-sample induced updates (docs/METHOD.md §3).
 
     For sample s the induced update is ``dW_s = -(G_B A + B G_A)`` with
     ``G_A = sum_t u_t x_t^T`` and ``G_B = sum_t e_t h_t^T``; direction k is
@@ -148,6 +206,7 @@ def lora_update_stats(x, h, u, e, cu_seqlens, A, B, dir_A, dir_B, backend="auto"
         cu_seqlens: (S+1,) sample offsets into the N rows.
         A: (r, d_in), B: (d_out, r): the state's LoRA factors.
         dir_A: (K, r_d, d_in), dir_B: (K, d_out, r_d): the directions' factors.
+        backend, check_inputs: as in :func:`factor_grad_stats`.
 
     Returns:
         ``dot`` (S, K) = ``<dW_s, D_k>`` and ``sqnorm`` (S,) = ``||dW_s||_F^2``, float32.
@@ -157,8 +216,11 @@ def lora_update_stats(x, h, u, e, cu_seqlens, A, B, dir_A, dir_B, backend="auto"
     return lora_update_stats_projected(x, h, u, e, cu_seqlens, A, B, V_A, V_B, backend, check_inputs)
 
 
-def direction_sqnorm(dir_A, dir_B):
-    """``||dir_B[k] @ dir_A[k]||_F^2`` for each k, as ``<B_d^T B_d, A_d A_d^T>`` (float32, (K,))."""
+def direction_sqnorm(dir_A: torch.Tensor, dir_B: torch.Tensor) -> torch.Tensor:
+    """``||dir_B[k] @ dir_A[k]||_F^2`` for each k, as ``<B_d^T B_d, A_d A_d^T>``.
+
+    dir_A: (K, r_d, d_in), dir_B: (K, d_out, r_d). Returns (K,) float32 (computed in float64).
+    """
     checks.check_direction_factors(dir_A, dir_B)
     with torch.no_grad():
         dA, dB = dir_A.double(), dir_B.double()

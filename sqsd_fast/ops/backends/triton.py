@@ -1,4 +1,4 @@
-"""Triton backend of ``factor_grad_stats`` (sqsd.md §4, docs/CONTRACTS.md).
+"""Triton backend of ``factor_grad_stats`` (docs/METHOD.md §4, docs/CONTRACTS.md).
 
 One program per (sample, p-tile, q-tile) accumulates its tile of the per-sample gradient
 G_s = sum_t a_t b_t^T in registers over the sample's rows, then reduces the tile against
@@ -7,7 +7,8 @@ one partial per statistic; partials are summed over tiles with ``torch.sum`` in 
 order, so results are deterministic (no atomics) and G_s never reaches memory.
 
 The launcher is a ``torch.library.triton_op`` (``sqsd_fast::factor_grad_stats_triton``),
-so ``torch.compile`` can see and trace the kernel. On CPU tensors the kernel runs under
+so ``torch.compile`` can see and trace the kernel; callers reach it through the public op
+``sqsd_fast.ops.factor_grad_stats(..., backend="triton")``. On CPU tensors the kernel runs under
 Triton's interpreter (``TRITON_INTERPRET=1`` before this module is imported); that is for
 testing only.
 """
@@ -17,6 +18,8 @@ import functools
 import os
 
 import torch
+
+from sqsd_fast.ops.constants import MAX_GRAM_SIDE
 
 try:
     import triton
@@ -28,9 +31,9 @@ except Exception as exc:  # ImportError, or a broken install: the package must s
     triton = None
     _TRITON_IMPORT_ERROR = exc
 
-# Widest short side one tile may hold: "left" needs all of p in one tile (p <= this), "right"
-# all of q. Larger sizes take the torch Gram-form fallback below.
-MAX_GRAM_TILE = 128
+# MAX_GRAM_SIDE is the widest short side one tile may hold: "left" needs all of p in one
+# tile (p <= MAX_GRAM_SIDE), "right" all of q. Larger sizes take the torch Gram-form
+# fallback below, as in the CUDA backend.
 
 _GRAM_CODES = {"none": 0, "left": 1, "right": 2, "frobenius": 3}
 
@@ -181,13 +184,13 @@ if triton is not None:
 
         Returns proj (S, K) float32 and the gram statistic as float32: (S, p, p) "left",
         (S, q, q) "right", (S,) "frobenius", an empty (0,) tensor for "none". Needs
-        p <= MAX_GRAM_TILE for "left" and q <= MAX_GRAM_TILE for "right".
+        p <= MAX_GRAM_SIDE for "left" and q <= MAX_GRAM_SIDE for "right".
         """
         n_samples = cu_seqlens.shape[0] - 1
         p, q = a.shape[1], b.shape[1]
         n_dirs = 0 if dirs is None else dirs.shape[0]
-        if (gram == "left" and p > MAX_GRAM_TILE) or (gram == "right" and q > MAX_GRAM_TILE):
-            raise ValueError(f"gram={gram!r} needs its side <= {MAX_GRAM_TILE} here; got p={p}, q={q}")
+        if (gram == "left" and p > MAX_GRAM_SIDE) or (gram == "right" and q > MAX_GRAM_SIDE):
+            raise ValueError(f"gram={gram!r} needs its side <= {MAX_GRAM_SIDE} here; got p={p}, q={q}")
         # Ask for 4 programs per SM; the interpreter (CPU) runs one program at a time.
         min_programs = 4 * _sm_count(a.device) if a.device.type == "cuda" else 0
         block_t, block_p, block_q, num_warps = _pick_tiles(p, q, gram, n_samples, min_programs)
@@ -238,8 +241,10 @@ def _gram_by_token_gram(a: torch.Tensor, b: torch.Tensor, cu_seqlens: torch.Tens
     return out
 
 
-def factor_grad_stats(a, b, cu_seqlens, dirs, gram):
-    """Backend entry (CONTRACTS.md): proj (S, K) float32 and the gram statistic or None."""
+def factor_grad_stats(
+    a: torch.Tensor, b: torch.Tensor, cu_seqlens: torch.Tensor, dirs: torch.Tensor | None, gram: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backend entry (docs/CONTRACTS.md): proj (S, K) float32 and the gram statistic or None."""
     if a.device.type == "cuda":
         # Triton launches on the current CUDA device; make it the tensors' one.
         with torch.cuda.device(a.device):
@@ -251,8 +256,8 @@ def _factor_grad_stats(a, b, cu_seqlens, dirs, gram):
     reason = unavailable_reason(a.device)
     if reason:
         raise RuntimeError(reason)
-    wide_left = gram == "left" and a.shape[1] > MAX_GRAM_TILE
-    wide_right = gram == "right" and b.shape[1] > MAX_GRAM_TILE
+    wide_left = gram == "left" and a.shape[1] > MAX_GRAM_SIDE
+    wide_right = gram == "right" and b.shape[1] > MAX_GRAM_SIDE
     kernel_gram = "none" if (wide_left or wide_right) else gram
     proj, gram_out = factor_grad_stats_triton_forward(a, b, cu_seqlens, dirs, kernel_gram)
     if wide_left or wide_right:

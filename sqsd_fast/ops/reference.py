@@ -23,11 +23,18 @@ def per_sample_gradients(a: torch.Tensor, b: torch.Tensor, cu_seqlens: torch.Ten
     return grads
 
 
-def factor_grad_stats_reference(a, b, cu_seqlens, dirs=None, gram="none"):
-    """float64 oracle of :func:`sqsd_fast.factor_grad_stats` (sqsd.md §4).
+def factor_grad_stats_reference(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    dirs: torch.Tensor | None = None,
+    gram: str = "none",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float64 oracle of :func:`sqsd_fast.ops.factor_grad_stats` (docs/METHOD.md §4).
 
-    Returns ``proj`` (S, K) and the gram statistic ((S, p, p) "left", (S, q, q) "right",
-    (S,) "frobenius", None "none"), both float64.
+    a: (N, p), b: (N, q), cu_seqlens: (S+1,), dirs: (K, p, q) or None. Returns ``proj``
+    (S, K) and the gram statistic ((S, p, p) "left", (S, q, q) "right", (S,) "frobenius",
+    None "none"), both float64.
     """
     grads = per_sample_gradients(a, b, cu_seqlens)
     if dirs is None or dirs.shape[0] == 0:
@@ -45,8 +52,18 @@ def factor_grad_stats_reference(a, b, cu_seqlens, dirs=None, gram="none"):
     return proj, stat
 
 
-def lora_update_stats_reference(x, h, u, e, cu_seqlens, A, B, dir_A, dir_B):
-    """Dense float64 oracle of :func:`sqsd_fast.lora_update_stats`.
+def lora_update_stats_reference(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    u: torch.Tensor,
+    e: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    dir_A: torch.Tensor,
+    dir_B: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense float64 oracle of :func:`sqsd_fast.ops.lora_update_stats` (docs/METHOD.md §3).
 
     Forms ``dW_s = -(G_B A + B G_A)`` (d_out x d_in) for every sample and
     ``D_k = dir_B[k] @ dir_A[k]``; returns ``dot`` (S, K) = <dW_s, D_k> and ``sqnorm`` (S,).
@@ -61,6 +78,6 @@ def lora_update_stats_reference(x, h, u, e, cu_seqlens, A, B, dir_A, dir_B):
     return dot, sqnorm
 
 
-def direction_sqnorm_reference(dir_A, dir_B):
-    """``||dir_B[k] @ dir_A[k]||_F^2`` for every k, formed densely in float64."""
+def direction_sqnorm_reference(dir_A: torch.Tensor, dir_B: torch.Tensor) -> torch.Tensor:
+    """``||dir_B[k] @ dir_A[k]||_F^2`` for every k, formed densely in float64: (K,)."""
     return (dir_B.to(torch.float64) @ dir_A.to(torch.float64)).square().sum(dim=(1, 2))
