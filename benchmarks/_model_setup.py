@@ -5,6 +5,8 @@ trained on the benchmark's own texts (nothing is downloaded), and two LoRA adapt
 every projection: the *state* ("danger_state") and the *direction* ("danger"), both with
 seeded random non-zero A and B (a fresh LoRA has B = 0, which makes every induced update
 degenerate). Written to a temporary directory so path-based loaders can read them too.
+The building itself is sqsd_fast.testing.toy_model's (the same builders as the tests and
+the demo); this module adds the presets, the data and the floor pass.
 """
 
 from __future__ import annotations
@@ -107,10 +109,9 @@ class Setup:
 
 
 def build_setup(args, *, n_samples: int | None = None, workdir: str | None = None) -> Setup:
-    from peft import LoraConfig, get_peft_model
-
     from sqsd_fast.data import read_records, tokenize_records
-    from sqsd_fast.demo.toy_model import ALL_PROJECTIONS, build_toy_model, build_toy_tokenizer
+    from sqsd_fast.testing.toy_model import (build_random_lora, build_toy_model,
+                                             build_toy_tokenizer, save_lora_adapters)
 
     cfg = resolve_preset(args)
     n = n_samples or args.samples
@@ -127,28 +128,11 @@ def build_setup(args, *, n_samples: int | None = None, workdir: str | None = Non
         model.resize_token_embeddings(cfg["vocab_pad"])
     dtype = getattr(torch, cfg["dtype"])
     device = torch.device(cfg["device"])
-    lora = LoraConfig(r=cfg["rank"], lora_alpha=cfg["alpha"], target_modules=list(ALL_PROJECTIONS),
-                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
-        peft_model = get_peft_model(model, lora, adapter_name=STATE)
-        peft_model.add_adapter(DIRECTION, lora)
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_A" in name:
-                    p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
-                elif "lora_B" in name:
-                    p.copy_(torch.randn_like(p) * 0.02)
-    peft_model.set_adapter(STATE)
+    peft_model = build_random_lora(model, (STATE, DIRECTION), r=cfg["rank"], alpha=cfg["alpha"],
+                                   seed=1234)
     peft_model = peft_model.to(device=device, dtype=dtype).eval()
     workdir = workdir or tempfile.mkdtemp(prefix="sqsd_bench_")
-    adapter_dirs = {}
-    for name in (STATE, DIRECTION):
-        out = os.path.join(workdir, name)
-        peft_model.save_pretrained(out, selected_adapters=[name])
-        # save_pretrained puts non-default adapters in a sub-directory named after them.
-        adapter_dirs[name] = out if os.path.exists(os.path.join(out, "adapter_config.json")) \
-            else os.path.join(out, name)
+    adapter_dirs = save_lora_adapters(peft_model, (STATE, DIRECTION), workdir)
     model_dir = os.path.join(workdir, "base_tokenizer")
     tok.save_pretrained(model_dir)
     records = read_records(rows)

@@ -1,4 +1,4 @@
-"""The authors' SQSD projection, re-written from the description in sqsd.md §1.
+"""The authors' SQSD projection, re-written from the description in docs/METHOD.md §1.
 
 It is the baseline the benchmarks compare against, not part of the package:
 

@@ -41,7 +41,7 @@ SCRIPT = "bench_e2e"
 
 
 def fast_backends(device) -> list[str]:
-    from sqsd_fast.api import backend_available
+    from sqsd_fast.ops import backend_available
 
     order = ("triton", "cpp") if device.type == "cuda" else ("cpp",)
     return [b for b in order if backend_available(b, device)]

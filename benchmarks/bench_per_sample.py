@@ -37,10 +37,10 @@ SCRIPT = "bench_per_sample"
 
 
 class LowRankStats:
-    """Turns per-sample factor gradients into (dot, sqnorm) per module (sqsd.md §3)."""
+    """Turns per-sample factor gradients into (dot, sqnorm) per module (docs/METHOD.md §3)."""
 
     def __init__(self, model, state, direction):
-        from sqsd_fast.api import project_directions
+        from sqsd_fast.ops import project_directions
 
         self.items = []
         for name, module in lora_modules(model, state):
@@ -166,7 +166,7 @@ def main(argv=None):
     tol = args.tol if args.tol is not None else (1e-4 if st.dtype == torch.float32 else 5e-2)
     stats = LowRankStats(st.model, STATE, DIRECTION)
 
-    from sqsd_fast.api import backend_available
+    from sqsd_fast.ops import backend_available
 
     methods = [("torch.func", torch_func_method(st, batch, stats), "")]
     try:

@@ -69,7 +69,7 @@ def main(argv=None):
     device = st.device
     facts = env_facts(device)
 
-    from sqsd_fast.api import backend_available
+    from sqsd_fast.ops import backend_available
     from sqsd_fast.data.batching import length_bucketed_batches
     from sqsd_fast.scoring.scorer import SQSDScorer
 

@@ -1,4 +1,4 @@
-"""Tokenization must match sqsd.md §2 token for token."""
+"""Tokenization must match docs/METHOD.md §2 token for token."""
 from __future__ import annotations
 
 import copy
@@ -11,12 +11,13 @@ from sqsd_fast.data.records import normalize_rows, read_records
 from sqsd_fast.data.tokenize import (PLAIN_TEMPLATE, count_truncated, plain_prompt,
                                      tokenize_records)
 
+DATA = Path(__file__).resolve().parent / "data"           # small files written for the tests
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @functools.lru_cache(maxsize=None)
 def _toy_tokenizer():
-    from sqsd_fast.demo.toy_model import build_toy_tokenizer
+    from sqsd_fast.testing.toy_model import build_toy_tokenizer
     return build_toy_tokenizer()
 
 
@@ -33,7 +34,7 @@ def plain_tok():
 
 
 def section2(tokenizer, instruction, context, response, max_length=1024):
-    """sqsd.md §2, followed literally."""
+    """docs/METHOD.md §2, followed literally."""
     user = instruction if context.strip() == "" else instruction + "\n" + context
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}],
                                            tokenize=False, add_generation_prompt=True)
@@ -137,23 +138,57 @@ def test_rejects_bad_max_length_and_missing_eos(tok):
         tokenize_records(recs, tok)
 
 
-@pytest.mark.parametrize("name", ["dolly_safety_related_387.jsonl", "alpaca_5000.json"])
-def test_real_data_matches_section2(tok, name):
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (shared data only exists beside the dev checkout)")
+def _raw_rows(path: Path) -> list[dict]:
+    import json
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if path.suffix == ".json" else \
+        [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _check_file_matches_section2(tok, path: Path, max_length: int, every: int = 1) -> list:
+    """Every `every`-th record of an instruction-form file (and the last) against §2."""
     records = read_records(path)
-    samples = tokenize_records(records, tok)
+    samples = tokenize_records(records, tok, max_length=max_length)
     assert len(samples) == len(records) and [s.index for s in samples] == list(range(len(records)))
     assert count_truncated(samples) == sum(s.truncated for s in samples)
-    import json
-    raw = (json.loads(path.read_text()) if name.endswith(".json")
-           else [json.loads(line) for line in path.read_text().splitlines() if line.strip()])
-    for i in list(range(0, len(raw), max(1, len(raw) // 40))) + [len(raw) - 1]:
+    raw = _raw_rows(path)
+    assert len(raw) == len(records)
+    for i in list(range(0, len(raw), every)) + [len(raw) - 1]:
         r = raw[i]
-        ids, labels = section2(tok, r["instruction"], r.get("context", r.get("input", "")),
-                               r.get("response", r.get("output")))
+        args = (r["instruction"], r.get("context", r.get("input", "")),
+                r.get("response", r.get("output")))
+        ids, labels = section2(tok, *args, max_length=max_length)
         assert samples[i].input_ids == ids and samples[i].labels == labels, f"record {i}"
-        full, _ = section2(tok, r["instruction"], r.get("context", r.get("input", "")),
-                           r.get("response", r.get("output")), max_length=10**9)
-        assert samples[i].truncated == (len(full) > 1024), f"record {i}"
+        full, _ = section2(tok, *args, max_length=10**9)
+        assert samples[i].truncated == (len(full) > max_length), f"record {i}"
+    return samples
+
+
+@pytest.mark.parametrize("name", ["dolly_like.jsonl", "alpaca_like.json"])
+def test_data_files_match_section2(tok, name):
+    """Dolly- and Alpaca-format files (tests/data) token for token, one record truncated."""
+    samples = _check_file_matches_section2(tok, DATA / name, max_length=256)
+    assert all(s.n_response_tokens > 0 for s in samples)
+    if name.startswith("dolly"):
+        assert count_truncated(samples) == 1           # the long response, cut on the right
+        assert max(s.n_tokens for s in samples) == 256
+
+
+def test_chat_file_uses_the_user_turn_and_the_refusal(tok):
+    records = read_records(DATA / "refusal_anchors_like.jsonl")
+    samples = tokenize_records(records, tok)
+    for s, r in zip(samples, _raw_rows(DATA / "refusal_anchors_like.jsonl")):
+        user, assistant = r["messages"]
+        prompt = tok.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False).input_ids
+        ids = tok(prompt + assistant["content"] + tok.eos_token, add_special_tokens=False).input_ids
+        assert s.input_ids == ids and s.labels == [-100] * len(p_ids) + ids[len(p_ids):]
+        assert not s.truncated and s.n_response_tokens > 0
+
+
+def test_shared_alpaca_matches_section2(tok):
+    """The full Alpaca subset beside the dev checkout, sampled (skipped on a clean clone)."""
+    path = SHARED_DATA / "alpaca_5000.json"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (shared data only exists beside the dev checkout)")
+    _check_file_matches_section2(tok, path, max_length=1024, every=125)

@@ -11,16 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from sqsd_fast.data.tokenize import TokenizedSample
-from sqsd_fast.demo.toy_model import (
+from sqsd_fast.scoring import SQSDScorer
+from sqsd_fast.scoring.adapters import read_adapter
+from sqsd_fast.testing.toy_model import (
     ALL_PROJECTIONS,
-    BENIGN_TEXTS,
-    UNSAFE_TEXTS,
+    TOY_BENIGN_TEXTS,
+    TOY_UNSAFE_TEXTS,
     build_toy_adapter,
     build_toy_model,
     build_toy_tokenizer,
 )
-from sqsd_fast.scoring import SQSDScorer
-from sqsd_fast.scoring.adapters import read_adapter
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,13 @@ def toy(tok, tmp_path_factory):
     small = dict(r=2, alpha=4, steps=1)
     paths = {
         "model": model_dir,
-        "all": build_toy_adapter(model, tok, BENIGN_TEXTS[:4], root / "all", seed=1, **small),
-        "all_dir": build_toy_adapter(model, tok, UNSAFE_TEXTS, root / "all_dir", seed=2, **small),
-        "qv": build_toy_adapter(model, tok, UNSAFE_TEXTS, root / "qv", target_modules=("q_proj", "v_proj"), seed=3,
+        "all": build_toy_adapter(model, tok, TOY_BENIGN_TEXTS[:4], root / "all", seed=1, **small),
+        "all_dir": build_toy_adapter(model, tok, TOY_UNSAFE_TEXTS, root / "all_dir", seed=2, **small),
+        "qv": build_toy_adapter(model, tok, TOY_UNSAFE_TEXTS, root / "qv", target_modules=("q_proj", "v_proj"), seed=3,
                                 **small),
     }
     other = build_toy_model(tok, hidden_size=48, intermediate_size=64, num_heads=2)
-    paths["other_base"] = build_toy_adapter(other, tok, UNSAFE_TEXTS, root / "other_base", seed=4, **small)
+    paths["other_base"] = build_toy_adapter(other, tok, TOY_UNSAFE_TEXTS, root / "other_base", seed=4, **small)
     return paths
 
 

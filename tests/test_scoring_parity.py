@@ -1,6 +1,6 @@
 """The scoring engine against a dense, batch-1 transcription of the authors' algorithm.
 
-The oracle below follows sqsd.md §1 literally: one sample at a time, loss = mean
+The oracle below follows docs/METHOD.md §1 literally: one sample at a time, loss = mean
 response-token cross-entropy, one backward, per LoRA module the induced update
 ``dW = -(G_B A + B G_A)`` from the LoRA parameters' own .grad, the direction
 ``D = B_d A_d`` formed densely from the adapter file (alpha/r dropped), and cosine, dot
@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sqsd_fast.api import backend_available
+from sqsd_fast.choices import METRICS
 from sqsd_fast.data.tokenize import TokenizedSample
-from sqsd_fast.demo.toy_model import build_toy_assets
 from sqsd_fast.scoring import SQSDScorer
+from sqsd_fast.testing.assertions import requires_backend
+from sqsd_fast.testing.toy_model import build_toy_assets
 
 ATOL = 1e-4
-METRICS = ("cosine", "dot", "projection")
 
 RECORDS = [
     ("What is the capital of France?", "", "The capital of France is Paris."),
@@ -39,7 +39,7 @@ RECORDS = [
 
 
 def tokenize(tokenizer, records, max_length=1024, start_index=0):
-    """sqsd.md §2, written out here so the tests do not depend on the data layer's code."""
+    """docs/METHOD.md §2, written out here so the tests do not depend on the data layer's code."""
     out = []
     for i, (instruction, context, response) in enumerate(records):
         user = instruction if not context.strip() else instruction + "\n" + context
@@ -120,11 +120,11 @@ def oracle(assets, samples):
     return danger, safety
 
 
-def assert_scores_close(name, got, want, atol=ATOL):
+def assert_scores_close(name, got, want, atol=ATOL, want_name="dense batch-1"):
     assert len(got) == len(want), f"{name}: {len(got)} scores, expected {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
         assert g is not None, f"{name}: sample {i} got no score"
-        assert abs(g - w) <= atol, f"{name}: sample {i}: {g:.8f} vs dense batch-1 {w:.8f} (diff {abs(g - w):.2e})"
+        assert abs(g - w) <= atol, f"{name}: sample {i}: {g:.8f} vs {want_name} {w:.8f} (diff {abs(g - w):.2e})"
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -146,13 +146,21 @@ def test_cosines_are_not_trivial(samples, oracle):
     assert all(abs(v) > 1e-6 for v in danger["dot"])
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_batch_size_does_not_change_scores(scorer, samples, batch_size):
-    ref = scorer.score(samples, batch_size=1, progress=False) if batch_size != 1 else None
-    rows = scorer.score(samples, batch_size=batch_size, progress=False)
-    if ref is not None:
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+def test_batch_size_does_not_change_scores(scorer, samples, metric):
+    """Batch 1 (the authors' way), 3 (ragged last batch) and all samples at once agree.
+
+    cosine catches samples leaking into each other's sums; dot also catches a loss
+    normalised over the batch instead of per sample (cosine is blind to a scale).
+    """
+    sizes = (1, 3, len(samples))
+    by_size = {bs: scorer.score(samples, metric=metric, batch_size=bs, progress=False) for bs in sizes}
+    for bs, rows in by_size.items():
+        assert [r["index"] for r in rows] == [s.index for s in samples], f"batch {bs}: order"
+        assert all(r["status"] == "ok" for r in rows), f"batch {bs}: {[r['status'] for r in rows]}"
         for key in ("danger_proj", "safety_proj", "sqsd"):
-            assert_scores_close(f"{key} at batch {batch_size}", [r[key] for r in rows], [r[key] for r in ref])
+            assert_scores_close(f"{metric} {key} at batch {bs}", [r[key] for r in rows],
+                                [r[key] for r in by_size[1]], atol=1e-6, want_name="batch 1")
 
 
 def test_project_matches_score_columns(scorer, samples):
@@ -173,7 +181,7 @@ def test_iter_score_skips_and_yields_per_batch(scorer, samples):
     assert all(1 <= len(b) <= 3 for b in batches)
 
 
-@pytest.mark.skipif(not backend_available("cpp"), reason="compiled extension sqsd_fast._C is not built")
+@requires_backend("cpp")  # fails instead under SQSD_FAST_REQUIRE_EXTENSION=1 (make test)
 def test_cpp_backend_agrees_with_reference(assets, scorer, samples):
     fast = SQSDScorer.from_pretrained(
         assets.model_dir, danger_state=assets.danger_state, danger_direction=assets.danger_direction,

@@ -34,24 +34,17 @@ With a real model, the same pipeline is:
 
 def build_assets(out_dir: Path) -> dict[str, Path]:
     """Write model + tokenizer and the three adapters under out_dir; return their paths."""
-    from sqsd_fast.demo.demo_data import (BENIGN_STATE_TEXTS, REFUSAL_TEXTS,
-                                          UNSAFE_COMPLIANCE_TEXTS)
-    from sqsd_fast.demo.toy_model import build_toy_adapter, build_toy_model, build_toy_tokenizer
+    from sqsd_fast.demo.demo_data import (DEMO_BENIGN_STATE_TEXTS, DEMO_REFUSAL_TEXTS,
+                                          DEMO_UNSAFE_COMPLIANCE_TEXTS)
+    from sqsd_fast.testing.toy_model import build_toy_assets
 
-    tokenizer = build_toy_tokenizer()
-    model = build_toy_model(tokenizer, hidden_size=64, intermediate_size=128, num_layers=2,
-                            num_heads=4, seed=0)
-    paths = {"model": out_dir / "model", "danger_state": out_dir / "danger_state",
-             "danger_direction": out_dir / "danger_direction", "safety": out_dir / "safety"}
-    model.save_pretrained(paths["model"])
-    tokenizer.save_pretrained(paths["model"])
-    adapter = dict(r=4, alpha=8, steps=4)
-    build_toy_adapter(model, tokenizer, BENIGN_STATE_TEXTS, paths["danger_state"], seed=1,
-                      **adapter)
-    build_toy_adapter(model, tokenizer, UNSAFE_COMPLIANCE_TEXTS, paths["danger_direction"],
-                      seed=2, **adapter)
-    build_toy_adapter(model, tokenizer, REFUSAL_TEXTS, paths["safety"], seed=3, **adapter)
-    return paths
+    # The toy builders' default sizes (hidden 64, 2 layers, 4 heads, LoRA r 4 / alpha 8 on
+    # every projection, 4 steps per adapter), trained on the demo's own texts.
+    toy = build_toy_assets(out_dir, benign_texts=DEMO_BENIGN_STATE_TEXTS,
+                           unsafe_texts=DEMO_UNSAFE_COMPLIANCE_TEXTS,
+                           refusal_texts=DEMO_REFUSAL_TEXTS)
+    return {"model": Path(toy.model_dir), "danger_state": Path(toy.danger_state),
+            "danger_direction": Path(toy.danger_direction), "safety": Path(toy.safety_direction)}
 
 
 def run(out_dir: Path, *, quiet_progress: bool = True) -> int:
@@ -68,7 +61,7 @@ def run(out_dir: Path, *, quiet_progress: bool = True) -> int:
 
 
 def _run(out_dir: Path, *, quiet_progress: bool) -> int:
-    from sqsd_fast import cli
+    from sqsd_fast import cli, pipeline
     from sqsd_fast.demo.demo_data import DEMO_RECORDS
     from sqsd_fast.io.writers import SCORE_COLUMNS, read_rows, write_rows
 
@@ -81,7 +74,7 @@ def _run(out_dir: Path, *, quiet_progress: bool) -> int:
         stale.unlink()                                        # sidecars of a killed run
 
     print(f"\n[1/3] building the toy model, tokenizer and adapters in {out_dir}/ ...")
-    with cli.quiet_libraries():
+    with pipeline.quiet_libraries():
         paths = build_assets(out_dir)
     data = out_dir / "demo_data.jsonl"
     write_rows(data, DEMO_RECORDS)

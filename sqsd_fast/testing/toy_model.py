@@ -1,12 +1,19 @@
-"""Deterministic, offline toy assets: a tokenizer, a tiny causal LM and LoRA adapters.
+"""Deterministic, offline toy assets: tokenizers, tiny causal LMs and LoRA adapters.
 
-Nothing here downloads anything. The tokenizer is a byte-level BPE trained in
-milliseconds on a small built-in corpus; the model is a randomly initialised Llama or
-Qwen2 built from a config; adapters come from a few deterministic Adam steps so that
-their B factors are non-zero (a fresh LoRA has B = 0, which would make every induced
-update and every direction degenerate).
+The one place that builds them for the tests, the demo and the benchmarks. Nothing here
+downloads anything. The tokenizer is a byte-level BPE trained in milliseconds on a small
+corpus (the built-in TOY_CORPUS or the caller's texts); the model is a randomly
+initialised Llama or Qwen2 built from a config. Adapters come in two kinds, both with
+non-zero B factors (a fresh LoRA has B = 0, which would make every induced update and
+every direction degenerate):
 
-Typical use (tests, demos, benchmarks)::
+- trained: :func:`build_toy_adapter` takes a few deterministic Adam steps on some texts
+  and saves the adapter (used by the tests and the demo);
+- random: :func:`build_random_lora` wraps a model with several seeded random LoRA
+  adapters at once and :func:`save_lora_adapters` writes them (used by the benchmarks,
+  whose models are too large to train even for a few steps).
+
+Typical use::
 
     tok = build_toy_tokenizer()
     model = build_toy_model(tok)
@@ -242,9 +249,10 @@ class ToyAssets:
     safety_direction: str  # ... and, as in the paper, as the safety direction
 
 
-BENIGN_TEXTS = TOY_CORPUS[:21]
-UNSAFE_TEXTS = (TOY_CORPUS[21], TOY_CORPUS[27], TOY_CORPUS[28], TOY_CORPUS[25])
-REFUSAL_TEXTS = (TOY_CORPUS[22], TOY_CORPUS[24], TOY_CORPUS[26])
+# The toy corpus split by kind: what build_toy_assets trains its three adapters on.
+TOY_BENIGN_TEXTS = TOY_CORPUS[:21]
+TOY_UNSAFE_TEXTS = (TOY_CORPUS[21], TOY_CORPUS[27], TOY_CORPUS[28], TOY_CORPUS[25])
+TOY_REFUSAL_TEXTS = (TOY_CORPUS[22], TOY_CORPUS[24], TOY_CORPUS[26])
 
 
 def build_toy_assets(
@@ -259,12 +267,17 @@ def build_toy_assets(
     alpha: int = 8,
     target_modules: Sequence[str] = ALL_PROJECTIONS,
     seed: int = 0,
+    benign_texts: Sequence[str] = TOY_BENIGN_TEXTS,
+    unsafe_texts: Sequence[str] = TOY_UNSAFE_TEXTS,
+    refusal_texts: Sequence[str] = TOY_REFUSAL_TEXTS,
 ) -> ToyAssets:
     """Write a complete toy SQSD setup under ``out_dir``: base model dir + 3 adapters.
 
-    ``model/`` (config, safetensors weights, tokenizer), ``danger_state/``,
-    ``danger_direction/``, ``safety/`` (safety state and safety direction are the same
-    adapter, as in the paper). Deterministic; takes a few seconds on a CPU.
+    ``model/`` (config, safetensors weights, tokenizer), ``danger_state/`` (trained on
+    ``benign_texts``), ``danger_direction/`` (``unsafe_texts``), ``safety/``
+    (``refusal_texts``; safety state and safety direction are the same adapter, as in the
+    paper). Each adapter takes ``build_toy_adapter``'s default steps, with seeds
+    ``seed + 1``, ``seed + 2``, ``seed + 3``. Deterministic; a few seconds on a CPU.
     """
     out_dir = os.fspath(out_dir)
     tok = build_toy_tokenizer()
@@ -282,12 +295,66 @@ def build_toy_assets(
     tok.save_pretrained(model_dir)
     kw = dict(r=r, alpha=alpha, target_modules=target_modules)
     danger_state = build_toy_adapter(
-        model, tok, BENIGN_TEXTS, os.path.join(out_dir, "danger_state"), seed=seed + 1, **kw
+        model, tok, benign_texts, os.path.join(out_dir, "danger_state"), seed=seed + 1, **kw
     )
     danger_direction = build_toy_adapter(
-        model, tok, UNSAFE_TEXTS, os.path.join(out_dir, "danger_direction"), seed=seed + 2, **kw
+        model, tok, unsafe_texts, os.path.join(out_dir, "danger_direction"), seed=seed + 2, **kw
     )
     safety = build_toy_adapter(
-        model, tok, REFUSAL_TEXTS, os.path.join(out_dir, "safety"), seed=seed + 3, **kw
+        model, tok, refusal_texts, os.path.join(out_dir, "safety"), seed=seed + 3, **kw
     )
     return ToyAssets(model_dir, danger_state, danger_direction, safety, safety)
+
+
+def build_random_lora(
+    model,
+    adapter_names: Sequence[str],
+    *,
+    r: int,
+    alpha: int,
+    target_modules: Sequence[str] = ALL_PROJECTIONS,
+    seed: int = 1234,
+):
+    """Wrap ``model`` (in place) in a ``PeftModel`` with one random LoRA per adapter name.
+
+    Every adapter has the same config (rank ``r``, ``alpha``, ``target_modules``, no
+    dropout). All LoRA factors are drawn under ``torch.manual_seed(seed)`` with a forked
+    RNG (the caller's RNG is untouched): A ~ N(0, 1/d_in), B ~ N(0, 0.02^2). No training,
+    so it suits models too large to train. The first name is the active adapter.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if not adapter_names:
+        raise ValueError("build_random_lora needs at least one adapter name")
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules),
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, config, adapter_name=adapter_names[0])
+        for name in adapter_names[1:]:
+            peft_model.add_adapter(name, config)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_A" in name:
+                    p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+                elif "lora_B" in name:
+                    p.copy_(torch.randn_like(p) * 0.02)
+    peft_model.set_adapter(adapter_names[0])
+    return peft_model
+
+
+def save_lora_adapters(peft_model, adapter_names: Sequence[str],
+                       out_dir: str | os.PathLike) -> dict[str, str]:
+    """Save each named adapter of ``peft_model`` under ``out_dir/<name>``.
+
+    Returns ``{name: directory holding adapter_config.json}``, loadable with
+    ``PeftModel.from_pretrained`` (peft puts a non-default adapter one level deeper, in a
+    sub-directory named after it; the returned path accounts for that).
+    """
+    dirs = {}
+    for name in adapter_names:
+        out = os.path.join(os.fspath(out_dir), name)
+        peft_model.save_pretrained(out, selected_adapters=[name])
+        dirs[name] = out if os.path.exists(os.path.join(out, "adapter_config.json")) \
+            else os.path.join(out, name)
+    return dirs
