@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sqsd_fast.ranking import sort_scored
+
 
 @dataclass
 class Subset:
@@ -44,15 +46,13 @@ def default_window(n: int, num: int) -> int:
 
 
 def scored_order(rows: Sequence[dict], column: str) -> list[tuple[int, float]]:
-    """(index, score) of the scored rows, sorted by descending score, then index."""
-    pairs = []
-    for row in rows:
-        status = row.get("status")
-        value = _to_float(row.get(column))
-        if (status in (None, "ok")) and value is not None and math.isfinite(value):
-            pairs.append((int(row["index"]), value))
-    pairs.sort(key=lambda p: (-p[1], p[0]))
-    return pairs
+    """(index, score) of the scored rows, sorted by descending score, then index.
+
+    Scores may be text (a CSV file read back); unparseable ones count as unscored.
+    """
+    numeric = [{"index": int(row["index"]), "status": row.get("status"),
+                column: _to_float(row.get(column))} for row in rows]
+    return [(r["index"], r[column]) for r in sort_scored(numeric, column)]
 
 
 def select_subsets(rows: Sequence[dict], *, num: int = 5, window: int | None = None,
@@ -120,3 +120,59 @@ def subset_data_extension(data_fmt: str, data_path: Path | None) -> str:
     if data_fmt in ("json", "jsonl", "csv", "parquet") and data_path is not None:
         return ".jsonl" if data_fmt == "jsonl" else "." + data_fmt
     return ".jsonl"
+
+
+def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
+                  out_dir: str | os.PathLike, *, num: int = 5, window: int | None = None,
+                  column: str | None = None, data_split: str | None = None) -> dict:
+    """Cut the ranking in ``scores`` into windows and write them as data files.
+
+    Writes ``out_dir/S1..S<num>`` (records of ``data``, in its format; datasets and hub
+    data become JSONL), ``subsets.png`` and ``subsets.json``; returns what subsets.json
+    holds. ``column`` defaults to sqsd (or proj for 'project' output).
+    """
+    import json
+
+    from sqsd_fast.data.records import load_raw
+    from sqsd_fast.io.atomic import atomic_write_text
+    from sqsd_fast.io.writers import DATA_FORMATS, read_rows, write_rows
+
+    score_rows = read_rows(scores)
+    if not score_rows:
+        raise ValueError(f"--scores {scores}: no rows")
+    present = set(score_rows[0])
+    column = column or ("sqsd" if "sqsd" in present else "proj")
+    for needed in ("index", column):
+        if needed not in present:
+            raise ValueError(f"--scores {scores}: no {needed!r} column (columns: "
+                             f"{', '.join(sorted(present))}); is it 'sqsd-fast score' output?")
+    try:
+        for r in score_rows:
+            r["index"] = int(r["index"])
+    except (TypeError, ValueError):
+        raise ValueError(f"--scores {scores}: the 'index' column must hold integers") \
+            from None
+    order, subsets = select_subsets(score_rows, num=num, window=window, column=column)
+    raw = load_raw(data, split=data_split)
+    top = max(i for i, _ in order)
+    if top >= len(raw.rows):
+        raise ValueError(f"--scores refers to record {top} but --data {data} has only "
+                         f"{len(raw.rows)} records; pass the data file that was scored")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file; give a directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+    ext = subset_data_extension(raw.fmt, raw.path)
+    summary = {"scores": str(scores), "data": str(data), "column": column,
+               "n_scored": len(order), "window": subsets[0].stop - subsets[0].start,
+               "subsets": []}
+    for sub in subsets:
+        path = out / f"{sub.name}{ext}"
+        write_rows(path, [raw.rows[i] for i in sub.indices], formats=DATA_FORMATS)
+        summary["subsets"].append({"name": sub.name, "file": path.name, "start": sub.start,
+                                   "stop": sub.stop, "mean_score": sub.mean_score,
+                                   "indices": sub.indices})
+    plot_subsets(order, subsets, out / "subsets.png", column=column)
+    atomic_write_text(out / "subsets.json", json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -7,6 +7,7 @@ import math
 import pytest
 
 import sqsd_fast.cli as cli
+import sqsd_fast.pipeline as pipeline
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
 
@@ -40,9 +41,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, one_thread):
-    from sqsd_fast.demo.toy_model import build_toy_assets
+    from sqsd_fast.testing.toy_model import build_toy_assets
     root = tmp_path_factory.mktemp("toy")
-    with cli.quiet_libraries():
+    with pipeline.quiet_libraries():
         toy = build_toy_assets(root, hidden_size=32, intermediate_size=48, num_layers=1,
                                num_heads=2, r=2, alpha=4,
                                target_modules=("q_proj", "v_proj", "down_proj"))
@@ -110,7 +111,7 @@ def test_project_matches_score_danger_column(assets, reference_rows, tmp_path):
 
 
 def test_killed_mid_run_then_resumed(assets, reference_rows, tmp_path, monkeypatch):
-    real_load = cli.load_scorer
+    real_load = pipeline.load_scorer
 
     class StopsAfterOneBatch:
         def __init__(self, scorer):
@@ -122,12 +123,12 @@ def test_killed_mid_run_then_resumed(assets, reference_rows, tmp_path, monkeypat
                     raise KeyboardInterrupt
                 yield rows
 
-    monkeypatch.setattr(cli, "load_scorer", lambda args: StopsAfterOneBatch(real_load(args)))
+    monkeypatch.setattr(pipeline, "load_scorer", lambda options: StopsAfterOneBatch(real_load(options)))
     out = tmp_path / "s.jsonl"
     assert cli.main(_score_argv(assets, out, "--quiet")) == 130
     partial, _ = sidecar_paths(out)
     assert len(partial.read_text().splitlines()) == 3 and not out.exists()
-    monkeypatch.setattr(cli, "load_scorer", real_load)
+    monkeypatch.setattr(pipeline, "load_scorer", real_load)
     assert cli.main(_score_argv(assets, out, "--quiet", "--metric", "dot", "--resume")) == 1
     assert cli.main(_score_argv(assets, out, "--quiet", "--resume")) == 0
     rows = read_rows(out)
@@ -153,12 +154,11 @@ def test_csv_scores_and_subsets(assets, reference_rows, tmp_path):
     assert read_rows(tmp_path / "sub" / "S1.jsonl") == [RECORDS[r["index"]] for r in top[:2]]
 
 
-@pytest.mark.parametrize("name", ["dolly_safety_related_387.jsonl", "refusal_anchors_40.jsonl"])
-def test_real_shared_data(assets, tmp_path, name):
+@pytest.mark.parametrize("name", ["dolly_like.jsonl", "refusal_anchors_like.jsonl"])
+def test_data_files(assets, tmp_path, name):
+    """Dolly-format and chat-format files (tests/data, written for the tests)."""
     from pathlib import Path
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (shared data only exists beside the dev checkout)")
+    path = Path(__file__).resolve().parent / "data" / name
     toy, _ = assets
     out = tmp_path / "scores.jsonl"
     argv = _score_argv(assets, out, "--quiet", "--limit", "6")

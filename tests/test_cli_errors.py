@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 import sqsd_fast.cli as cli
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_score import FakeScorer, make_workspace, score_args  # noqa: E402
+import sqsd_fast.pipeline as pipeline
+from sqsd_fast.testing.fake_scorer import FakeScorer, make_workspace, score_args
 
 
 def _listing(root: Path) -> dict:
@@ -20,7 +18,7 @@ def _listing(root: Path) -> dict:
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "load_scorer", lambda args: FakeScorer())
+    monkeypatch.setattr(pipeline, "load_scorer", lambda options: FakeScorer())
     return make_workspace(tmp_path)
 
 
@@ -92,7 +90,7 @@ def test_model_and_adapter_problems(ws, tmp_path, capsys):
 def test_scorer_failure_is_one_line(ws, tmp_path, capsys, monkeypatch):
     def broken(args):
         raise RuntimeError("adapter for another base model\nsecond line")
-    monkeypatch.setattr(cli, "load_scorer", broken)
+    monkeypatch.setattr(pipeline, "load_scorer", broken)
     _fails(capsys, score_args(ws, tmp_path / "s.jsonl"),
            "RuntimeError: adapter for another base model second line", tmp_path)
 

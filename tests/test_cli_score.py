@@ -1,13 +1,12 @@
 """`sqsd-fast score` / `project` with a stand-in scorer: outputs, summary, kill + resume.
 
-The stand-in (FakeScorer) follows the SQSDScorer contract of docs/CONTRACTS.md but
-computes cheap deterministic numbers from the token ids, so these tests check the CLI's
-own logic (ordering, ranks, formats, resume) in milliseconds. test_cli_end_to_end.py runs
-the real scorer on a toy model.
+The stand-in (sqsd_fast.testing.fake_scorer.FakeScorer) follows the SQSDScorer contract
+but computes cheap deterministic numbers from the token ids, so these tests check the
+run's own logic (ordering, ranks, formats, resume) in milliseconds.
+test_cli_end_to_end.py runs the real scorer on a toy model.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -20,113 +19,18 @@ from pathlib import Path
 import pytest
 
 import sqsd_fast.cli as cli
-from sqsd_fast.data.batching import length_bucketed_batches
+import sqsd_fast.pipeline as pipeline
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
-
-TESTS_DIR = Path(__file__).resolve().parent
-
-RECORDS = [
-    {"instruction": "Write a haiku about rain.", "context": "", "response": "Soft rain on the roof."},
-    {"instruction": "What is 2 + 2?", "context": "", "response": "4"},
-    {"instruction": "Summarize.", "context": "The fox jumps over the lazy dog again and again.",
-     "response": "A fox keeps jumping over a dog."},
-    {"instruction": "Name three planets.", "context": "", "response": "Mars, Venus, Earth."},
-    {"instruction": "Give one tip for sleep.", "context": "", "response": "Keep a regular schedule."},
-    {"instruction": "Translate 'thank you' to French.", "context": "", "response": "Merci."},
-    {"instruction": "Describe the water cycle in detail, step by step, for a child. " * 3,
-     "context": "", "response": "Water goes up, clouds form, rain falls."},
-    {"instruction": "Tell me a joke.", "context": "", "response": "Why did the bread rise? Yeast."},
-    {"instruction": "Is the sky blue?", "context": "", "response": "Yes, on a clear day."},
-    {"instruction": "List two colors.", "context": "", "response": "Red and blue."},
-    {"instruction": "Spell 'cat'.", "context": "", "response": "C-A-T."},
-]
-
-
-class FakeScorer:
-    """Contract-shaped stand-in. fail_after: raise `error` after that many batches."""
-
-    def __init__(self, fail_after=None, error=KeyboardInterrupt, sleep_after_first=0.0):
-        self.fail_after, self.error, self.sleep = fail_after, error, sleep_after_first
-        self.seen_skip = None
-
-    @staticmethod
-    def _values(s):
-        danger = (sum(s.input_ids) % 101) / 101.0
-        safety = (len(s.input_ids) % 13) / 13.0
-        return danger, safety
-
-    def _batches(self, samples, batch_size, skip_indices):
-        self.seen_skip = frozenset(skip_indices)
-        todo = [s for s in samples if s.index not in skip_indices]
-        for k, batch in enumerate(length_bucketed_batches(todo, batch_size)):
-            if self.fail_after is not None and k == self.fail_after:
-                raise self.error("simulated interruption")
-            yield batch
-            if k == 0 and self.sleep:
-                time.sleep(self.sleep)
-
-    def iter_score(self, samples, *, metric="cosine", batch_size=8, skip_indices=frozenset(),
-                   progress=True):
-        for batch in self._batches(samples, batch_size, skip_indices):
-            rows = []
-            for s in batch:
-                ok = s.n_response_tokens > 0
-                d, sf = self._values(s)
-                scale = {"cosine": 1.0, "dot": 3.0, "projection": 2.0}[metric]
-                rows.append({"index": s.index, "danger_proj": d * scale if ok else None,
-                             "safety_proj": sf * scale if ok else None,
-                             "sqsd": (d - sf) * scale if ok else None, "n_tokens": s.n_tokens,
-                             "n_response_tokens": s.n_response_tokens,
-                             "status": "ok" if ok else "no_response_tokens"})
-            yield rows
-
-    def iter_project(self, samples, *, state="danger_state", direction="danger",
-                     metric="cosine", batch_size=8, skip_indices=frozenset(), progress=True):
-        assert (state, direction) == ("danger_state", "danger")
-        for batch in self._batches(samples, batch_size, skip_indices):
-            yield [{"index": s.index, "proj": self._values(s)[0] if s.n_response_tokens else None,
-                    "n_tokens": s.n_tokens, "n_response_tokens": s.n_response_tokens,
-                    "status": "ok" if s.n_response_tokens else "no_response_tokens"}
-                   for s in batch]
-
-
-@functools.lru_cache(maxsize=None)
-def _toy_tokenizer():
-    from sqsd_fast.demo.toy_model import build_toy_tokenizer
-    return build_toy_tokenizer()
-
-
-def make_workspace(root: Path, records=RECORDS) -> dict:
-    """A model dir (toy tokenizer + config.json), three adapter dirs and a data file."""
-    model = root / "model"
-    _toy_tokenizer().save_pretrained(model)
-    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    paths = {"model": model}
-    for name in ("danger_state", "danger_direction", "safety"):
-        (root / name).mkdir()
-        (root / name / "adapter_config.json").write_text("{}")
-        paths[name] = root / name
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    paths["data"] = data
-    return paths
-
+from sqsd_fast.testing.fake_scorer import RECORDS, FakeScorer, make_workspace, score_args
 
 @pytest.fixture
 def ws(tmp_path):
     return make_workspace(tmp_path)
 
 
-def score_args(ws, out, *extra):
-    return ["score", "--model", str(ws["model"]), "--danger-state", str(ws["danger_state"]),
-            "--danger-direction", str(ws["danger_direction"]),
-            "--safety-direction", str(ws["safety"]), "--data", str(ws["data"]),
-            "--out", str(out), "--batch-size", "3", "--max-length", "64", *extra]
-
-
 def use_scorer(monkeypatch, scorer):
-    monkeypatch.setattr(cli, "load_scorer", lambda args: scorer)
+    monkeypatch.setattr(pipeline, "load_scorer", lambda options: scorer)
     return scorer
 
 
@@ -236,17 +140,17 @@ def test_resume_when_everything_is_done_skips_the_model(ws, tmp_path, monkeypatc
 
     def no_model(args):
         raise AssertionError("model loaded although every row was saved")
-    monkeypatch.setattr(cli, "load_scorer", no_model)
+    monkeypatch.setattr(pipeline, "load_scorer", no_model)
     assert cli.main(score_args(ws, out, "--quiet", "--resume")) == 0
     assert [r["rank"] for r in read_rows(out)] == list(range(1, len(RECORDS) + 1))
 
 
 KILL_SCRIPT = """
 import sys
-sys.path.insert(0, {tests!r})
 import sqsd_fast.cli as cli
-from test_cli_score import FakeScorer
-cli.load_scorer = lambda args: FakeScorer(sleep_after_first=60)
+import sqsd_fast.pipeline as pipeline
+from sqsd_fast.testing.fake_scorer import FakeScorer
+pipeline.load_scorer = lambda options: FakeScorer(sleep_after_first=60)
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -259,7 +163,7 @@ def test_process_killed_after_first_batch_then_resumed(ws, tmp_path, monkeypatch
 
     out = tmp_path / "killed.parquet"
     script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(TESTS_DIR)))
+    script.write_text(KILL_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), *score_args(ws, out, "--quiet")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     partial, manifest = sidecar_paths(out)

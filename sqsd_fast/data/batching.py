@@ -1,6 +1,6 @@
 """Length-bucketed batches and right-padded collation.
 
-Sorting by length before batching keeps padding small (sqsd.md §5). Batches go longest
+Sorting by length before batching keeps padding small (docs/METHOD.md §5). Batches go longest
 first, so an out-of-memory batch size shows up on the first batch rather than the last.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from sqsd_fast.choices import check_positive_int
 from sqsd_fast.data.tokenize import IGNORE_INDEX, TokenizedSample
 
 
@@ -19,8 +20,7 @@ def length_bucketed_batches(samples: Sequence[TokenizedSample],
     Deterministic: samples are ordered by (descending n_tokens, ascending index), then
     cut into consecutive batches; the same input always gives the same batches.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     ordered = sorted(samples, key=lambda s: (-s.n_tokens, s.index))
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 

@@ -8,7 +8,7 @@ Each row takes one of three forms, detected per row:
 - instruction: `instruction`, optional `context` (or `input`), `response` (or `output`);
 - chat: `messages`, a list of {"role", "content"}; the LAST assistant turn is the
   response and the turns before it are the prompt (turns after it are ignored);
-- pre-tokenized: `input_ids` and `labels`, used as they are (sqsd.md §2).
+- pre-tokenized: `input_ids` and `labels`, used as they are (docs/METHOD.md §2).
 
 Every problem is reported as a ValueError that names the source, the record index and
 the field, and says what would be right.
@@ -28,6 +28,9 @@ FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": 
                 ".parquet": "parquet", ".pq": "parquet"}
 # Columns that hold lists; CSV stores them as JSON text, so they are parsed back.
 _LIST_COLUMNS_HINT = "a JSON list"
+# Extensions that mark a name as a file, never a hub id.
+LOCAL_FILE_SUFFIXES = frozenset(FILE_FORMATS) | {".txt", ".tsv", ".gguf", ".bin", ".safetensors",
+                                                 ".pt", ".zip", ".gz"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
@@ -128,9 +131,20 @@ def _nonempty(raw: RawData) -> RawData:
     return raw
 
 
-def looks_like_local_path(name: str) -> bool:
-    """True when a missing `name` cannot be a hub dataset id ("name" or "owner/name")."""
-    return Path(name).suffix != "" or _HUB_ID.fullmatch(name) is None
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """True when ``name`` must be a local path rather than a hub id ("name" or "owner/name").
+
+    The one rule for models, adapters and data: an existing path, a name starting like a
+    path (".", "/", "~"), one that no hub id can spell (e.g. "a/b/c"), or one ending in a
+    file extension this package reads or writes (".jsonl", ".gguf", ...) is local. So
+    "meta-llama/Llama-3.1-8B" is a hub id and "missing.jsonl" a missing file.
+    """
+    name = os.fspath(name)
+    if os.path.exists(os.path.expanduser(name)) or name.startswith((".", "/", "~")):
+        return True
+    if _HUB_ID.fullmatch(name) is None:
+        return True
+    return Path(name).suffix.lower() in LOCAL_FILE_SUFFIXES
 
 
 def _check_rows_are_dicts(rows: Sequence, name: str) -> None:
@@ -386,7 +400,7 @@ def _instruction(row: dict, index: int, fields: FieldNames, where: str) -> Recor
     response = _text(row, response_key, where)
     context_key = _first_present(row, fields.context)
     context = _text(row, context_key, where) if context_key else ""
-    # sqsd.md §2: user = instruction if context is blank else instruction + "\n" + context
+    # docs/METHOD.md §2: user = instruction if context is blank else instruction + "\n" + context
     user = instruction if context.strip() == "" else instruction + "\n" + context
     return Record(index, "instruction", prompt_messages=({"role": "user", "content": user},),
                   response=response)

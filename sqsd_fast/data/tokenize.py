@@ -1,4 +1,4 @@
-"""Tokenization exactly as sqsd.md §2.
+"""Tokenization exactly as docs/METHOD.md §2.
 
 For a record with a prompt (the chat turns before the response) and a response:
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from sqsd_fast.choices import check_positive_int
 from sqsd_fast.data.records import Record
 
 IGNORE_INDEX = -100
@@ -39,7 +40,7 @@ _ENCODE_CHUNK = 512
 class TokenizedSample:
     index: int              # position of the record in the input (0-based)
     input_ids: list[int]
-    labels: list[int]       # -100 on prompt positions (sqsd.md §2)
+    labels: list[int]       # -100 on prompt positions (docs/METHOD.md §2)
     truncated: bool         # max_length cut the sample
     n_tokens: int           # len(input_ids)
     n_response_tokens: int  # labels that are not -100 and have a predecessor
@@ -75,9 +76,8 @@ def count_response_tokens(labels: Sequence[int]) -> int:
 
 def tokenize_records(records: Iterable[Record], tokenizer: Any, *,
                      max_length: int = DEFAULT_MAX_LENGTH) -> list[TokenizedSample]:
-    """Tokenize records (sqsd.md §2), keeping their order and indices."""
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    """Tokenize records (docs/METHOD.md §2), keeping their order and indices."""
+    check_positive_int("max_length", max_length)
     records = list(records)
     text_positions = [i for i, r in enumerate(records) if r.kind != "pretokenized"]
     text_records = [records[i] for i in text_positions]
@@ -85,7 +85,7 @@ def tokenize_records(records: Iterable[Record], tokenizer: Any, *,
     if text_records:
         eos = getattr(tokenizer, "eos_token", None)
         if not eos:
-            raise ValueError("the tokenizer has no eos_token; sqsd.md §2 appends it to "
+            raise ValueError("the tokenizer has no eos_token; docs/METHOD.md §2 appends it to "
                              "every response, so set tokenizer.eos_token")
         prompts = [render_prompt(tokenizer, r.prompt_messages) for r in text_records]
         p_ids = _encode(tokenizer, prompts)
@@ -109,6 +109,18 @@ def tokenize_records(records: Iterable[Record], tokenizer: Any, *,
     return samples
 
 
+def load_tokenizer(source: str, *, option: str = "tokenizer"):
+    """``AutoTokenizer.from_pretrained(source)``, or a ValueError in one line that names
+    ``source`` and the ``option`` that would fix it."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:  # OSError, ValueError, and what a broken directory raises
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"could not load a tokenizer from {source} ({first}); pass "
+                         f"{option} DIR") from None
+
+
 def count_truncated(samples: Iterable[TokenizedSample]) -> int:
     return sum(1 for s in samples if s.truncated)
 
@@ -118,7 +130,7 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     for start in range(0, len(texts), _ENCODE_CHUNK):
         chunk = texts[start:start + _ENCODE_CHUNK]
         # verbose=False only silences the "longer than model_max_length" warning: the
-        # sequences are cut to max_length right after, as sqsd.md §2 does.
+        # sequences are cut to max_length right after, as docs/METHOD.md §2 does.
         encoded = tokenizer(chunk, add_special_tokens=False, verbose=False)
         out.extend(list(ids) for ids in encoded.input_ids)
     return out

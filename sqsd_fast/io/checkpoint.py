@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from sqsd_fast.io.atomic import atomic_write_text, fsync_dir
+from sqsd_fast.io.writers import clean_value
 
-MANIFEST_VERSION = 1
+# 2: the fingerprint lists each option of the command (sqsd_fast/options.py) by name.
+MANIFEST_VERSION = 2
 # Files above this size are fingerprinted by size and modification time, not hashed
 # (model weights can be tens of GB; adapters and data files are hashed in full).
 _HASH_LIMIT_BYTES = 256 * 1024 * 1024
@@ -124,7 +125,8 @@ class ResumeCheckpoint:
         """Append one batch of rows durably (flush + fsync)."""
         if self._file is None:
             raise RuntimeError("ResumeCheckpoint.append called before start()")
-        text = "".join(json.dumps(_json_safe(r), ensure_ascii=False, allow_nan=False) + "\n"
+        text = "".join(json.dumps({k: clean_value(v) for k, v in r.items()},
+                                  ensure_ascii=False, allow_nan=False) + "\n"
                        for r in rows)
         self._file.write(text)
         self._file.flush()
@@ -175,17 +177,6 @@ class ResumeCheckpoint:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
         return done
-
-
-def _json_safe(row: Mapping[str, Any]) -> dict:
-    out = {}
-    for k, v in row.items():
-        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        out[k] = v
-    return out
 
 
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""

@@ -48,7 +48,7 @@ def write_rows(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
     fmt = output_format(path, formats)
     names = list(columns) if columns is not None else _column_names(rows)
     types = dict(columns) if isinstance(columns, Mapping) else {}
-    clean = [{name: _clean(row.get(name), types.get(name)) for name in names} for row in rows]
+    clean = [{name: clean_value(row.get(name), types.get(name)) for name in names} for row in rows]
     with atomic_path(path) as tmp:
         if fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
@@ -92,8 +92,9 @@ def _column_names(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(names)
 
 
-def _clean(value: Any, kind: str | None) -> Any:
-    """Plain Python values; None for missing and non-finite numbers."""
+def clean_value(value: Any, kind: str | None = None) -> Any:
+    """A plain Python value for a table cell: numpy/torch scalars unwrapped, None for
+    missing and non-finite numbers, converted to ``kind`` ("int" | "float" | "str")."""
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         value = value.item()  # numpy / torch scalars
     if value is None:
@@ -108,6 +109,13 @@ def _clean(value: Any, kind: str | None) -> Any:
     if kind == "str":
         return str(value)
     return value
+
+
+def select_columns(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict:
+    """``row`` reduced to ``columns`` ({name: kind}) with clean values; "rank" is left out
+    (it is computed over all rows when they are written)."""
+    return {name: clean_value(row.get(name), kind) for name, kind in columns.items()
+            if name != "rank"}
 
 
 def _csv_cell(value: Any) -> Any:

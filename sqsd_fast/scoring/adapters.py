@@ -4,7 +4,7 @@ A **state** is a LoRA adapter the induced update is computed at: it is loaded on
 one ``PeftModel`` as a named adapter ("danger_state", "safety_state") and switched with
 ``set_adapter``; the base model is never loaded twice. A **direction** is only read:
 its factors A_d, B_d per module give ``D_m = B_d A_d`` with the adapter's alpha/r
-scaling dropped (sqsd.md §1); it is never activated.
+scaling dropped (docs/METHOD.md §1); it is never activated.
 
 Only plain LoRA on linear layers (``nn.Linear``, and GPT-2 style ``Conv1D``, whose LoRA
 factors peft keeps in the usual (r, d_in) / (d_out, r) layout) is supported. Everything
@@ -22,10 +22,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from sqsd_fast.choices import DTYPE_NAMES, check_choice
+from sqsd_fast.data.records import looks_like_local_path
+
 PEFT_PREFIX = "base_model.model."
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _FACTOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,11 @@ Direction = Mapping[str, LoraFactors]  # module name (relative to the base model
 
 
 def resolve_dtype(dtype) -> torch.dtype:
-    """``"float32" | "bfloat16" | "float16"`` or a ``torch.dtype`` -> ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+    """A name of :data:`sqsd_fast.choices.DTYPE_NAMES` or such a ``torch.dtype`` -> ``torch.dtype``."""
+    allowed = {name: getattr(torch, name) for name in DTYPE_NAMES}
+    if isinstance(dtype, torch.dtype) and dtype in allowed.values():
         return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}")
+    return allowed[check_choice("dtype", dtype, DTYPE_NAMES)]
 
 
 def load_base_model(model, *, dtype="float32", device=None) -> nn.Module:
@@ -59,18 +60,12 @@ def load_base_model(model, *, dtype="float32", device=None) -> nn.Module:
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path, a hub id or a torch.nn.Module; got {type(model).__name__}")
     path = os.fspath(model)
-    if _looks_local(path) and not os.path.isdir(path):
+    if looks_like_local_path(path) and not os.path.isdir(path):
         raise ValueError(f"model directory {path!r} does not exist")
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
     return loaded.to(device or "cpu").eval()
-
-
-def _looks_local(path: str) -> bool:
-    # A hub id is "name" or "org/name"; anything else (absolute, ./, ../, deeper paths,
-    # or an existing path) is treated as a local directory.
-    return os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1
 
 
 # ----------------------------------------------------------------------------- reading
@@ -254,7 +249,7 @@ def state_modules(peft_model, adapter_name: str, *, where: str | None = None) ->
 def set_state_scaling(peft_model, adapter_name: str, scaling: float | None) -> None:
     """Overrides adapter ``adapter_name``'s LoRA scaling on every layer (None: keep alpha/r).
 
-    The authors score the safety state with scaling 1.0 (sqsd.md §1).
+    The authors score the safety state with scaling 1.0 (docs/METHOD.md §1).
     """
     if scaling is None:
         return

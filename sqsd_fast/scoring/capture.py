@@ -6,7 +6,7 @@ For each LoRA module of the active state, forward hooks on ``lora_A[state]`` and
 lora_A) and e (gradient at the output of lora_B; it includes the LoRA scaling because
 peft multiplies lora_B's output by it). Autograd reaches lora_B's output gradient first
 and lora_A's right after, so the statistics are computed in u's hook, as soon as both
-exist, and the four activations are dropped there (sqsd.md §5). Results stay on the
+exist, and the four activations are dropped there (docs/METHOD.md §5). Results stay on the
 device until the batch ends: no host sync per module.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sqsd_fast.api import lora_update_stats_projected
+from sqsd_fast.ops import lora_update_stats_projected
 
 
 @dataclass

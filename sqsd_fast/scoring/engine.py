@@ -3,7 +3,7 @@
 A batch's loss is the SUM over samples of each sample's MEAN response-token cross-entropy
 (causal shift, -100 labels masked). Samples do not interact inside a batch (attention is
 per row; the base weights are frozen), so one backward gives every sample exactly the
-gradients it would get alone at batch size 1, as in the authors' algorithm (sqsd.md §1).
+gradients it would get alone at batch size 1, as in the authors' algorithm (docs/METHOD.md §1).
 The capture hooks (capture.py) reduce them to per-sample, per-module statistics inside the
 backward pass; no dense d_out x d_in matrix is formed.
 """
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sqsd_fast.api import direction_sqnorm, project_directions, resolve_backend
+from sqsd_fast.ops import direction_sqnorm, project_directions, resolve_backend
+from sqsd_fast.choices import METRICS, check_choice
 from sqsd_fast.data.batching import collate
 from sqsd_fast.data.tokenize import IGNORE_INDEX, count_response_tokens
 from sqsd_fast.scoring.adapters import LoraFactors, check_direction_matches_state, state_modules
 from sqsd_fast.scoring.capture import CaptureSession, ModuleProjection
 
 STATUSES = ("ok", "no_response_tokens", "zero_update", "non_finite_gradient")
-METRICS = ("cosine", "dot", "projection")
 
 
 @dataclass
@@ -49,20 +49,19 @@ class BatchProjection:
         A module whose update or direction is exactly zero contributes 0 to cosine and
         projection (as a cosine with an epsilon would), not NaN.
         """
+        check_choice("metric", metric, METRICS)
         if metric == "dot":
             return self.dot.clone()
         dir_norm = self.direction_sqnorm.sqrt().unsqueeze(0)
         if metric == "projection":
             denom = dir_norm.expand_as(self.dot)
-        elif metric == "cosine":
+        else:  # cosine
             denom = self.update_sqnorm.sqrt() * dir_norm
-        else:
-            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
         safe = torch.where(denom > 0, denom, torch.ones_like(denom))
         return torch.where(denom > 0, self.dot / safe, torch.zeros_like(self.dot))
 
     def total(self, metric: str = "cosine") -> torch.Tensor:
-        """(B,) sum over modules (sqsd.md §1: P = sum_m cos); NaN where status is not "ok"."""
+        """(B,) sum over modules (docs/METHOD.md §1: P = sum_m cos); NaN where status is not "ok"."""
         values = self.per_module(metric).sum(dim=1)
         ok = torch.tensor([s == "ok" for s in self.status], dtype=torch.bool)
         return torch.where(ok, values, torch.full_like(values, math.nan))
@@ -147,13 +146,15 @@ class ProjectionEngine:
             else:
                 scored.append(row)
         if scored:
-            d, u, finite_loss = self._forward_backward([batch[i] for i in scored], state, specs)
+            scored_dot, scored_sqnorm, finite_loss = self._forward_backward(
+                [batch[i] for i in scored], state, specs)
             rows = torch.tensor(scored, dtype=torch.long)
-            dot[rows], upd[rows] = d, u
+            dot[rows], upd[rows] = scored_dot, scored_sqnorm
             for j, row in enumerate(scored):
-                if not finite_loss[j] or not (torch.isfinite(d[j]).all() and torch.isfinite(u[j]).all()):
+                finite = torch.isfinite(scored_dot[j]).all() and torch.isfinite(scored_sqnorm[j]).all()
+                if not finite_loss[j] or not finite:
                     status[row] = "non_finite_gradient"
-                elif float(u[j].sum()) == 0.0:
+                elif float(scored_sqnorm[j].sum()) == 0.0:
                     status[row] = "zero_update"
         return BatchProjection(
             indices=[s.index for s in batch], module_names=names, dot=dot, update_sqnorm=upd,

@@ -5,7 +5,7 @@
         safety_direction="lora_safe")            # safety state defaults to the safety adapter
     rows = scorer.score(samples)                 # samples: TokenizedSample list (sqsd_fast.data)
 
-``SQSD(z) = P_danger(z) - P_safe(z)`` (sqsd.md §1): the danger projection is taken at the
+``SQSD(z) = P_danger(z) - P_safe(z)`` (docs/METHOD.md §1): the danger projection is taken at the
 danger state with the danger direction, the safety projection at the safety state (LoRA
 scaling overridden, 1.0 by default as in the authors' code) with the safety direction.
 Both use the same tokenization and the same length-bucketed batches.
@@ -26,7 +26,8 @@ from sqsd_fast.scoring.adapters import (
     state_modules,
 )
 from sqsd_fast.data.tokenize import count_response_tokens
-from sqsd_fast.scoring.engine import METRICS, BatchProjection, ProjectionEngine
+from sqsd_fast.choices import METRICS, check_choice
+from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
 
 DANGER_STATE, SAFETY_STATE = "danger_state", "safety_state"
 DANGER, SAFETY = "danger", "safety"
@@ -159,7 +160,7 @@ class SQSDScorer:
             None unless status is "ok".
         """
         adapter = self._state(state)
-        metric = _check_metric(metric)
+        metric = check_choice("metric", metric, METRICS)
         for batch in self._batches(samples, batch_size, skip_indices, progress):
             result = self.engine.project_batch(batch, adapter, direction)
             _warn_non_finite(result, state)
@@ -179,7 +180,7 @@ class SQSDScorer:
         "ok" (then the safety projection's); numbers are None where not computable.
         """
         danger_adapter, safety_adapter = self._state(DANGER_STATE), self._state(SAFETY_STATE)
-        metric = _check_metric(metric)
+        metric = check_choice("metric", metric, METRICS)
         for batch in self._batches(samples, batch_size, skip_indices, progress):
             danger = self.engine.project_batch(batch, danger_adapter, DANGER)
             safety = self.engine.project_batch(batch, safety_adapter, SAFETY)
@@ -220,8 +221,6 @@ class SQSDScorer:
     def _batches(self, samples, batch_size, skip_indices, progress):
         from sqsd_fast.data.batching import length_bucketed_batches
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         todo = [s for s in _as_samples(samples) if s.index not in skip_indices]
         batches = length_bucketed_batches(todo, batch_size)
         bar = _progress_bar(len(todo), progress)
@@ -278,12 +277,6 @@ def _number(value: float, status: str):
     return float(value) if status == "ok" and math.isfinite(value) else None
 
 
-def _check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
-    return metric
-
-
 def _warn_non_finite(result: BatchProjection, state: str) -> None:
     bad = [i for i, st in zip(result.indices, result.status) if st == "non_finite_gradient"]
     if bad:
@@ -301,9 +294,9 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from sqsd_fast.data.tokenize import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
+        return load_tokenizer(path)
+    except ValueError:
         return None  # scoring works without one: padding ids are masked out

@@ -1,0 +1,236 @@
+"""Score a data file to an output file, resumably: the run the CLI and Python share.
+
+    from sqsd_fast.pipeline import score_file
+    result = score_file(model="BASE", danger_state="lora_initial",
+                        danger_direction="lora_unsafe", safety_direction="lora_safe",
+                        data="train.jsonl", out="scores.jsonl", resume=True)
+    result.rows          # one dict per record, input order, with rank (1 = riskiest)
+
+Steps: check the paths (before anything loads), read and tokenize the data, fingerprint
+the run, take completed rows from the resume sidecars beside ``out``, score the rest
+batch by batch (each batch appended durably to the sidecar), rank, write ``out``
+atomically, delete the sidecars. A run that stops part-way keeps every completed batch;
+the same call with ``resume=True`` scores only what is missing. Bad input raises a
+``ValueError`` naming the option.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqsd_fast.options import ProjectOptions, RunOptions, ScoreOptions
+
+
+@dataclass
+class Prepared:
+    """The data of a run, read and tokenized."""
+
+    raw: Any                 # sqsd_fast.data.RawData
+    records: list            # list[Record]
+    samples: list            # list[TokenizedSample]
+    n_truncated: int
+    tokenizer: Any
+
+
+@dataclass
+class RunResult:
+    """What a finished run wrote, and what it saw on the way."""
+
+    options: RunOptions
+    rows: list[dict]          # the rows written to options.out, in input order
+    prepared: Prepared
+    n_resumed: int            # rows taken over from an interrupted run
+
+    @property
+    def column(self) -> str:
+        return self.options.SCORE_COLUMN
+
+
+def score_file(options: ScoreOptions | None = None, /, **kwargs) -> RunResult:
+    """SQSD scores of every record of ``data`` written to ``out`` (see :class:`ScoreOptions`)."""
+    return run(options if options is not None else ScoreOptions(**kwargs))
+
+
+def project_file(options: ProjectOptions | None = None, /, **kwargs) -> RunResult:
+    """One projection per record of ``data`` written to ``out`` (see :class:`ProjectOptions`)."""
+    return run(options if options is not None else ProjectOptions(**kwargs))
+
+
+def output_columns(options: RunOptions) -> dict[str, str]:
+    from sqsd_fast.io.writers import PROJECT_COLUMNS, SCORE_COLUMNS
+    return SCORE_COLUMNS if isinstance(options, ScoreOptions) else PROJECT_COLUMNS
+
+
+def run(options: RunOptions) -> RunResult:
+    """The resumable run of ``options`` (a :class:`ScoreOptions` or :class:`ProjectOptions`)."""
+    from sqsd_fast.io.checkpoint import ResumeCheckpoint
+    from sqsd_fast.io.writers import select_columns, write_rows
+    from sqsd_fast.ranking import add_ranks
+
+    columns = output_columns(options)
+    check_paths(options)
+    prep = prepare(options)
+    checkpoint = ResumeCheckpoint(options.out, fingerprint(options, prep))
+    done = checkpoint.check(options.resume)        # refuses before anything is written
+    expected = {s.index for s in prep.samples}
+    stray = sorted(set(done) - expected)
+    if stray:
+        raise ValueError(f"{checkpoint.partial_path} holds rows for indices not in this run "
+                         f"(e.g. {stray[0]}); delete the sidecar files to start over")
+    rows_by_index = {i: select_columns(row, columns) for i, row in done.items()}
+    if options.resume and done and not options.quiet:
+        print(f"resuming: {len(done)} of {len(prep.samples)} samples already scored",
+              file=sys.stderr)
+
+    if len(rows_by_index) < len(expected):
+        scorer = load_scorer(options)
+        checkpoint.start(options.resume)
+        try:
+            for batch_rows in _iterate(scorer, options, prep.samples, frozenset(rows_by_index)):
+                fresh = [select_columns(r, columns) for r in batch_rows
+                         if int(r["index"]) not in rows_by_index]
+                checkpoint.append(fresh)
+                for r in fresh:
+                    rows_by_index[r["index"]] = r
+        finally:
+            checkpoint.close()
+
+    missing = sorted(expected - set(rows_by_index))
+    if missing:
+        raise ValueError(f"the scorer returned no row for {len(missing)} samples (first: "
+                         f"index {missing[0]}); completed rows are kept, rerun with --resume")
+    rows = [rows_by_index[s.index] for s in prep.samples]       # input order
+    if "rank" in columns:
+        add_ranks(rows, options.SCORE_COLUMN)
+    write_rows(options.out, rows, columns)
+    checkpoint.finish()
+    return RunResult(options, rows, prep, n_resumed=len(done))
+
+
+def _iterate(scorer, options: RunOptions, samples, skip):
+    common = dict(metric=options.metric, batch_size=options.batch_size, skip_indices=skip,
+                  progress=options.progress)
+    if isinstance(options, ScoreOptions):
+        return scorer.iter_score(samples, **common)
+    return scorer.iter_project(samples, state="danger_state", direction="danger", **common)
+
+
+# ------------------------------------------------------------------------- checks
+
+
+def check_paths(options: RunOptions) -> None:
+    """Refuse a bad --out, --model or adapter path before anything is loaded."""
+    check_output_path(options.out, options.data)
+    check_model_path(options.model)
+    for name, path in options.adapters().items():
+        check_adapter_path("--" + name.replace("_", "-"), path)
+
+
+def check_output_path(out: str, data: str) -> None:
+    from sqsd_fast.io.writers import output_format
+    output_format(out)
+    p = Path(out)
+    if p.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name such as "
+                         f"{p / 'scores.jsonl'}")
+    if not (p.parent if str(p.parent) else Path(".")).is_dir():
+        raise ValueError(f"--out {out}: the directory {p.parent} does not exist")
+    if Path(data).exists() and p.exists() and p.resolve() == Path(data).resolve():
+        raise ValueError(f"--out {out} is the input data file; choose another output name")
+
+
+def check_adapter_path(option: str, path: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{option} {path}: directory not found")
+    if not p.is_dir() or not (p / "adapter_config.json").is_file():
+        raise ValueError(f"{option} {path}: not a LoRA adapter directory (no "
+                         f"adapter_config.json; save one with peft's save_pretrained)")
+
+
+def check_model_path(path: str) -> None:
+    from sqsd_fast.data.records import looks_like_local_path
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise ValueError(f"--model {path}: not a model directory (no config.json)")
+    elif looks_like_local_path(path):
+        raise ValueError(f"--model {path}: directory not found")
+
+
+# --------------------------------------------------------------------- preparation
+
+
+def prepare(options: RunOptions) -> Prepared:
+    """Read, normalize and tokenize the records of ``options.data``."""
+    from sqsd_fast.data.records import load_raw, normalize_rows
+    from sqsd_fast.data.tokenize import count_truncated, load_tokenizer, tokenize_records
+    raw = load_raw(options.data, split=options.data_split)
+    rows = raw.rows if options.limit is None else raw.rows[:options.limit]
+    records = normalize_rows(rows, options.field_names(), raw.name)
+    tokenizer = load_tokenizer(options.tokenizer or options.model, option="--tokenizer")
+    samples = tokenize_records(records, tokenizer, max_length=options.max_length)
+    return Prepared(raw, records, samples, count_truncated(samples), tokenizer)
+
+
+def fingerprint(options: RunOptions, prep: Prepared) -> dict:
+    """What identifies a run's results: every option that can change a score (paths by
+    content), the command and the number of samples."""
+    from sqsd_fast.io.checkpoint import path_fingerprint
+    fp: dict[str, Any] = {"command": options.COMMAND, "n_samples": len(prep.samples)}
+    path_fields = set(options.PATH_FIELDS) | set(options.ADAPTER_FIELDS)
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.name in options.NOT_FINGERPRINTED:
+            continue
+        if f.name == "data":   # hashed in full, whatever its size; a hub name as given
+            value = (path_fingerprint(value, limit=None) if prep.raw.path is not None
+                     else {"path": str(value), "digest": None})
+        elif f.name in path_fields and value is not None:
+            value = path_fingerprint(value)
+        fp[f.name] = value
+    return fp
+
+
+# ------------------------------------------------------------------------- loading
+
+
+@contextmanager
+def quiet_libraries():
+    """Silence loading progress bars and deprecation chatter from transformers/peft, so
+    the user sees our progress bar and summary; restores the previous settings."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_scorer(options: RunOptions):
+    """The SQSDScorer for ``options`` (tests replace this to avoid a real model)."""
+    from sqsd_fast.scoring.scorer import SQSDScorer
+    common = dict(dtype=options.dtype, device=options.device, backend=options.backend)
+    with quiet_libraries():
+        if isinstance(options, ScoreOptions):
+            return SQSDScorer.from_pretrained(
+                options.model, danger_state=options.danger_state,
+                danger_direction=options.danger_direction,
+                safety_state=options.safety_state or options.safety_direction,
+                safety_direction=options.safety_direction,
+                safety_state_scaling=options.safety_state_scaling, **common)
+        return SQSDScorer.from_pretrained(options.model, danger_state=options.state,
+                                          danger_direction=options.direction, **common)
