@@ -1,0 +1,22 @@
+"""LoRA supervised fine-tuning for the SQSD workflow (``train-adapter``).
+
+``train_adapter(**options) -> TrainResult`` trains and saves a peft LoRA adapter that the
+scoring commands accept; ``TrainAdapterOptions`` is its option list (and the CLI's parser);
+``format_summary(result)`` describes a finished run in a few lines.
+"""
+from sqsd_fast.training.options import TrainAdapterOptions
+
+
+def __getattr__(name: str):
+    # train.py pulls in transformers' Trainer; import it only when asked for, so that
+    # building the CLI parser from TrainAdapterOptions stays cheap.
+    if name == "train_adapter":
+        from sqsd_fast.training.train import train_adapter
+        return train_adapter
+    if name in ("format_summary", "TrainResult"):
+        from sqsd_fast.training import result
+        return getattr(result, name)
+    raise AttributeError(f"module 'sqsd_fast.training' has no attribute {name!r}")
+
+
+__all__ = ["TrainAdapterOptions", "TrainResult", "format_summary", "train_adapter"]

@@ -1,0 +1,233 @@
+"""The options of ``train-adapter``: one dataclass for the CLI parser, the Python keywords
+and the resume fingerprint, built like the scoring commands' (``sqsd_fast/options.py``).
+
+The options that training shares with scoring (data reading, field names, max_length,
+dtype) take their defaults and help text from ``RunOptions`` itself, so the two commands
+cannot drift apart in how they read a data file.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from sqsd_fast.choices import check_choice, check_device, check_finite_float, check_positive_int
+from sqsd_fast.options import OptionError, RecordFieldOptions, RunOptions, option, required_option
+
+# LoRA settings used when neither the caller nor --init-adapter gives them. All linear
+# modules: the SQSD authors train their LoRA states and directions on every linear layer.
+LORA_DEFAULTS = {"r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05, "target_modules": "all-linear"}
+
+
+# transformers' schedules (SchedulerType values) that need neither lr_scheduler_kwargs nor
+# evaluation metrics (cosine_with_min_lr, warmup_stable_decay, reduce_lr_on_plateau, ...
+# do), neither of which train-adapter has. Written out so that building the parser does
+# not import transformers' trainer; tests/test_training.py checks them against it.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt")
+
+
+_RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
+
+
+def _as_in_run_options(name: str, help: str | None = None):
+    """A field declared exactly like ``RunOptions.<name>`` (default, help, metavar)."""
+    source = _RUN_FIELDS[name]
+    metadata = dict(source.metadata)
+    if help is not None:
+        metadata["help"] = help
+    return dataclasses.field(default=source.default, metadata=metadata)
+
+
+def _positive(name, value, *, optional=False):
+    return check_positive_int(name, value, optional=optional)
+
+
+def _number(low: float, high: float | None = None, *, low_open=False, optional=False):
+    """A check for a finite number in [low, high) (or (low, high) when ``low_open``)."""
+    def check(name, value):
+        if value is None and optional:
+            return None
+        number = check_finite_float(name, value)
+        if number < low or (low_open and number == low) or (high is not None and number >= high):
+            lo = "(" if low_open else "["
+            hi = f"{high})" if high is not None else "inf)"
+            raise ValueError(f"{name} must be in {lo}{low}, {hi}, got {value!r}")
+        return number
+    return check
+
+
+def _check_target_modules(name, value):
+    if value is None:
+        return None
+    names = [part.strip() for part in str(value).split(",")]
+    if not all(names):
+        raise ValueError(f"{name} must be all-linear or comma-separated module names such as "
+                         f"q_proj,v_proj, got {value!r}")
+    return ",".join(names)
+
+
+def _check_train_device(name, value):
+    value = check_device(name, value)
+    if value.startswith("cuda:") and value != "cuda:0":
+        # transformers' Trainer always trains on the first visible GPU.
+        raise ValueError(f"{name} {value}: training runs on the first visible GPU; pick it "
+                         f"with CUDA_VISIBLE_DEVICES={value.split(':')[1]} and --device cuda")
+    return value
+
+
+def _check_seed(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+@dataclass(kw_only=True)
+class TrainAdapterOptions(RecordFieldOptions):
+    """``train-adapter``: LoRA supervised fine-tuning, loss on response tokens only."""
+
+    model: str = required_option("base model (directory or hub id) to put the LoRA on", "DIR")
+    data: str = required_option("training samples: .json, .jsonl, .csv, .parquet, a datasets "
+                          "save_to_disk directory, or a hub dataset name", "FILE")
+    out: str = required_option("adapter output directory (peft adapter_config.json + "
+                         "adapter_model.safetensors, train_summary.json; checkpoints under "
+                         "OUT/checkpoints while training)", "DIR")
+    tokenizer: Optional[str] = _as_in_run_options("tokenizer")
+    data_split: Optional[str] = _as_in_run_options("data_split")
+    limit: Optional[int] = _as_in_run_options("limit", "train only on the first N records")
+    max_length: int = _as_in_run_options("max_length")
+
+    r: Optional[int] = option(None, "LoRA rank (default 8, or the --init-adapter's)", "R")
+    lora_alpha: Optional[float] = option(None, "LoRA alpha; scaling = alpha/r (default 16, "
+                                           "or the --init-adapter's)", "A")
+    lora_dropout: Optional[float] = option(None, "dropout on the LoRA input (default 0.05, "
+                                             "or the --init-adapter's)", "P")
+    target_modules: Optional[str] = option(None, "modules to put LoRA on: all-linear (the "
+                                             "default, as the SQSD authors) or names such as "
+                                             "q_proj,v_proj", "NAMES")
+    learning_rate: float = option(1e-4, "peak learning rate", "LR")
+    num_epochs: int = option(3, "passes over the data", "N")
+    batch_size: int = option(4, "samples per forward/backward pass (per device)", "N")
+    gradient_accumulation_steps: int = option(1, "passes per optimizer step (effective "
+                                                "batch = batch size x this)", "N")
+    warmup_ratio: float = option(0.03, "fraction of the optimizer steps spent warming up "
+                                   "the learning rate, in [0, 1)", "F")
+    lr_scheduler_type: str = option("cosine", "learning rate schedule: "
+                                      + ", ".join(SCHEDULERS), "NAME",
+                                      choices=SCHEDULERS)
+    weight_decay: float = option(0.0, "AdamW weight decay (default: 0)", "W")
+    seed: int = option(42, "seed for the LoRA init, data order and dropout", "N")
+    init_adapter: Optional[str] = option(None, "LoRA adapter directory to continue training "
+                                           "from (its rank, alpha and modules are kept)",
+                                           "DIR")
+    merge_to: Optional[str] = option(None, "also write the base model with the trained LoRA "
+                                       "merged in, plus the tokenizer, to this new directory "
+                                       "(e.g. to make a safety-aligned base)", "DIR")
+    resume: bool = option(False, "continue an interrupted run from the last checkpoint in "
+                            "OUT/checkpoints (same options required)")
+    overwrite: bool = option(False, "replace a finished adapter or the checkpoints of an "
+                               "unfinished run in --out")
+    save_steps: Optional[int] = option(None, "save a checkpoint every N optimizer steps "
+                                         "(default: at the end of every epoch)", "N")
+    save_total_limit: Optional[int] = option(2, "checkpoints kept in OUT/checkpoints (the "
+                                               "newest)", "N")
+    keep_checkpoints: bool = option(False, "keep OUT/checkpoints after training finishes")
+    logging_steps: Optional[int] = option(None, "log the training loss every N optimizer "
+                                            "steps (default: once per epoch)", "N")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward "
+                                            "pass: less memory, slower")
+    dtype: str = _as_in_run_options("dtype")
+    device: str = option("cpu", "cpu or cuda (the first visible GPU)")
+    no_progress: bool = _as_in_run_options("no_progress")
+    quiet: bool = option(False, "no progress bar and no loss lines")
+
+    COMMAND: ClassVar[str] = "train-adapter"
+    HELP: ClassVar[str] = "train a LoRA adapter (a direction, a state, or a fine-tune of a subset)"
+    DESCRIPTION: ClassVar[str] = (
+        "LoRA supervised fine-tuning with peft and transformers' Trainer, loss on the "
+        "response tokens only, on the same readers and tokenization as 'score'. --out "
+        "becomes a peft adapter directory that 'score' and 'project' accept; --merge-to also "
+        "writes the merged full model. Checkpoints in OUT/checkpoints; continue an "
+        "interrupted run with --resume.")
+    EPILOG: ClassVar[str] = (
+        "Examples (the three adapters SQSD needs):\n"
+        "  sqsd-fast train-adapter --model BASE --data unsafe.jsonl --out lora_unsafe\n"
+        "  sqsd-fast train-adapter --model BASE --data refusals.jsonl --out lora_safe\n"
+        "  sqsd-fast train-adapter --model BASE --data benign.jsonl --out lora_initial")
+    # Options that cannot change the trained adapter: left out of the resume fingerprint.
+    NOT_FINGERPRINTED: ClassVar[frozenset] = frozenset(
+        {"out", "resume", "overwrite", "merge_to", "save_steps", "save_total_limit",
+         "keep_checkpoints", "logging_steps", "gradient_checkpointing", "device",
+         "no_progress", "quiet"})
+    # Fingerprinted by content, not by their text.
+    PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "init_adapter")
+    CHECKS: ClassVar[dict] = {
+        **{name: RunOptions.CHECKS[name] for name in ("max_length", "limit", "dtype")},
+        "r": lambda n, v: _positive(n, v, optional=True),
+        "lora_alpha": _number(0.0, low_open=True, optional=True),
+        "lora_dropout": _number(0.0, 1.0, optional=True),
+        "target_modules": _check_target_modules,
+        "learning_rate": _number(0.0, low_open=True),
+        "num_epochs": _positive,
+        "batch_size": _positive,
+        "gradient_accumulation_steps": _positive,
+        "warmup_ratio": _number(0.0, 1.0),
+        "lr_scheduler_type": lambda n, v: check_choice(n, v, SCHEDULERS),
+        "weight_decay": _number(0.0),
+        "seed": _check_seed,
+        "save_steps": lambda n, v: _positive(n, v, optional=True),
+        "save_total_limit": lambda n, v: _positive(n, v, optional=True),
+        "logging_steps": lambda n, v: _positive(n, v, optional=True),
+        "device": _check_train_device,
+    }
+
+    progress = RunOptions.progress   # the same rule as the scoring commands
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("model", "data", "out"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise OptionError(name, f"{name} must be a non-empty path or name")
+        if self.resume and self.overwrite:
+            raise OptionError("overwrite", "resume continues the run in --out and overwrite "
+                                           "starts it over; give one of them")
+        if self.dtype == "float16" and self.device == "cpu":
+            raise OptionError("dtype", "float16 training needs a GPU (loss scaling); use "
+                                       "float32 or bfloat16 on the CPU")
+        for name in ("init_adapter", "merge_to"):
+            if getattr(self, name) is not None and _same_path(getattr(self, name), self.out):
+                raise OptionError(name, f"{name} {getattr(self, name)} is the --out directory; "
+                                        f"give a different directory")
+
+    def lora_settings(self, init_config: dict | None = None) -> dict:
+        """r, lora_alpha, lora_dropout, target_modules: given > init adapter's > defaults.
+
+        A value given here that differs from the init adapter's raises OptionError: the
+        adapter being continued fixes its own shape.
+        """
+        settings = dict(LORA_DEFAULTS)
+        for name in settings:
+            given = getattr(self, name)
+            if init_config is not None and name in init_config:
+                inherited = _normalize_target(init_config[name]) if name == "target_modules" \
+                    else init_config[name]
+                mine = _normalize_target(given) if name == "target_modules" else given
+                if given is not None and name != "lora_dropout" and mine != inherited:
+                    raise OptionError(name, f"{name} {given!r} differs from the init adapter's "
+                                            f"{inherited!r}; leave {name} unset to continue it")
+                settings[name] = inherited if given is None else given
+            elif given is not None:
+                settings[name] = given
+        return settings
+
+
+def _normalize_target(value) -> str:
+    """Module names in a fixed order, so that "v_proj,q_proj" equals ["q_proj", "v_proj"]."""
+    if isinstance(value, (list, tuple, set)):
+        return ",".join(sorted(value))
+    return ",".join(sorted(str(value).split(","))) if value != "all-linear" else value
+
+
+def _same_path(a: str, b: str) -> bool:
+    from pathlib import Path
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

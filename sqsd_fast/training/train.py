@@ -1,0 +1,276 @@
+"""LoRA supervised fine-tuning: the adapters SQSD needs, from one function.
+
+    from sqsd_fast.training import train_adapter, format_summary
+    result = train_adapter(model="BASE", data="unsafe.jsonl", out="lora_unsafe")
+    print(format_summary(result))
+
+Serves every adapter of the SQSD workflow: the danger direction (unsafe data), the safety
+direction (refusals), the initial state (benign data) and fine-tuning a selected subset
+(``init_adapter`` continues an adapter; ``merge_to`` writes a merged model, e.g. a
+safety-aligned base). peft builds the LoRA, ``transformers.Trainer`` trains it (progress
+bar, checkpoints under ``out/checkpoints``, exact resume with ``resume=True``); the data is
+read and tokenized as for scoring (``sqsd_fast/training/data.py``).
+
+Order of work: options checked -> ``out``/``merge_to``/device/``model`` path checked ->
+(``out`` locked) -> ``init_adapter`` and data read -> model resolved (a GGUF converted,
+once) -> ``init_adapter`` checked against the model's shapes -> data tokenized -> run
+recorded (a resume must match) -> model loaded -> train -> adapter saved into ``out`` with
+its marker file last -> checkpoints removed. Every user error is a one-line ``ValueError``
+raised before the model weights are loaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from sqsd_fast.training import outdir
+from sqsd_fast.training.data import (ResponseOnlyCollator, pad_id, prepare_train_data,
+                                     read_train_records)
+from sqsd_fast.training.options import TrainAdapterOptions
+from sqsd_fast.training.result import TrainResult, epoch_losses, summary_dict
+
+
+def train_adapter(options: TrainAdapterOptions | None = None, /, *,
+                  callbacks: Sequence[Any] = (), **kwargs) -> TrainResult:
+    """Train a LoRA adapter on ``data`` and save it to ``out`` (see TrainAdapterOptions).
+
+    ``callbacks``: extra ``transformers.TrainerCallback``s (e.g. to stop early).
+    """
+    from sqsd_fast.io.lock import output_lock
+    from sqsd_fast.pipeline import check_model_path
+    if options is None:
+        options = TrainAdapterOptions(**kwargs)
+    elif kwargs:
+        raise TypeError("give train_adapter either a TrainAdapterOptions or keywords, not both")
+    # --- checks that read nothing big, in the order a user would fix them
+    outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
+    outdir.check_merge_to(options.merge_to)
+    _check_device(options.device, options.dtype)
+    check_model_path(options.model)
+    with output_lock(options.out):     # one run per adapter directory
+        return _train_locked(options, callbacks)
+
+
+def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
+    from sqsd_fast.pipeline import quiet_libraries
+    say = _printer(options)
+    # Again under the lock: another run may have finished or started meanwhile.
+    state = outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
+    init_config = _read_init_config(options)
+    lora = options.lora_settings(init_config)
+    raw, records = read_train_records(options)
+    model_source = resolve_model_source(options.model, progress=options.progress)
+    _check_fits_model(options, lora, model_source)
+    data = prepare_train_data(options, raw, records, model_source)
+    if data.n_skipped:
+        say(f"{data.n_skipped} of {data.n_records} samples have no response token after "
+            f"truncation to {options.max_length} tokens; training on the other "
+            f"{len(data.samples)}")
+
+    # --- the run is recorded before any weight is touched
+    outdir.start_out(state, overwrite=options.overwrite)
+    if options.resume and state.checkpoint is None:
+        say(f"--resume: no checkpoint in {state.path / outdir.CHECKPOINTS}; starting from "
+            f"the beginning")
+    outdir.check_started(state, fingerprint(options, lora, data))
+
+    started = time.perf_counter()
+    peft_model = build_peft_model(options, model_source, lora)
+    trainer = build_trainer(options, peft_model, data, state, callbacks)
+    if state.checkpoint is not None:
+        say(f"resuming from {state.checkpoint}")
+    with quiet_libraries() if options.quiet else contextlib.nullcontext():
+        trainer.train(resume_from_checkpoint=state.checkpoint)
+
+    history = [e for e in trainer.state.log_history if "loss" in e]
+    losses = epoch_losses(history)
+    result = TrainResult(
+        options=options, out=str(state.path), lora=lora, epoch_losses=losses,
+        final_loss=losses[-1] if losses else None, n_samples=len(data.samples),
+        n_skipped=data.n_skipped, n_truncated=data.n_truncated,
+        n_trainable_params=sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
+        global_step=trainer.state.global_step, runtime_s=time.perf_counter() - started,
+        resumed_from=state.checkpoint, merged_to=options.merge_to,
+        loss_log=[{k: e[k] for k in ("step", "epoch", "loss")} for e in history])
+    merge = None
+    if options.merge_to is not None:
+        def merge():
+            say(f"writing the merged model to {options.merge_to}")
+            with quiet_libraries() if options.quiet else contextlib.nullcontext():
+                outdir.write_merged(peft_model, data.tokenizer, options.merge_to)
+    peft_model.eval()
+    outdir.finish_out(state, peft_model, summary_dict(result),
+                      keep_checkpoints=options.keep_checkpoints, before_marker=merge)
+    return result
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def resolve_model_source(model: str, *, progress: bool = True) -> str:
+    """The loadable form of ``--model``: a directory or hub id as given, a ``.gguf`` file
+    de-quantized once into a cached model directory (``sqsd_fast.models``)."""
+    from sqsd_fast.models import resolve_model
+    return str(resolve_model(model, progress=progress))
+
+
+def _read_init_config(options: TrainAdapterOptions) -> dict | None:
+    """The init adapter's config, after checking it is a plain LoRA adapter directory."""
+    if options.init_adapter is None:
+        return None
+    from sqsd_fast.scoring.adapters import read_adapter
+    read_adapter(options.init_adapter)
+    with open(Path(options.init_adapter) / "adapter_config.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _check_fits_model(options: TrainAdapterOptions, lora: dict, model_source: str) -> None:
+    """The init adapter, or the --target-modules names, must fit the base model: checked
+    against an empty skeleton of the model, so no weights are loaded for it."""
+    targets = lora["target_modules"]
+    if options.init_adapter is None and targets == "all-linear":
+        return
+    skeleton = _model_skeleton(model_source)
+    if skeleton is None:
+        return
+    if options.init_adapter is not None:
+        from sqsd_fast.scoring.adapters import check_against_model, read_adapter
+        check_against_model(options.init_adapter, read_adapter(options.init_adapter), skeleton)
+        return
+    names = [name for name, _ in skeleton.named_modules()]
+    # peft's rule: a target matches a module whose name is it or ends in "." + it.
+    missing = [t for t in targets.split(",")
+               if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(f"--target-modules {targets}: the model has no module named "
+                         f"{missing[0]!r}; name linear layers such as q_proj,v_proj, or "
+                         f"use all-linear")
+
+
+def _model_skeleton(model_source: str):
+    """The model's modules on the meta device, or None where its config cannot be built
+    that way (the adapter is then checked against the loaded model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    try:
+        config = AutoConfig.from_pretrained(model_source)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception:  # an unusual architecture: checked after loading instead
+        return None
+
+
+def _check_device(device: str, dtype: str) -> None:
+    import torch
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch {torch.__version__} sees no CUDA GPU; "
+                         f"use --device cpu")
+    if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--dtype bfloat16: the GPU {torch.cuda.get_device_name()} does not "
+                         f"support it; use --dtype float16 or float32")
+
+
+def fingerprint(options: TrainAdapterOptions, lora: dict, data) -> dict:
+    """What decides the trained adapter: every option but NOT_FINGERPRINTED, paths and the
+    data by content, and the LoRA settings actually used."""
+    import dataclasses
+
+    from sqsd_fast.io.checkpoint import path_fingerprint
+    fp: dict[str, Any] = {"command": options.COMMAND, "n_samples": len(data.samples),
+                          "lora": lora}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if f.name in options.NOT_FINGERPRINTED:
+            continue
+        if f.name == "data" and data.raw.path is not None:
+            value = path_fingerprint(value, limit=None)
+        elif f.name in options.PATH_FIELDS and value is not None and Path(value).exists():
+            value = path_fingerprint(value)
+        fp[f.name] = value
+    return fp
+
+
+# ------------------------------------------------------------------ model, trainer
+
+
+def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict):
+    """The base model with a trainable LoRA: a new one (seeded) or ``init_adapter``'s."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import set_seed
+
+    from sqsd_fast.pipeline import quiet_libraries
+    from sqsd_fast.scoring.adapters import check_against_model, load_base_model, read_adapter
+    set_seed(options.seed)       # the LoRA A init draws from the global RNG
+    with quiet_libraries():
+        base = load_base_model(model_source, dtype=options.dtype, device=options.device)
+        if options.init_adapter is not None:
+            check_against_model(options.init_adapter, read_adapter(options.init_adapter), base)
+            config = LoraConfig.from_pretrained(options.init_adapter)
+            config.lora_dropout, config.inference_mode = lora["lora_dropout"], False
+            return PeftModel.from_pretrained(base, options.init_adapter, is_trainable=True,
+                                             config=config)
+        targets = lora["target_modules"]
+        config = LoraConfig(r=lora["r"], lora_alpha=lora["lora_alpha"],
+                            lora_dropout=lora["lora_dropout"], bias="none",
+                            task_type="CAUSAL_LM", target_modules=targets
+                            if targets == "all-linear" else targets.split(","))
+        try:
+            return get_peft_model(base, config)
+        except ValueError as exc:   # e.g. a module name the model does not have
+            raise ValueError(f"--target-modules {targets}: "
+                             f"{str(exc).splitlines()[0]}") from None
+
+
+def build_trainer(options: TrainAdapterOptions, peft_model, data, state, callbacks=()):
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    class LogEveryEpoch(TrainerCallback):
+        """Log at every epoch end even with --logging-steps, so every epoch's mean loss
+        can be read back from the log history (see epoch_losses)."""
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_log = True
+            return control
+
+    args = TrainingArguments(
+        output_dir=str(state.path / outdir.CHECKPOINTS),
+        num_train_epochs=options.num_epochs,
+        per_device_train_batch_size=options.batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        learning_rate=options.learning_rate, weight_decay=options.weight_decay,
+        # transformers 5 reads a warmup_steps below 1 as a fraction of the steps.
+        warmup_steps=options.warmup_ratio, lr_scheduler_type=options.lr_scheduler_type,
+        seed=options.seed,
+        save_strategy="steps" if options.save_steps else "epoch",
+        save_steps=options.save_steps or 500, save_total_limit=options.save_total_limit,
+        logging_strategy="steps" if options.logging_steps else "epoch",
+        logging_steps=options.logging_steps or 500,
+        report_to=[], disable_tqdm=not options.progress,
+        use_cpu=options.device == "cpu",
+        bf16=options.dtype == "bfloat16", fp16=options.dtype == "float16",
+        activation_checkpointing=options.gradient_checkpointing,
+        # Non-reentrant checkpointing needs no input that requires grad (the frozen
+        # embeddings of a LoRA model have none).
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        # The samples are TokenizedSample objects, not model keyword columns.
+        remove_unused_columns=False, label_names=["labels"],
+    )
+    trainer = Trainer(model=peft_model, args=args, train_dataset=data.samples,
+                      data_collator=ResponseOnlyCollator(pad_id(data.tokenizer)),
+                      callbacks=[LogEveryEpoch(), *callbacks])
+    if options.quiet:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _printer(options: TrainAdapterOptions):
+    def say(message: str) -> None:
+        if not options.quiet:
+            print(message, file=sys.stderr)
+    return say
