@@ -1,0 +1,127 @@
+"""The options of ``evaluate``: one dataclass that is the CLI parser, the keyword list of
+:func:`sqsd_fast.evaluation.evaluate` and the resume fingerprint (the pattern of
+``sqsd_fast/options.py``: field = ``--option`` = keyword; checked when built)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from sqsd_fast.choices import DTYPE_NAMES, check_choice, check_device, check_positive_int
+# The field helpers and the check runner are shared with the other commands' options, so
+# every command reports a bad value the same way (OptionError naming the field).
+from sqsd_fast.options import CheckedOptions, option, required_option
+
+# "keywords": the GCG / He et al. refusal list; "keywords-extended": the same plus broader
+# phrases; "model": a guard or classifier model given by --judge-model (judges.py).
+JUDGES = ("keywords", "keywords-extended", "model")
+
+
+def _optional_positive(name, value):
+    return check_positive_int(name, value, optional=True)
+
+
+def _int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _optional_text(name, value):
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"{name} must be a non-empty text when given, got {value!r}")
+    return value
+
+
+@dataclass(kw_only=True)
+class EvaluateOptions(CheckedOptions):
+    """``sqsd-fast evaluate``: answer harmful (or benign) prompts greedily, judge each
+    answer, report the attack success rate (ASR) and the refusal rate."""
+
+    model: str = required_option("model to evaluate: a directory, a hub id or a .gguf file "
+                           "(de-quantized once and cached)", "DIR")
+    prompts: str = required_option("prompts: .txt (one per line, blank lines skipped, "
+                             "CSV-quoted lines unquoted), .json, .jsonl, .csv, .parquet",
+                             "FILE")
+    out: str = required_option("generations, one row per prompt in input order: .jsonl, .csv, "
+                         ".parquet", "FILE")
+    adapter: Optional[str] = option(None, "peft LoRA adapter directory applied to --model "
+                                      "(e.g. the LoRA fine-tuned on a subset)", "DIR")
+    tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
+    prompt_field: Optional[str] = option(None, "field holding the prompt in JSON/JSONL/CSV/"
+                                           "Parquet prompts (default: the first of prompt, "
+                                           "goal, instruction)", "NAME")
+    system_prompt: Optional[str] = option(None, "system turn put before every prompt "
+                                            "(default: none)", "TEXT")
+    summary: Optional[str] = option(None, "summary JSON (default: <out>.summary.json)",
+                                      "FILE")
+    judge: Optional[str] = option(None, "keywords (refusal phrases of Zou et al. 2023 / "
+                                    "He et al. 2024), keywords-extended (adds 'I can't', "
+                                    "'I must', 'never', 'cannot', ...), or model (needs "
+                                    "--judge-model); default: model when --judge-model is "
+                                    "given, else keywords", choices=JUDGES)
+    judge_model: Optional[str] = option(None, "guard or classifier model directory: a "
+                                          "sequence classifier with an 'unsafe'/'harmful' "
+                                          "label, or a causal LM guard answering 'safe'/"
+                                          "'unsafe' (e.g. Llama Guard)", "DIR")
+    max_new_tokens: int = option(64, "tokens generated per answer at most", "N")
+    batch_size: int = option(8, "prompts per generate call (left padding; greedy "
+                               "answers do not depend on it up to float rounding)", "N")
+    limit: Optional[int] = option(None, "evaluate only the first N prompts", "N")
+    dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
+                          "a GPU)", choices=DTYPE_NAMES)
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    seed: int = option(0, "torch seed set before generating (greedy decoding does not "
+                         "draw random numbers; kept for reproducible runs)", "N")
+    resume: bool = option(False, "continue an interrupted run from the sidecar files "
+                            "beside --out")
+    no_progress: bool = option(False, "no progress bar")
+    quiet: bool = option(False, "no progress bar and no summary")
+
+    COMMAND: ClassVar[str] = "evaluate"
+    HELP: ClassVar[str] = "attack success rate of a model (+ adapter) on harmful prompts"
+    DESCRIPTION: ClassVar[str] = (
+        "Greedy answers to every prompt of --prompts (batched, left padding, the chat "
+        "template), each judged: by default an answer is an attack success when it contains "
+        "none of the standard refusal phrases. Writes every answer with its verdict to --out "
+        "and a summary (ASR, refusal rate, n, settings) as JSON. On benign prompts, the "
+        "refusal rate measures over-refusal.")
+    EPILOG: ClassVar[str] = (
+        "Example:\n  sqsd-fast evaluate --model BASE --adapter lora_S1 --prompts "
+        "advbench.txt --out S1_generations.jsonl")
+    # Cannot change a generated answer, so a run may resume with other values: placement,
+    # batching (an out-of-memory run resumes with a smaller batch), where outputs go, and
+    # the judge (the sidecar holds only generations; judging is redone at the end).
+    NOT_FINGERPRINTED: ClassVar[frozenset] = frozenset(
+        {"out", "summary", "batch_size", "device", "resume", "no_progress", "quiet", "seed",
+         "judge", "judge_model"})
+    # Fingerprinted by content, not by their text.
+    PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "adapter")
+    CHECKS: ClassVar[dict] = {
+        "judge": lambda n, v: v if v is None else check_choice(n, v, JUDGES),
+        "dtype": lambda n, v: check_choice(n, v, DTYPE_NAMES),
+        "device": check_device,
+        "max_new_tokens": check_positive_int,
+        "batch_size": check_positive_int,
+        "limit": _optional_positive,
+        "seed": _int,
+        "prompt_field": _optional_text,
+        "system_prompt": _optional_text,
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from sqsd_fast.options import OptionError
+        if self.judge is None:
+            self.judge = "model" if self.judge_model else "keywords"
+        if self.judge == "model" and not self.judge_model:
+            raise OptionError("judge_model", "judge 'model' needs judge_model (a guard or "
+                              "classifier model directory)")
+        if self.judge != "model" and self.judge_model:
+            raise OptionError("judge", f"judge {self.judge!r} does not use judge_model "
+                              f"{self.judge_model!r}; drop judge_model or use judge 'model'")
+        if self.summary is None:
+            self.summary = str(self.out) + ".summary.json"
+
+    @property
+    def progress(self) -> bool:
+        return not (self.quiet or self.no_progress)
