@@ -19,17 +19,23 @@ import sys
 import textwrap
 from typing import Sequence
 
-from sqsd_fast.options import OptionError, ProjectOptions, ScoreOptions, SubsetsOptions
+from sqsd_fast.evaluation.options import EvaluateOptions
+from sqsd_fast.options import (OptionError, ProjectOptions, RecordFieldOptions, ScoreOptions,
+                               SubsetsOptions)
+from sqsd_fast.training.options import TrainAdapterOptions
 
 PROG = "sqsd-fast"
+RECORD_FIELDS = {f.name for f in dataclasses.fields(RecordFieldOptions)}
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions}
+EXIT_TERMINATED = 143
+_OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions,
+            "train-adapter": TrainAdapterOptions, "evaluate": EvaluateOptions}
 FIELD_NAMES_NOTE = (
     "Records are instruction form (instruction, optional context/input, response/output), "
     "chat form (messages; the last assistant turn is the response) or pre-tokenized "
-    "(input_ids + labels); rename the fields with the --*-field options.")
+    "(input_ids + labels); these options rename the fields.")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -62,6 +68,9 @@ def _command_parser_class():
         ``--batch-size`` (not also ``--batch_size``), and plain on/off flags."""
 
         def add_argument(self, *names, **kwargs):
+            if any(n.lstrip("-") in RECORD_FIELDS for n in names):   # their own group
+                return self._record_fields().add_argument(
+                    *[n for n in names if "_" not in n.lstrip("-")] or names, **kwargs)
             hyphenated = {n.replace("_", "-") for n in names if n.startswith("--")}
             names = tuple(n for n in names if not (n.startswith("--") and "_" in n
                                                    and n.replace("_", "-") in hyphenated))
@@ -71,6 +80,11 @@ def _command_parser_class():
                     kwargs.pop(key)
                 kwargs["action"] = "store_true"
             return super().add_argument(*names, **kwargs)
+
+        def _record_fields(self):
+            if not hasattr(self, "_record_group"):
+                self._record_group = self.add_argument_group("record fields", FIELD_NAMES_NOTE)
+            return self._record_group
 
     return CommandParser
 
@@ -85,36 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_command_parser_class())
     commands = {}
-    commands["score"] = sub.add_parser(
-        "score", dataclass_types=ScoreOptions, formatter_class=_Formatter,
-        help="score every sample: sqsd = danger projection - safety projection",
-        description="Score every sample of --data. For each sample, the LoRA update it "
-                    "induces (one gradient step on its response tokens) is projected on "
-                    "the danger direction at the danger state and on the safety direction "
-                    "at the safety state; sqsd = danger_proj - safety_proj (higher = "
-                    "riskier). Output rows, in input order: index, danger_proj, "
-                    "safety_proj, sqsd, rank (1 = riskiest), n_tokens, n_response_tokens, "
-                    "status.",
-        epilog=FIELD_NAMES_NOTE + "\n\nExample:\n  sqsd-fast score --model Qwen3-8B "
-               "--danger-state lora_init --danger-direction lora_unsafe \\\n      "
-               "--safety-direction lora_safe --data dolly.jsonl --out scores.jsonl "
-               "--dtype bfloat16 --device cuda")
-    commands["project"] = sub.add_parser(
-        "project", dataclass_types=ProjectOptions, formatter_class=_Formatter,
-        help="project every sample's induced update on one direction at one state",
-        description="Project each sample's induced LoRA update on one direction (--direction)"
-                    " at one state (--state). Output rows, in input order: index, proj, "
-                    "n_tokens, n_response_tokens, status.",
-        epilog=FIELD_NAMES_NOTE)
-    commands["subsets"] = sub.add_parser(
-        "subsets", dataclass_types=SubsetsOptions, formatter_class=_Formatter,
-        help="cut the score ranking into windows S1 (riskiest) .. S5 and plot it",
-        description="Sort the scored samples by descending score and write --num windows "
-                    "of --window samples, starting at floor(linspace(0, N - window, num)), "
-                    "as data files S1.. (S1 = riskiest) in the input data's format "
-                    "(datasets directories and hub data become JSONL), plus subsets.png "
-                    "(the sorted scores with the windows marked) and subsets.json (which "
-                    "records each window holds).")
+    for name, cls in _OPTIONS.items():
+        commands[name] = sub.add_parser(
+            name, dataclass_types=cls, formatter_class=_Formatter, help=cls.HELP,
+            description=cls.DESCRIPTION, epilog=getattr(cls, "EPILOG", None))
     parser.command_parsers = commands  # for usage errors found after parsing
     return parser
 
@@ -131,6 +119,14 @@ def parse_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
         parser.command_parsers[args.command].error(str(exc).replace(exc.option, option, 1))
 
 
+class Terminated(Exception):
+    """SIGTERM (a scheduler's or `kill`'s stop): handled like Ctrl-C, with its own code."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sqsd-fast` console script; returns the exit code."""
     parser = build_parser()
@@ -138,12 +134,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse_options(parser, argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
-    commands = {"score": run_scoring, "project": run_scoring, "subsets": run_subsets}
+    commands = {"score": run_scoring, "project": run_scoring, "subsets": run_subsets,
+                "train-adapter": run_train_adapter, "evaluate": run_evaluate}
+    previous = _install_handlers()
     try:
         return commands[options.COMMAND](options)
     except KeyboardInterrupt:
         _error("interrupted" + _resume_hint(options))
         return EXIT_INTERRUPTED
+    except Terminated:
+        _error("terminated (SIGTERM)" + _resume_hint(options))
+        return EXIT_TERMINATED
     except (ValueError, FileNotFoundError) as exc:
         _error(str(exc))
         return EXIT_ERROR
@@ -153,6 +154,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{type(exc).__name__}: {exc}{_resume_hint(options)} (set SQSD_FAST_DEBUG=1 "
                f"to see the traceback)")
         return EXIT_ERROR
+    finally:
+        _restore_handlers(previous)
+
+
+def _install_handlers():
+    """SIGTERM raises Terminated; warnings print as one line without a source line."""
+    import signal
+    import warnings
+    previous = (warnings.showwarning, None)
+    warnings.showwarning = _show_warning
+    if threading_is_main():
+        previous = (previous[0], signal.signal(signal.SIGTERM, _on_sigterm))
+    return previous
+
+
+def _restore_handlers(previous) -> None:
+    import signal
+    import warnings
+    warnings.showwarning = previous[0]
+    if previous[1] is not None:
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
 
 
 def _error(message: str) -> None:
@@ -163,7 +194,14 @@ def _resume_hint(options) -> str:
     out = getattr(options, "out", None)
     if out is None:
         return ""
+    from pathlib import Path
+
     from sqsd_fast.io.checkpoint import sidecar_paths
+    if isinstance(options, TrainAdapterOptions):
+        if any((Path(out) / "checkpoints").glob("checkpoint-*")):
+            return (f"; checkpoints are kept in {Path(out) / 'checkpoints'}, rerun the same "
+                    f"command with --resume")
+        return ""
     partial, _ = sidecar_paths(out)
     if partial.exists() and partial.stat().st_size > 0:
         return "; completed batches are saved, rerun the same command with --resume"
@@ -175,9 +213,15 @@ def _resume_hint(options) -> str:
 
 def run_scoring(options) -> int:
     from sqsd_fast import pipeline
+    from sqsd_fast.ranking import sort_scored
     result = pipeline.run(options)
     if not options.quiet:
         print_summary(result)
+    if not sort_scored(result.rows, result.column):
+        statuses = sorted({r["status"] for r in result.rows})
+        _error(f"no sample could be scored (status: {', '.join(statuses)}); {options.out} lists "
+               f"the status of each")
+        return EXIT_ERROR
     return 0
 
 
@@ -202,7 +246,7 @@ def print_summary(result) -> None:
           f"75% {qs[3]:+.4g}  max {qs[4]:+.4g}")
     by_index = {r.index: r for r in result.prepared.records}
     k = min(3, len(scored))
-    print(f"  highest {column} (riskiest first):")
+    print(f"  highest {column}" + (" (riskiest first):" if column == "sqsd" else ":"))
     for r in scored[:k]:
         print(_summary_line(r, column, by_index, len(scored)))
     if len(scored) > k:
@@ -219,6 +263,22 @@ def _summary_line(row: dict, column: str, by_index: dict, n: int) -> str:
     return f"    {rank_text}{row[column]:+.4f}  [index {row['index']}]  {snippet}"
 
 
+def run_train_adapter(options) -> int:
+    from sqsd_fast.training import format_summary, train_adapter
+    result = train_adapter(options)
+    if not options.quiet:
+        print(format_summary(result))
+    return 0
+
+
+def run_evaluate(options) -> int:
+    from sqsd_fast.evaluation import evaluate, format_summary
+    result = evaluate(options)
+    if not options.quiet:
+        print(format_summary(result))
+    return 0
+
+
 def run_subsets(options: SubsetsOptions) -> int:
     from sqsd_fast.subsets import write_subsets
     summary = write_subsets(options.scores, options.data, options.out_dir, num=options.num,
@@ -231,6 +291,9 @@ def run_subsets(options: SubsetsOptions) -> int:
         print(f"  {s['name']}: ranks {s['start'] + 1}-{s['stop']}  mean {column} "
               f"{s['mean_score']:+.4f}  -> {s['file']}")
     print(f"  plot: {os.path.join(options.out_dir, 'subsets.png')}")
+    if not summary["data_checked"]:
+        print(f"  note: {options.scores} has no run record (.meta.json beside it), so it could not "
+              f"be checked that --data is the file that was scored")
     return 0
 
 

@@ -27,21 +27,24 @@ class OptionError(ValueError):
         self.option = option
 
 
-def _opt(help: str, metavar: str | None = None, **kwargs) -> Any:
-    metadata = {"help": help, **({"metavar": metavar} if metavar else {}), **kwargs}
-    return metadata
+def _metadata(help: str, metavar: str | None = None, **kwargs) -> dict:
+    # HfArgumentParser passes the metadata on to add_argument as keywords.
+    return {"help": help, **({"metavar": metavar} if metavar else {}), **kwargs}
 
 
-def _required(help: str, metavar: str | None = None) -> Any:
-    return field(metadata=_opt(help, metavar))
+def required_option(help: str, metavar: str | None = None) -> Any:
+    """A dataclass field that is a required CLI option."""
+    return field(metadata=_metadata(help, metavar))
 
 
-def _default(value, help: str, metavar: str | None = None, **kwargs) -> Any:
-    return field(default=value, metadata=_opt(help, metavar, **kwargs))
+def option(default, help: str, metavar: str | None = None, **kwargs) -> Any:
+    """A dataclass field that is a CLI option with a default (``choices=`` etc. allowed)."""
+    return field(default=default, metadata=_metadata(help, metavar, **kwargs))
 
 
-class _Checked:
-    """Runs ``CHECKS`` ({field: check(name, value) -> value}) when the dataclass is built."""
+class CheckedOptions:
+    """Base of every options dataclass: runs ``CHECKS`` ({field: check(name, value) ->
+    value}, merged over the class hierarchy) when the dataclass is built."""
 
     CHECKS: ClassVar[dict[str, Callable]] = {}
 
@@ -59,48 +62,64 @@ class _Checked:
         return dataclasses.asdict(self)
 
 
+@dataclass(kw_only=True)
+class RecordFieldOptions(CheckedOptions):
+    """Which fields of a record hold what: shared by every command that reads records."""
+
+    instruction_field: str = option("instruction", "field with the instruction", "NAME")
+    context_field: Optional[str] = option(None, "field with the optional context "
+                                            "(default: context, else input)", "NAME")
+    response_field: Optional[str] = option(None, "field with the response (default: "
+                                             "response, else output)", "NAME")
+    messages_field: str = option("messages", "field with the chat turns", "NAME")
+    input_ids_field: str = option("input_ids", "field with pre-tokenized ids", "NAME")
+    labels_field: str = option("labels", "field with pre-tokenized labels (-100 = not "
+                                 "trained on)", "NAME")
+
+    def field_names(self):
+        """The record field names these options select (``sqsd_fast.data.FieldNames``)."""
+        from sqsd_fast.data.records import FieldNames
+        default = FieldNames()
+        return FieldNames(
+            instruction=self.instruction_field,
+            context=(self.context_field,) if self.context_field else default.context,
+            response=(self.response_field,) if self.response_field else default.response,
+            messages=self.messages_field, input_ids=self.input_ids_field,
+            labels=self.labels_field)
+
+
 def _optional_positive(name, value):
     return check_positive_int(name, value, optional=True)
 
 
 @dataclass(kw_only=True)
-class RunOptions(_Checked):
+class RunOptions(RecordFieldOptions):
     """Options shared by every command that runs the model over a data file."""
 
-    data: str = _required("samples to score: .json, .jsonl, .csv, .parquet, a datasets "
+    data: str = required_option("samples to score: .json, .jsonl, .csv, .parquet, a datasets "
                           "save_to_disk directory, or a hub dataset name", "FILE")
-    out: str = _required("output table; the format follows the extension: .jsonl, .csv, "
+    out: str = required_option("output table; the format follows the extension: .jsonl, .csv, "
                          ".parquet", "FILE")
-    metric: str = _default("cosine", "cosine (the paper's choice), dot = sum <dW, D>, "
+    metric: str = option("cosine", "cosine (the paper's choice), dot = sum <dW, D>, "
                            "projection = sum <dW, D>/||D|| (both unnormalized: biased by "
                            "response length)", choices=METRICS)
-    batch_size: int = _default(8, "samples per forward/backward pass (does not change the "
+    batch_size: int = option(8, "samples per forward/backward pass (does not change the "
                                "scores)", "N")
-    max_length: int = _default(1024, "tokens kept per sample (prompt + response); longer "
+    max_length: int = option(1024, "tokens kept per sample (prompt + response); longer "
                                "ones are cut", "N")
-    dtype: str = _default("float32", "model weights dtype (bfloat16 is the usual choice on "
+    dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
                           "a GPU)", choices=DTYPE_NAMES)
-    device: str = _default("cpu", "cpu, cuda or cuda:N")
-    backend: str = _default("auto", "statistics kernel backend (auto picks the fastest "
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    backend: str = option("auto", "statistics kernel backend (auto picks the fastest "
                             "available)", choices=BACKENDS)
-    limit: Optional[int] = _default(None, "score only the first N records", "N")
-    resume: bool = _default(False, "continue an interrupted run of the same command from "
+    limit: Optional[int] = option(None, "score only the first N records", "N")
+    resume: bool = option(False, "continue an interrupted run of the same command from "
                             "the sidecar files beside --out")
-    tokenizer: Optional[str] = _default(None, "tokenizer directory (default: --model)", "DIR")
-    data_split: Optional[str] = _default(None, "split of a datasets directory or hub "
+    tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
+    data_split: Optional[str] = option(None, "split of a datasets directory or hub "
                                          "dataset (default: train)", "SPLIT")
-    no_progress: bool = _default(False, "no progress bar")
-    quiet: bool = _default(False, "no progress bar and no summary")
-    instruction_field: str = _default("instruction", "field with the instruction", "NAME")
-    context_field: Optional[str] = _default(None, "field with the optional context "
-                                            "(default: context, else input)", "NAME")
-    response_field: Optional[str] = _default(None, "field with the response (default: "
-                                             "response, else output)", "NAME")
-    messages_field: str = _default("messages", "field with the chat turns", "NAME")
-    input_ids_field: str = _default("input_ids", "field with pre-tokenized ids", "NAME")
-    labels_field: str = _default("labels", "field with pre-tokenized labels (-100 = not "
-                                 "trained on)", "NAME")
-
+    no_progress: bool = option(False, "no progress bar")
+    quiet: bool = option(False, "no progress bar and no summary")
     COMMAND: ClassVar[str] = ""
     # Fields that cannot change a score (batching, placement, presentation, where the
     # output goes): left out of the resume fingerprint. Everything else is in it.
@@ -126,17 +145,6 @@ class RunOptions(_Checked):
     def progress(self) -> bool:
         return not (self.quiet or self.no_progress)
 
-    def field_names(self):
-        """The record field names these options select (``sqsd_fast.data.FieldNames``)."""
-        from sqsd_fast.data.records import FieldNames
-        default = FieldNames()
-        return FieldNames(
-            instruction=self.instruction_field,
-            context=(self.context_field,) if self.context_field else default.context,
-            response=(self.response_field,) if self.response_field else default.response,
-            messages=self.messages_field, input_ids=self.input_ids_field,
-            labels=self.labels_field)
-
     def adapters(self) -> dict[str, str]:
         """{field name: adapter directory} of the adapters given."""
         return {name: getattr(self, name) for name in self.ADAPTER_FIELDS
@@ -145,18 +153,18 @@ class RunOptions(_Checked):
 
 @dataclass(kw_only=True)
 class _ScoreInputs:
-    model: str = _required("base model (directory or hub id) the adapters were trained on",
+    model: str = required_option("base model (directory or hub id) the adapters were trained on",
                            "DIR")
-    danger_state: str = _required("LoRA adapter directory: the state danger projections are "
+    danger_state: str = required_option("LoRA adapter directory: the state danger projections are "
                                   "taken at (e.g. a LoRA fine-tuned on benign data)", "DIR")
-    danger_direction: str = _required("LoRA adapter directory trained on unsafe data; its "
+    danger_direction: str = required_option("LoRA adapter directory trained on unsafe data; its "
                                       "B A is the danger direction", "DIR")
-    safety_direction: str = _required("LoRA adapter directory trained on safe responses; its "
+    safety_direction: str = required_option("LoRA adapter directory trained on safe responses; its "
                                       "B A is the safety direction", "DIR")
-    safety_state: Optional[str] = _default(None, "LoRA adapter directory for the safety "
+    safety_state: Optional[str] = option(None, "LoRA adapter directory for the safety "
                                            "state (default: the safety direction adapter "
                                            "itself, as in the paper)", "DIR")
-    safety_state_scaling: float = _default(1.0, "LoRA scaling used for the safety state",
+    safety_state_scaling: float = option(1.0, "LoRA scaling used for the safety state",
                                            "S")
 
 
@@ -165,6 +173,17 @@ class ScoreOptions(RunOptions, _ScoreInputs):
     """``sqsd-fast score``: sqsd = danger projection - safety projection per sample."""
 
     COMMAND: ClassVar[str] = "score"
+    HELP: ClassVar[str] = "score every sample: sqsd = danger projection - safety projection"
+    DESCRIPTION: ClassVar[str] = (
+        "Score every sample of --data. For each sample, the LoRA update it induces (one "
+        "gradient step on its response tokens) is projected on the danger direction at the "
+        "danger state and on the safety direction at the safety state; sqsd = danger_proj - "
+        "safety_proj (higher = riskier). Output rows, in input order: index, danger_proj, "
+        "safety_proj, sqsd, rank (1 = riskiest), n_tokens, n_response_tokens, status.")
+    EPILOG: ClassVar[str] = (
+        "Example:\n  sqsd-fast score --model Qwen3-8B --danger-state lora_init "
+        "--danger-direction lora_unsafe \\\n      --safety-direction lora_safe --data "
+        "dolly.jsonl --out scores.jsonl --dtype bfloat16 --device cuda")
     ADAPTER_FIELDS: ClassVar[tuple] = ("danger_state", "danger_direction", "safety_direction",
                                        "safety_state")
     SCORE_COLUMN: ClassVar[str] = "sqsd"
@@ -173,10 +192,10 @@ class ScoreOptions(RunOptions, _ScoreInputs):
 
 @dataclass(kw_only=True)
 class _ProjectInputs:
-    model: str = _required("base model (directory or hub id)", "DIR")
-    state: str = _required("LoRA adapter directory: the state the update is computed at",
+    model: str = required_option("base model (directory or hub id)", "DIR")
+    state: str = required_option("LoRA adapter directory: the state the update is computed at",
                            "DIR")
-    direction: str = _required("LoRA adapter directory whose B A is the direction", "DIR")
+    direction: str = required_option("LoRA adapter directory whose B A is the direction", "DIR")
 
 
 @dataclass(kw_only=True)
@@ -184,27 +203,39 @@ class ProjectOptions(RunOptions, _ProjectInputs):
     """``sqsd-fast project``: one projection per sample on one direction at one state."""
 
     COMMAND: ClassVar[str] = "project"
+    HELP: ClassVar[str] = "project every sample's induced update on one direction at one state"
+    DESCRIPTION: ClassVar[str] = (
+        "Project each sample's induced LoRA update on one direction (--direction) at one "
+        "state (--state). Output rows, in input order: index, proj, n_tokens, "
+        "n_response_tokens, status.")
     ADAPTER_FIELDS: ClassVar[tuple] = ("state", "direction")
     SCORE_COLUMN: ClassVar[str] = "proj"
 
 
 @dataclass(kw_only=True)
-class SubsetsOptions(_Checked):
+class SubsetsOptions(CheckedOptions):
     """``sqsd-fast subsets``: the ranking cut into windows S1 (riskiest) .. S<num>."""
 
-    scores: str = _required("output of 'sqsd-fast score' or 'project' (.jsonl/.csv/.parquet)",
+    scores: str = required_option("output of 'sqsd-fast score' or 'project' (.jsonl/.csv/.parquet)",
                             "FILE")
-    data: str = _required("the data file that was scored (record i = scores row index i)",
+    data: str = required_option("the data file that was scored (record i = scores row index i)",
                           "FILE")
-    out_dir: str = _required("directory for S1..S<num>, subsets.png and subsets.json "
+    out_dir: str = required_option("directory for S1..S<num>, subsets.png and subsets.json "
                              "(created if missing)", "DIR")
-    num: int = _default(5, "number of windows", "N")
-    window: Optional[int] = _default(None, "samples per window (default: scored samples // "
+    num: int = option(5, "number of windows", "N")
+    window: Optional[int] = option(None, "samples per window (default: scored samples // "
                                      "num)", "W")
-    column: Optional[str] = _default(None, "score column to sort by (default: sqsd, or proj "
+    column: Optional[str] = option(None, "score column to sort by (default: sqsd, or proj "
                                      "for 'project' output)", "NAME")
-    data_split: Optional[str] = _default(None, "split of a datasets directory or hub dataset",
+    data_split: Optional[str] = option(None, "split of a datasets directory or hub dataset",
                                          "SPLIT")
 
     COMMAND: ClassVar[str] = "subsets"
+    HELP: ClassVar[str] = "cut the score ranking into windows S1 (riskiest) .. S5 and plot it"
+    DESCRIPTION: ClassVar[str] = (
+        "Sort the scored samples by descending score and write --num windows of --window "
+        "samples, starting at floor(linspace(0, N - window, num)), as data files S1.. (S1 = "
+        "riskiest) in the input data's format (datasets directories and hub data become "
+        "JSONL), plus subsets.png (the sorted scores with the windows marked) and "
+        "subsets.json (which records each window holds).")
     CHECKS: ClassVar[dict] = {"num": check_positive_int, "window": _optional_positive}

@@ -16,6 +16,7 @@ the same call with ``resume=True`` scores only what is missing. Bad input raises
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,12 +68,19 @@ def output_columns(options: RunOptions) -> dict[str, str]:
 
 def run(options: RunOptions) -> RunResult:
     """The resumable run of ``options`` (a :class:`ScoreOptions` or :class:`ProjectOptions`)."""
-    from sqsd_fast.io.checkpoint import ResumeCheckpoint
-    from sqsd_fast.io.writers import select_columns, write_rows
-    from sqsd_fast.ranking import add_ranks
+    from sqsd_fast.io.lock import output_lock
 
     columns = output_columns(options)
     check_paths(options)
+    with output_lock(options.out):
+        return _run_locked(options, columns)
+
+
+def _run_locked(options: RunOptions, columns: dict) -> RunResult:
+    from sqsd_fast.io.checkpoint import ResumeCheckpoint, write_run_record
+    from sqsd_fast.io.writers import select_columns, write_rows
+    from sqsd_fast.ranking import add_ranks
+
     prep = prepare(options)
     checkpoint = ResumeCheckpoint(options.out, fingerprint(options, prep))
     done = checkpoint.check(options.resume)        # refuses before anything is written
@@ -98,6 +106,8 @@ def run(options: RunOptions) -> RunResult:
                     rows_by_index[r["index"]] = r
         finally:
             checkpoint.close()
+            if not rows_by_index:
+                checkpoint.finish()   # nothing completed: nothing to resume, no trap on retry
 
     missing = sorted(expected - set(rows_by_index))
     if missing:
@@ -107,6 +117,7 @@ def run(options: RunOptions) -> RunResult:
     if "rank" in columns:
         add_ranks(rows, options.SCORE_COLUMN)
     write_rows(options.out, rows, columns)
+    write_run_record(options.out, checkpoint.fingerprint, len(rows))
     checkpoint.finish()
     return RunResult(options, rows, prep, n_resumed=len(done))
 
@@ -123,11 +134,25 @@ def _iterate(scorer, options: RunOptions, samples, skip):
 
 
 def check_paths(options: RunOptions) -> None:
-    """Refuse a bad --out, --model or adapter path before anything is loaded."""
+    """Refuse a bad --out, --device, --model or adapter path before anything is loaded."""
     check_output_path(options.out, options.data)
-    check_model_path(options.model)
+    check_device_available(options.device)
     for name, path in options.adapters().items():
         check_adapter_path("--" + name.replace("_", "-"), path)
+    check_model_path(options.model)
+
+
+def check_device_available(device: str) -> None:
+    import torch
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
+        raise ValueError(f"--device {device}: CUDA is not available here ({build}); use --device cpu")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
 
 
 def check_output_path(out: str, data: str) -> None:
@@ -137,8 +162,11 @@ def check_output_path(out: str, data: str) -> None:
     if p.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file name such as "
                          f"{p / 'scores.jsonl'}")
-    if not (p.parent if str(p.parent) else Path(".")).is_dir():
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
         raise ValueError(f"--out {out}: the directory {p.parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the directory {parent} is not writable")
     if Path(data).exists() and p.exists() and p.resolve() == Path(data).resolve():
         raise ValueError(f"--out {out} is the input data file; choose another output name")
 
@@ -155,11 +183,47 @@ def check_adapter_path(option: str, path: str) -> None:
 def check_model_path(path: str) -> None:
     from sqsd_fast.data.records import looks_like_local_path
     p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return  # converted (once, cached) when the model is loaded
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
-            raise ValueError(f"--model {path}: not a model directory (no config.json)")
+            raise ValueError(f"--model {path}: not a model directory (no config.json) or .gguf file")
     elif looks_like_local_path(path):
         raise ValueError(f"--model {path}: directory not found")
+    else:
+        check_hub_reachable(path)
+
+
+def check_hub_reachable(model_id: str, timeout: float = 3.0) -> None:
+    """A hub id that is not in the local cache needs the hub: say at once when it cannot be
+    reached, instead of after a minute of retries blamed on the tokenizer."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    cached = try_to_load_from_cache(model_id, "config.json")
+    if isinstance(cached, str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"--model {model_id}: not a local directory, not in the Hugging Face "
+                         f"cache, and HF_HUB_OFFLINE is set; give a local model directory")
+    import socket
+    import threading
+    from urllib.parse import urlparse
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    reached = []
+
+    def probe():  # in a thread: a DNS lookup has no timeout of its own
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not reached:
+        raise ValueError(f"--model {model_id}: not a local directory, and the Hugging Face hub "
+                         f"({host}) cannot be reached to download it; give a local model "
+                         f"directory (or check the network)")
 
 
 # --------------------------------------------------------------------- preparation
@@ -172,7 +236,9 @@ def prepare(options: RunOptions) -> Prepared:
     raw = load_raw(options.data, split=options.data_split)
     rows = raw.rows if options.limit is None else raw.rows[:options.limit]
     records = normalize_rows(rows, options.field_names(), raw.name)
-    tokenizer = load_tokenizer(options.tokenizer or options.model, option="--tokenizer")
+    from sqsd_fast.models import resolve_model
+    source = options.tokenizer or resolve_model(options.model, progress=options.progress)
+    tokenizer = load_tokenizer(source, option="--tokenizer")
     samples = tokenize_records(records, tokenizer, max_length=options.max_length)
     return Prepared(raw, records, samples, count_truncated(samples), tokenizer)
 

@@ -37,6 +37,10 @@ def window_starts(n: int, num: int, window: int) -> list[int]:
     if not 1 <= window <= n:
         raise ValueError(f"--window must be between 1 and the number of scored samples "
                          f"({n}), got {window}")
+    if n - window + 1 < num:   # fewer distinct start positions than windows: repeats
+        raise ValueError(f"--num {num} windows of {window} samples need at least "
+                         f"{num + window - 1} scored samples to be distinct; there are {n} "
+                         f"(use a smaller --num or --window)")
     return [int(s) for s in np.floor(np.linspace(0, n - window, num)).astype(np.int64)]
 
 
@@ -154,6 +158,7 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
             from None
     order, subsets = select_subsets(score_rows, num=num, window=window, column=column)
     raw = load_raw(data, split=data_split)
+    data_checked = check_scored_data(scores, data, raw, data_split)
     top = max(i for i, _ in order)
     if top >= len(raw.rows):
         raise ValueError(f"--scores refers to record {top} but --data {data} has only "
@@ -164,9 +169,9 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
 
     ext = subset_data_extension(raw.fmt, raw.path)
-    summary = {"scores": str(scores), "data": str(data), "column": column,
-               "n_scored": len(order), "window": subsets[0].stop - subsets[0].start,
-               "subsets": []}
+    summary = {"scores": str(scores), "data": str(data), "data_checked": data_checked,
+               "column": column, "n_scored": len(order),
+               "window": subsets[0].stop - subsets[0].start, "subsets": []}
     for sub in subsets:
         path = out / f"{sub.name}{ext}"
         write_rows(path, [raw.rows[i] for i in sub.indices], formats=DATA_FORMATS)
@@ -176,3 +181,31 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
     plot_subsets(order, subsets, out / "subsets.png", column=column)
     atomic_write_text(out / "subsets.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def check_scored_data(scores, data, raw, data_split) -> bool:
+    """Refuse a ``data`` file that is not the one ``scores`` was computed from.
+
+    The pipeline writes ``SCORES.meta.json`` with the data file's content digest; without
+    it (scores from elsewhere) nothing can be checked and False is returned.
+    """
+    from sqsd_fast.io.checkpoint import path_fingerprint, read_run_record, run_record_path
+
+    record = read_run_record(scores)
+    if record is None:
+        return False
+    fp = record.get("fingerprint", {})
+    scored = fp.get("data") or {}
+    name = run_record_path(scores).name
+    if scored.get("digest") and raw.path is not None:
+        if path_fingerprint(data, limit=None)["digest"] != scored["digest"]:
+            raise ValueError(f"--data {data} is not the data that was scored: {name} records "
+                             f"{scored.get('path')} with other contents; pass the data file that "
+                             f"was scored")
+    elif scored.get("path") and scored.get("digest") is None and str(data) != scored["path"]:
+        raise ValueError(f"--data {data} is not the data that was scored ({name} records "
+                         f"{scored['path']})")
+    if fp.get("data_split") != data_split:
+        raise ValueError(f"--data-split {data_split} differs from the split that was scored "
+                         f"({fp.get('data_split')}, per {name})")
+    return True

@@ -34,7 +34,11 @@ def test_window_starts_follow_linspace():
     assert window_starts(100, 5, 10) == [0, 22, 45, 67, 90]
     assert window_starts(387, 5, 77) == [0, 77, 155, 232, 310]       # floor(77.5) = 77
     assert window_starts(10, 1, 4) == [0]
-    assert window_starts(10, 5, 10) == [0] * 5
+    assert window_starts(10, 5, 6) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="need at least 14 scored samples to be distinct"):
+        window_starts(10, 5, 10)        # would repeat the same window five times
+    with pytest.raises(ValueError, match="--num 12 windows"):
+        window_starts(10, 12, 1)
     with pytest.raises(ValueError, match="--num"):
         window_starts(10, 0, 1)
 

@@ -10,7 +10,9 @@ from sqsd_fast.cli import build_parser
 from sqsd_fast.data.records import looks_like_local_path
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
+from sqsd_fast.evaluation.options import EvaluateOptions
 from sqsd_fast.options import OptionError, ProjectOptions, ScoreOptions, SubsetsOptions
+from sqsd_fast.training.options import TrainAdapterOptions
 from sqsd_fast.ranking import add_ranks, sort_scored
 from sqsd_fast.testing.fake_scorer import RECORDS, FakeScorer, make_workspace
 
@@ -78,7 +80,8 @@ def test_every_option_is_in_the_fingerprint_unless_it_cannot_change_a_score(ws, 
             assert fp[name]["digest"], name
 
 
-@pytest.mark.parametrize("cls", [ScoreOptions, ProjectOptions, SubsetsOptions])
+@pytest.mark.parametrize("cls", [ScoreOptions, ProjectOptions, SubsetsOptions,
+                                 TrainAdapterOptions, EvaluateOptions])
 def test_the_parser_has_one_option_per_field(cls):
     parser = build_parser().command_parsers[cls.COMMAND]
     flags = {s for action in parser._actions for s in action.option_strings}

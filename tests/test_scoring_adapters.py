@@ -106,13 +106,15 @@ def test_adapter_for_another_base_model(toy):
 
 
 def test_direction_modules_missing_from_state(toy):
-    with pytest.raises(ValueError, match=r"direction 'danger' has LoRA modules that state 'danger_state' lacks: "
-                                         r"model\.layers\.0\.mlp"):
+    # The message names the options and the directories the user gave, not internal names.
+    with pytest.raises(ValueError, match=r"direction danger_direction \S*all_dir has LoRA modules that state "
+                                         r"danger_state \S*qv lacks: model\.layers\.0\.mlp"):
         scorer_for(toy, toy["qv"], toy["all_dir"])
 
 
 def test_state_modules_missing_from_direction(toy):
-    with pytest.raises(ValueError, match=r"state 'danger_state' has LoRA modules that direction 'danger' lacks"):
+    with pytest.raises(ValueError, match=r"state danger_state \S*all has LoRA modules that direction "
+                                         r"danger_direction \S*qv lacks"):
         scorer_for(toy, toy["all"], toy["qv"])
 
 

@@ -238,7 +238,7 @@ def test_non_finite_gradient_is_reported_not_scored(assets, samples):
     assert all(bad_token not in s.input_ids for s in (samples[0], samples[2]))
     with torch.no_grad():
         scorer.engine.model.get_input_embeddings().weight[bad_token] = float("nan")
-    with pytest.warns(RuntimeWarning, match=r"sample\(s\) \[1\]"):
+    with pytest.warns(RuntimeWarning, match=r"danger_state .* for 1 sample\(s\) \(1\)"):
         rows = scorer.project(samples[:3], batch_size=3, progress=False)
     assert [r["status"] for r in rows] == ["ok", "non_finite_gradient", "ok"]
     assert rows[1]["proj"] is None

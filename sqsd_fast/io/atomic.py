@@ -22,19 +22,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise ValueError(f"{target}: the output directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise ValueError(f"{target}: cannot write in {directory} ({exc.strerror})") from None
     os.close(fd)
+    # mkstemp creates the file 0600; give the output the mode any new file gets (umask).
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):  # name the output, not the temporary file
+            raise ValueError(f"{target}: could not be written ({exc.strerror or exc})") from None
         raise
     fsync_dir(directory)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -63,6 +63,33 @@ def path_fingerprint(path: str | os.PathLike, *, limit: int | None = _HASH_LIMIT
     return {"path": str(path), "digest": None}
 
 
+def run_record_path(out_path: str | os.PathLike) -> Path:
+    """``OUT.meta.json``: what produced a finished output (kept; the sidecars are not)."""
+    out = Path(out_path)
+    return out.with_name(out.name + ".meta.json")
+
+
+def write_run_record(out_path: str | os.PathLike, fingerprint: Mapping[str, Any],
+                     n_rows: int) -> None:
+    """Record beside a finished output which inputs and options produced it, so a later
+    step (``subsets``) can check it is given the same data file."""
+    from sqsd_fast import __version__
+    record = {"version": MANIFEST_VERSION, "sqsd_fast": __version__, "output": str(out_path),
+              "n_rows": n_rows, "fingerprint": fingerprint}
+    atomic_write_text(run_record_path(out_path), json.dumps(record, indent=1) + "\n")
+
+
+def read_run_record(out_path: str | os.PathLike) -> dict | None:
+    """The record written by :func:`write_run_record`, or None if there is none."""
+    path = run_record_path(out_path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: unreadable run record; delete it or score again") from None
+
+
 class ResumeCheckpoint:
     """The sidecars of one output file; see the module docstring."""
 

@@ -59,7 +59,9 @@ def load_base_model(model, *, dtype="float32", device=None) -> nn.Module:
         return model if device is None else model.to(device)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path, a hub id or a torch.nn.Module; got {type(model).__name__}")
-    path = os.fspath(model)
+    from sqsd_fast.models import resolve_model
+
+    path = resolve_model(model)  # a .gguf file -> its de-quantized, cached model directory
     if looks_like_local_path(path) and not os.path.isdir(path):
         raise ValueError(f"model directory {path!r} does not exist")
     from transformers import AutoModelForCausalLM
@@ -96,19 +98,30 @@ def read_adapter(path) -> dict[str, LoraFactors]:
     """
     config_path, weights_path = _adapter_files(path)
     path = os.fspath(path)
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"adapter {path!r}: adapter_config.json is not valid JSON ({exc}); "
+                         "save the adapter again with peft's save_pretrained") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"adapter {path!r}: adapter_config.json must hold a JSON object")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise ValueError(f"adapter {path!r} is a {peft_type or 'unknown'} adapter; only LoRA adapters are supported")
     if config.get("use_dora"):
         raise ValueError(f"adapter {path!r} uses DoRA (use_dora=true); only plain LoRA is supported")
-    if weights_path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if weights_path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        state = load_file(weights_path, device="cpu")
-    else:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            state = load_file(weights_path, device="cpu")
+        else:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors and pickle raise many types for a damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"adapter {path!r}: cannot read {os.path.basename(weights_path)} ({first}); "
+                         "the file is damaged or incomplete, save the adapter again") from None
 
     embedding_keys = [key for key in state if "lora_embedding" in key]
     if embedding_keys:
@@ -142,8 +155,39 @@ def read_adapter(path) -> dict[str, LoraFactors]:
                 f"adapter {path!r}: module {module} has lora_A {tuple(pair['A'].shape)} and lora_B "
                 f"{tuple(pair['B'].shape)}, which do not share a rank"
             )
+        for factor, tensor in pair.items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"adapter {path!r}: module {module} lora_{factor} holds NaN or Inf values; "
+                                 "the adapter is damaged (or its training diverged)")
         out[module] = LoraFactors(pair["A"], pair["B"])
+    _check_config_rank(path, config, out)
     return out
+
+
+def _check_config_rank(path: str, config: dict, factors: Mapping[str, LoraFactors]) -> None:
+    """peft builds layers from the config's rank, then fails with a very long error if the
+    weights have another; say it in one line, naming the module."""
+    rank = config.get("r")
+    if not isinstance(rank, int) or config.get("rank_pattern"):
+        return  # per-module ranks: peft checks them
+    for module, f in factors.items():
+        if f.A.shape[0] != rank:
+            raise ValueError(f"adapter {path!r}: adapter_config.json says r = {rank} but module {module} "
+                             f"has rank {f.A.shape[0]} weights; the config and the weights do not belong together")
+
+
+def check_direction_is_usable(factors: Mapping[str, LoraFactors]) -> None:
+    """A direction must be finite and non-zero in at least one module.
+
+    A LoRA saved before any training step has B = 0, so ``D_m = B_d A_d = 0`` everywhere:
+    every projection would be 0 and SQSD silently minus the safety term alone.
+    """
+    for module, f in factors.items():
+        if not (torch.isfinite(f.A).all() and torch.isfinite(f.B).all()):
+            raise ValueError(f"module {module} of the direction holds NaN or Inf values")
+    if all(float(f.B.abs().max()) == 0.0 or float(f.A.abs().max()) == 0.0 for f in factors.values()):
+        raise ValueError("the direction is zero in every module (lora_B = 0: an adapter saved before "
+                         "any training step?); train it first")
 
 
 def linear_shape(module: nn.Module, *, where: str) -> tuple[int, int]:
@@ -244,18 +288,6 @@ def state_modules(peft_model, adapter_name: str, *, where: str | None = None) ->
     if not found:
         raise ValueError(f"{where}: no LoRA linear layers hold adapter {adapter_name!r}")
     return found
-
-
-def set_state_scaling(peft_model, adapter_name: str, scaling: float | None) -> None:
-    """Overrides adapter ``adapter_name``'s LoRA scaling on every layer (None: keep alpha/r).
-
-    The authors score the safety state with scaling 1.0 (docs/METHOD.md §1).
-    """
-    if scaling is None:
-        return
-    scaling = float(scaling)
-    for module in state_modules(peft_model, adapter_name).values():
-        module.scaling[adapter_name] = scaling
 
 
 def state_factors(peft_model, adapter_name: str) -> dict[str, LoraFactors]:

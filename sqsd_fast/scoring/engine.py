@@ -23,6 +23,7 @@ from sqsd_fast.data.batching import collate
 from sqsd_fast.data.tokenize import IGNORE_INDEX, count_response_tokens
 from sqsd_fast.scoring.adapters import LoraFactors, check_direction_matches_state, state_modules
 from sqsd_fast.scoring.capture import CaptureSession, ModuleProjection
+from sqsd_fast.scoring.model_state import ModelSettings
 
 STATUSES = ("ok", "no_response_tokens", "zero_update", "non_finite_gradient")
 
@@ -71,18 +72,26 @@ class ProjectionEngine:
     """Scores batches on one ``PeftModel`` that holds the state adapters.
 
     Args:
-        peft_model: the model; its states are adapters on it (switched with ``set_adapter``).
-            The engine puts it in eval mode and freezes all its parameters: gradients are
-            taken with respect to the input embeddings only, the hooks capture the rest.
+        peft_model: the model; its states are adapters on it. For each pass the engine
+            activates the state, freezes every parameter (gradients are taken with respect
+            to the input embeddings only, the hooks capture the rest), sets eval mode and
+            the state's scaling override, and restores the caller's settings afterwards
+            (model_state.py).
         directions: ``{direction name: {module name: LoraFactors}}`` (see adapters.py).
         pad_token_id: padding id for collation (any id works: padding is masked and dropped).
         backend: kernel backend for :func:`sqsd_fast.lora_update_stats` ("auto" picks the
             fastest available for the model's device).
+        scalings: ``{adapter name: LoRA scaling}`` used while that adapter is scored.
+        labels: ``{state or direction name: what the user called it}`` (e.g. the option and
+            path), used in error messages.
     """
 
     def __init__(self, peft_model, directions: dict[str, dict[str, LoraFactors]], *, pad_token_id: int = 0,
-                 backend: str = "auto"):
+                 backend: str = "auto", scalings: dict[str, float] | None = None,
+                 labels: dict[str, str] | None = None):
         self.model = peft_model
+        self.settings = ModelSettings(peft_model, scalings)
+        self.labels = dict(labels or {})
         self.directions = dict(directions)
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         self.device = next(peft_model.parameters()).device
@@ -90,12 +99,6 @@ class ProjectionEngine:
         self._prepared: dict[tuple[str, str], tuple[list[ModuleProjection], torch.Tensor]] = {}
         base = peft_model.get_base_model()
         self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
-        self._freeze()
-
-    def _freeze(self) -> None:
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
 
     def clear_cache(self) -> None:
         """Forget the precomputed V_A, V_B (call after changing an adapter's weights)."""
@@ -109,7 +112,9 @@ class ProjectionEngine:
                 raise ValueError(f"unknown direction {direction!r}; loaded: {', '.join(self.directions) or 'none'}")
             factors = self.directions[direction]
             modules = state_modules(self.model, state)
-            check_direction_matches_state(factors, modules, direction_name=repr(direction), state_name=repr(state))
+            check_direction_matches_state(factors, modules,
+                                          direction_name=self.labels.get(direction, repr(direction)),
+                                          state_name=self.labels.get(state, repr(state)))
             specs, sqnorms = [], []
             for name, layer in modules.items():
                 lora_A, lora_B = layer.lora_A[state], layer.lora_B[state]
@@ -187,15 +192,13 @@ class ProjectionEngine:
             to_dev, (input_ids, mask, cu_seqlens, rows, keep, targets, n_targets)
         )
 
-        self.model.set_adapter(state)
-        self._freeze()  # set_adapter makes the active adapter trainable again
-        embeds = self.model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
         session = CaptureSession(specs, self.backend)
         session.set_rows(rows, cu_seqlens)
-        kwargs = dict(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-        if self._keeps_logits:
-            kwargs["logits_to_keep"] = keep
-        with torch.enable_grad(), session:
+        with self.settings.scoring(state), torch.enable_grad(), session:
+            embeds = self.model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+            kwargs = dict(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+            if self._keeps_logits:
+                kwargs["logits_to_keep"] = keep
             logits = self.model(**kwargs).logits
             if not self._keeps_logits:
                 logits = logits.index_select(1, keep)

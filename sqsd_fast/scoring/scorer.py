@@ -16,18 +16,20 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 from sqsd_fast.scoring.adapters import (
     attach_state,
+    check_direction_is_usable,
     load_base_model,
     load_direction,
-    set_state_scaling,
     state_modules,
 )
 from sqsd_fast.data.tokenize import count_response_tokens
 from sqsd_fast.choices import METRICS, check_choice
 from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
+from sqsd_fast.scoring.samples import as_samples, check_fits_model
 
 DANGER_STATE, SAFETY_STATE = "danger_state", "safety_state"
 DANGER, SAFETY = "danger", "safety"
@@ -40,10 +42,12 @@ class SQSDScorer:
     :meth:`from_peft_model` (a ``PeftModel`` that already holds the state adapters).
     """
 
-    def __init__(self, engine: ProjectionEngine, *, states: dict[str, str], tokenizer=None):
+    def __init__(self, engine: ProjectionEngine, *, states: dict[str, str], tokenizer=None,
+                 labels: dict[str, str] | None = None):
         self.engine = engine
         self.states = dict(states)  # logical state name -> adapter name on the model
         self.tokenizer = tokenizer
+        self.labels = dict(labels or {})  # state / direction name -> what the user gave
 
     # ------------------------------------------------------------------ construction
 
@@ -86,36 +90,48 @@ class SQSDScorer:
             raise ValueError("safety_state was given without safety_direction; give both (or neither)")
         base = load_base_model(model, dtype=dtype, device=device)
         if tokenizer is None and isinstance(model, (str, os.PathLike)):
-            tokenizer = _load_tokenizer(os.fspath(model))
+            from sqsd_fast.models import resolve_model
+
+            tokenizer = _load_tokenizer(resolve_model(model))  # a .gguf: the converted directory's
 
         existing = set(base.peft_config) if isinstance(base, PeftModel) else set()
-        states = {}
+        states, scalings, labels = {}, {}, {}
         peft_model = base
         for logical, source, scaling in ((DANGER_STATE, danger_state, danger_state_scaling),
                                          (SAFETY_STATE, safety_state, safety_state_scaling)):
             if source is None:
                 continue
-            if isinstance(source, str) and source in existing:
-                adapter = source
-                state_modules(peft_model, adapter)
-            else:
-                adapter = _free_name(peft_model, logical)
-                peft_model = attach_state(peft_model, source, adapter)
-            if scaling is not None and adapter == states.get(DANGER_STATE):
-                raise ValueError("the danger and safety states are the same loaded adapter but need different "
-                                 "scalings; pass them as directories so each is loaded on its own")
-            set_state_scaling(peft_model, adapter, scaling)
+            labels[logical] = _label(logical, source)
+            with _named(labels[logical]):
+                if isinstance(source, str) and source in existing:
+                    adapter = source
+                    state_modules(peft_model, adapter)
+                else:
+                    adapter = _free_name(peft_model, logical)
+                    peft_model = attach_state(peft_model, source, adapter)
+            if scaling is not None:
+                if adapter in scalings and scalings[adapter] != float(scaling):
+                    raise ValueError("the danger and safety states are the same loaded adapter but need different "
+                                     "scalings; pass them as directories so each is loaded on its own")
+                scalings[adapter] = float(scaling)
             states[logical] = adapter
+            labels.setdefault(adapter, labels[logical])
         peft_model.to(next(base.parameters()).device)  # adapters join the base model's device
 
-        directions = {DANGER: load_direction(danger_direction, peft_model)}
-        if safety_direction is not None:
-            directions[SAFETY] = load_direction(safety_direction, peft_model)
+        directions = {}
+        for logical, source in ((DANGER, danger_direction), (SAFETY, safety_direction)):
+            if source is None:
+                continue
+            labels[logical] = _label(logical + "_direction", source)
+            with _named(labels[logical]):
+                directions[logical] = load_direction(source, peft_model)
+                check_direction_is_usable(directions[logical])
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             pad = getattr(tokenizer, "eos_token_id", None)
-        engine = ProjectionEngine(peft_model, directions, pad_token_id=pad or 0, backend=backend)
-        scorer = cls(engine, states=states, tokenizer=tokenizer)
+        engine = ProjectionEngine(peft_model, directions, pad_token_id=pad or 0, backend=backend,
+                                  scalings=scalings, labels=labels)
+        scorer = cls(engine, states=states, tokenizer=tokenizer, labels=labels)
         for logical, direction in ((DANGER_STATE, DANGER), (SAFETY_STATE, SAFETY)):
             if logical in states:
                 engine.prepare(states[logical], direction)  # fail now on mismatched modules
@@ -128,9 +144,12 @@ class SQSDScorer:
         """Scores with an in-memory ``PeftModel`` whose state adapters are already loaded.
 
         ``danger_state`` / ``safety_state`` name adapters on ``peft_model``; directions are
-        adapter names on it or adapter directories. The safety state's scaling is
-        overridden on the model (``safety_state_scaling``, None keeps it). The model is put
-        in eval mode and its parameters are frozen.
+        adapter names on it or adapter directories. The model is borrowed, not changed:
+        each scoring pass activates the state, freezes the parameters, sets eval mode and
+        the safety state's scaling (``safety_state_scaling``, None keeps it), and puts the
+        caller's active adapter, trainable flags, train/eval mode and scalings back when
+        the pass ends. A state given as a directory (not an adapter name) is loaded onto
+        the model as an extra adapter, which stays.
         """
         return cls.from_pretrained(
             peft_model, danger_state=danger_state, danger_direction=danger_direction,
@@ -146,9 +165,12 @@ class SQSDScorer:
         """Projections of each sample's induced update at ``state`` onto ``direction``.
 
         Args:
-            samples: ``TokenizedSample`` objects (``sqsd_fast.data.tokenize_records``), or
-                dicts with ``input_ids`` and ``labels`` (their list position is the index).
-            state: "danger_state" or "safety_state"; direction: "danger" or "safety".
+            samples: a data file path, ``Record``s (``sqsd_fast.data.read_records``; both are
+                tokenized with the scorer's tokenizer), ``TokenizedSample``s
+                (``sqsd_fast.data.tokenize_records``), or dicts with ``input_ids`` and
+                ``labels`` (their list position is the index). Indices must be unique.
+            state: "danger_state" or "safety_state", or the adapter name / directory given
+                for it; direction: "danger" or "safety", or the adapter given for it.
             metric: "cosine" (the paper's), "dot" or "projection" (dot / ||D||), each
                 summed over LoRA modules.
             batch_size: samples per forward/backward (scores do not depend on it).
@@ -159,17 +181,21 @@ class SQSDScorer:
             ``{"index", "proj", "n_tokens", "n_response_tokens", "status"}``; ``proj`` is
             None unless status is "ok".
         """
-        adapter = self._state(state)
+        adapter, direction = self._state(state), self._direction(direction)
         metric = check_choice("metric", metric, METRICS)
-        for batch in self._batches(samples, batch_size, skip_indices, progress):
-            result = self.engine.project_batch(batch, adapter, direction)
-            _warn_non_finite(result, state)
-            values = result.total(metric).tolist()
-            yield [
-                {"index": s.index, "proj": _number(v, st), "n_tokens": len(s.input_ids),
-                 "n_response_tokens": count_response_tokens(s.labels), "status": st}
-                for s, v, st in zip(batch, values, result.status)
-            ]
+        report = _NonFiniteReport()
+        try:
+            for batch in self._batches(samples, batch_size, skip_indices, progress, "project"):
+                result = self.engine.project_batch(batch, adapter, direction)
+                report.add(result, self.labels.get(adapter, adapter))
+                values = result.total(metric).tolist()
+                yield [
+                    {"index": s.index, "proj": _number(v, st), "n_tokens": len(s.input_ids),
+                     "n_response_tokens": count_response_tokens(s.labels), "status": st}
+                    for s, v, st in zip(batch, values, result.status)
+                ]
+        finally:
+            report.warn()
 
     def iter_score(self, samples, *, metric: str = "cosine", batch_size: int = 8, skip_indices=frozenset(),
                    progress: bool = True) -> Iterator[list[dict]]:
@@ -181,11 +207,20 @@ class SQSDScorer:
         """
         danger_adapter, safety_adapter = self._state(DANGER_STATE), self._state(SAFETY_STATE)
         metric = check_choice("metric", metric, METRICS)
-        for batch in self._batches(samples, batch_size, skip_indices, progress):
+        report = _NonFiniteReport()
+        try:
+            yield from self._score_batches(samples, metric, batch_size, skip_indices, progress,
+                                           danger_adapter, safety_adapter, report)
+        finally:
+            report.warn()
+
+    def _score_batches(self, samples, metric, batch_size, skip_indices, progress, danger_adapter,
+                       safety_adapter, report):
+        for batch in self._batches(samples, batch_size, skip_indices, progress, "sqsd"):
             danger = self.engine.project_batch(batch, danger_adapter, DANGER)
             safety = self.engine.project_batch(batch, safety_adapter, SAFETY)
-            _warn_non_finite(danger, DANGER_STATE)
-            _warn_non_finite(safety, SAFETY_STATE)
+            report.add(danger, self.labels.get(DANGER_STATE, DANGER_STATE))
+            report.add(safety, self.labels.get(SAFETY_STATE, SAFETY_STATE))
             d_vals, s_vals = danger.total(metric).tolist(), safety.total(metric).tolist()
             rows = []
             for s, dv, sv, ds, ss in zip(batch, d_vals, s_vals, danger.status, safety.status):
@@ -201,29 +236,51 @@ class SQSDScorer:
 
     def project(self, samples, **kwargs) -> list[dict]:
         """All rows of :meth:`iter_project` (same arguments), in input order."""
-        samples = _as_samples(samples)
+        samples = self._samples(samples)
         return _in_input_order(samples, self.iter_project(samples, **kwargs))
 
     def score(self, samples, **kwargs) -> list[dict]:
-        """All rows of :meth:`iter_score` (same arguments), in input order."""
-        samples = _as_samples(samples)
-        return _in_input_order(samples, self.iter_score(samples, **kwargs))
+        """All rows of :meth:`iter_score` (same arguments), in input order, each with the
+        ``rank`` the CLI writes (1 = highest sqsd among scored samples, None if unscored)."""
+        from sqsd_fast.ranking import add_ranks
+
+        samples = self._samples(samples)
+        rows = _in_input_order(samples, self.iter_score(samples, **kwargs))
+        add_ranks(rows, "sqsd")
+        return rows
 
     # ------------------------------------------------------------------ helpers
 
-    def _state(self, state: str) -> str:
-        if state not in self.states:
-            known = ", ".join(self.states) or "none"
-            raise ValueError(f"state {state!r} is not loaded (loaded: {known}); the safety state needs "
-                             "safety_direction (and optionally safety_state) in from_pretrained")
-        return self.states[state]
+    def _state(self, state) -> str:
+        """The adapter name of a state given by its role, adapter name or directory."""
+        if state in self.states:
+            return self.states[state]
+        for logical, adapter in self.states.items():
+            if state == adapter or self.labels.get(logical, "").split(" ", 1)[-1] == _text(state):
+                return adapter
+        known = ", ".join(self.states) or "none"
+        raise ValueError(f"state {state!r} is not loaded (loaded: {known}); the safety state needs "
+                         "safety_direction (and optionally safety_state) in from_pretrained")
 
-    def _batches(self, samples, batch_size, skip_indices, progress):
+    def _direction(self, direction) -> str:
+        """The engine's name of a direction given by its role or the adapter given for it."""
+        if direction in self.engine.directions:
+            return direction
+        for logical in self.engine.directions:
+            if self.labels.get(logical, "").split(" ", 1)[-1] == _text(direction):
+                return logical
+        raise ValueError(f"direction {direction!r} is not loaded (loaded: {', '.join(self.engine.directions)})")
+
+    def _samples(self, samples) -> list:
+        return as_samples(samples, self.tokenizer)
+
+    def _batches(self, samples, batch_size, skip_indices, progress, what):
         from sqsd_fast.data.batching import length_bucketed_batches
 
-        todo = [s for s in _as_samples(samples) if s.index not in skip_indices]
+        todo = [s for s in self._samples(samples) if s.index not in skip_indices]
+        check_fits_model(todo, self.engine.model)
         batches = length_bucketed_batches(todo, batch_size)
-        bar = _progress_bar(len(todo), progress)
+        bar = _progress_bar(len(todo), progress, what)
         try:
             for batch in batches:
                 yield batch
@@ -234,34 +291,26 @@ class SQSDScorer:
                 bar.close()
 
 
-class _Sample:
-    """Minimal TokenizedSample stand-in for dict inputs."""
-
-    __slots__ = ("index", "input_ids", "labels", "n_tokens")
-
-    def __init__(self, index, input_ids, labels):
-        self.index, self.input_ids, self.labels = index, list(input_ids), list(labels)
-        self.n_tokens = len(self.input_ids)
-
-
-def _as_samples(samples: Iterable) -> list:
-    out = []
-    for position, s in enumerate(samples):
-        if isinstance(s, dict):
-            if "input_ids" not in s or "labels" not in s:
-                raise ValueError(f"sample {position}: a dict sample needs input_ids and labels "
-                                 "(tokenize raw records with sqsd_fast.data.tokenize_records)")
-            s = _Sample(s.get("index", position), s["input_ids"], s["labels"])
-        elif not all(hasattr(s, a) for a in ("index", "input_ids", "labels")):
-            raise TypeError(f"sample {position}: expected a TokenizedSample, got {type(s).__name__}")
-        out.append(s)
-    return out
-
-
 def _in_input_order(samples: list, batches) -> list[dict]:
     position = {s.index: i for i, s in enumerate(samples)}
     rows = [row for batch in batches for row in batch]
     return sorted(rows, key=lambda r: position[r["index"]])
+
+
+def _label(option: str, source) -> str:
+    """How an error message names a state or direction: the option and what was given."""
+    return f"{option} {os.fspath(source) if isinstance(source, os.PathLike) else source}"
+
+
+@contextmanager
+def _named(label: str):
+    """Prefix a ValueError raised while loading an adapter with the option it came from."""
+    try:
+        yield
+    except ValueError as exc:
+        if str(exc).startswith(label):
+            raise
+        raise ValueError(f"{label}: {exc}") from None
 
 
 def _free_name(peft_model, name: str) -> str:
@@ -277,20 +326,36 @@ def _number(value: float, status: str):
     return float(value) if status == "ok" and math.isfinite(value) else None
 
 
-def _warn_non_finite(result: BatchProjection, state: str) -> None:
-    bad = [i for i, st in zip(result.indices, result.status) if st == "non_finite_gradient"]
-    if bad:
-        warnings.warn(f"sqsd_fast: non-finite loss or gradient at {state} for sample(s) {bad[:10]}"
-                      f"{' ...' if len(bad) > 10 else ''}; they get no score (status non_finite_gradient)",
-                      RuntimeWarning, stacklevel=3)
+def _text(value) -> str:
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
-def _progress_bar(total: int, enabled: bool):
+class _NonFiniteReport:
+    """Samples whose loss or gradient was not finite, per state: one warning per run, not
+    one per batch."""
+
+    def __init__(self):
+        self.bad: dict[str, list] = {}
+
+    def add(self, result: BatchProjection, state_label: str) -> None:
+        bad = [i for i, st in zip(result.indices, result.status) if st == "non_finite_gradient"]
+        if bad:
+            self.bad.setdefault(state_label, []).extend(bad)
+
+    def warn(self) -> None:
+        for state_label, bad in self.bad.items():
+            shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+            warnings.warn(f"non-finite loss or gradient at {state_label} for {len(bad)} sample(s) ({shown}); "
+                          "they get no score (status non_finite_gradient)", RuntimeWarning, stacklevel=2)
+        self.bad.clear()
+
+
+def _progress_bar(total: int, enabled: bool, what: str):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="samples", desc="sqsd", dynamic_ncols=True)
+    return tqdm(total=total, unit="samples", desc=what, dynamic_ncols=True)
 
 
 def _load_tokenizer(path: str):

@@ -1,0 +1,56 @@
+"""Scoring borrows the caller's model for one pass at a time and gives it back unchanged.
+
+A pass needs the state's adapter active, every parameter frozen (gradients are taken with
+respect to the input embeddings; the hooks capture the rest), eval mode (no dropout) and,
+for the safety state, the LoRA scaling overridden. A caller who hands in a ``PeftModel``
+(``SQSDScorer.from_peft_model``) must not find their trainable flags, train/eval mode,
+active adapter or scalings changed afterwards, so every pass runs inside
+:meth:`ModelSettings.scoring`, which records those four things and restores them.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+class ModelSettings:
+    """What a scoring pass changes on ``peft_model``, applied for the pass and undone after.
+
+    ``scalings``: {adapter name: LoRA scaling to use while that adapter is scored}.
+    """
+
+    def __init__(self, peft_model, scalings: dict[str, float] | None = None):
+        self.model = peft_model
+        self.scalings = dict(scalings or {})
+
+    def _lora_layers(self, adapter: str):
+        from peft.tuners.lora import LoraLayer
+        return [m for m in self.model.modules()
+                if isinstance(m, LoraLayer) and adapter in getattr(m, "scaling", {})]
+
+    @contextmanager
+    def scoring(self, adapter: str):
+        model = self.model
+        trainable = [(p, p.requires_grad) for p in model.parameters()]
+        training = [(m, m.training) for m in model.modules()]
+        active = model.active_adapter
+        if isinstance(active, (list, tuple)) and len(active) == 1:
+            active = active[0]
+        scaled = [(layer, layer.scaling[adapter]) for layer in self._lora_layers(adapter)] \
+            if adapter in self.scalings else []
+        try:
+            model.set_adapter(adapter)
+            for p, _ in trainable:
+                p.requires_grad_(False)     # set_adapter made the adapter trainable again
+            model.eval()
+            for layer, _ in scaled:
+                layer.scaling[adapter] = self.scalings[adapter]
+            yield
+        finally:
+            for layer, value in scaled:
+                layer.scaling[adapter] = value
+            if model.active_adapter != active:
+                model.set_adapter(active)
+            for p, flag in trainable:
+                p.requires_grad_(flag)
+            for m, flag in training:
+                m.training = flag
