@@ -68,13 +68,13 @@ class RecordFieldOptions(CheckedOptions):
 
     instruction_field: str = option("instruction", "field with the instruction", "NAME")
     context_field: Optional[str] = option(None, "field with the optional context "
-                                            "(default: context, else input)", "NAME")
+                                          "(default: context, else input)", "NAME")
     response_field: Optional[str] = option(None, "field with the response (default: "
-                                             "response, else output)", "NAME")
+                                           "response, else output)", "NAME")
     messages_field: str = option("messages", "field with the chat turns", "NAME")
     input_ids_field: str = option("input_ids", "field with pre-tokenized ids", "NAME")
     labels_field: str = option("labels", "field with pre-tokenized labels (-100 = not "
-                                 "trained on)", "NAME")
+                               "trained on)", "NAME")
 
     def field_names(self):
         """The record field names these options select (``sqsd_fast.data.FieldNames``)."""
@@ -97,27 +97,27 @@ class RunOptions(RecordFieldOptions):
     """Options shared by every command that runs the model over a data file."""
 
     data: str = required_option("samples to score: .json, .jsonl, .csv, .parquet, a datasets "
-                          "save_to_disk directory, or a hub dataset name", "FILE")
+                                "save_to_disk directory, or a hub dataset name", "FILE")
     out: str = required_option("output table; the format follows the extension: .jsonl, .csv, "
-                         ".parquet", "FILE")
+                               ".parquet", "FILE")
     metric: str = option("cosine", "cosine (the paper's choice), dot = sum <dW, D>, "
-                           "projection = sum <dW, D>/||D|| (both unnormalized: biased by "
-                           "response length)", choices=METRICS)
+                         "projection = sum <dW, D>/||D|| (both unnormalized: biased by "
+                         "response length)", choices=METRICS)
     batch_size: int = option(8, "samples per forward/backward pass (does not change the "
-                               "scores)", "N")
+                             "scores)", "N")
     max_length: int = option(1024, "tokens kept per sample (prompt + response); longer "
-                               "ones are cut", "N")
+                             "ones are cut", "N")
     dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
-                          "a GPU)", choices=DTYPE_NAMES)
+                        "a GPU)", choices=DTYPE_NAMES)
     device: str = option("cpu", "cpu, cuda or cuda:N")
     backend: str = option("auto", "statistics kernel backend (auto picks the fastest "
-                            "available)", choices=BACKENDS)
+                          "available)", choices=BACKENDS)
     limit: Optional[int] = option(None, "score only the first N records", "N")
     resume: bool = option(False, "continue an interrupted run of the same command from "
-                            "the sidecar files beside --out")
+                          "the sidecar files beside --out")
     tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
     data_split: Optional[str] = option(None, "split of a datasets directory or hub "
-                                         "dataset (default: train)", "SPLIT")
+                                       "dataset (default: train)", "SPLIT")
     no_progress: bool = option(False, "no progress bar")
     quiet: bool = option(False, "no progress bar and no summary")
     COMMAND: ClassVar[str] = ""
@@ -153,19 +153,20 @@ class RunOptions(RecordFieldOptions):
 
 @dataclass(kw_only=True)
 class _ScoreInputs:
-    model: str = required_option("base model (directory or hub id) the adapters were trained on",
-                           "DIR")
+    model: str = required_option("base model (directory, hub id or .gguf file) the adapters "
+                                 "were trained on",
+                                 "DIR")
     danger_state: str = required_option("LoRA adapter directory: the state danger projections are "
-                                  "taken at (e.g. a LoRA fine-tuned on benign data)", "DIR")
+                                        "taken at (e.g. a LoRA fine-tuned on benign data)", "DIR")
     danger_direction: str = required_option("LoRA adapter directory trained on unsafe data; its "
-                                      "B A is the danger direction", "DIR")
+                                            "B A is the danger direction", "DIR")
     safety_direction: str = required_option("LoRA adapter directory trained on safe responses; its "
-                                      "B A is the safety direction", "DIR")
+                                            "B A is the safety direction", "DIR")
     safety_state: Optional[str] = option(None, "LoRA adapter directory for the safety "
-                                           "state (default: the safety direction adapter "
-                                           "itself, as in the paper)", "DIR")
+                                         "state (default: the safety direction adapter "
+                                         "itself, as in the paper)", "DIR")
     safety_state_scaling: float = option(1.0, "LoRA scaling used for the safety state",
-                                           "S")
+                                         "S")
 
 
 @dataclass(kw_only=True)
@@ -192,9 +193,9 @@ class ScoreOptions(RunOptions, _ScoreInputs):
 
 @dataclass(kw_only=True)
 class _ProjectInputs:
-    model: str = required_option("base model (directory or hub id)", "DIR")
+    model: str = required_option("base model (directory, hub id or .gguf file)", "DIR")
     state: str = required_option("LoRA adapter directory: the state the update is computed at",
-                           "DIR")
+                                 "DIR")
     direction: str = required_option("LoRA adapter directory whose B A is the direction", "DIR")
 
 
@@ -217,18 +218,18 @@ class SubsetsOptions(CheckedOptions):
     """``sqsd-fast subsets``: the ranking cut into windows S1 (riskiest) .. S<num>."""
 
     scores: str = required_option("output of 'sqsd-fast score' or 'project' (.jsonl/.csv/.parquet)",
-                            "FILE")
+                                  "FILE")
     data: str = required_option("the data file that was scored (record i = scores row index i)",
-                          "FILE")
+                                "FILE")
     out_dir: str = required_option("directory for S1..S<num>, subsets.png and subsets.json "
-                             "(created if missing)", "DIR")
+                                   "(created if missing)", "DIR")
     num: int = option(5, "number of windows", "N")
     window: Optional[int] = option(None, "samples per window (default: scored samples // "
-                                     "num)", "W")
+                                   "num)", "W")
     column: Optional[str] = option(None, "score column to sort by (default: sqsd, or proj "
-                                     "for 'project' output)", "NAME")
+                                   "for 'project' output)", "NAME")
     data_split: Optional[str] = option(None, "split of a datasets directory or hub dataset",
-                                         "SPLIT")
+                                       "SPLIT")
 
     COMMAND: ClassVar[str] = "subsets"
     HELP: ClassVar[str] = "cut the score ranking into windows S1 (riskiest) .. S5 and plot it"

@@ -38,42 +38,42 @@ class EvaluateOptions(CheckedOptions):
     answer, report the attack success rate (ASR) and the refusal rate."""
 
     model: str = required_option("model to evaluate: a directory, a hub id or a .gguf file "
-                           "(de-quantized once and cached)", "DIR")
+                                 "(de-quantized once and cached)", "DIR")
     prompts: str = required_option("prompts: .txt (one per line, blank lines skipped, "
-                             "CSV-quoted lines unquoted), .json, .jsonl, .csv, .parquet",
-                             "FILE")
+                                   "CSV-quoted lines unquoted), .json, .jsonl, .csv, .parquet",
+                                   "FILE")
     out: str = required_option("generations, one row per prompt in input order: .jsonl, .csv, "
-                         ".parquet", "FILE")
+                               ".parquet", "FILE")
     adapter: Optional[str] = option(None, "peft LoRA adapter directory applied to --model "
-                                      "(e.g. the LoRA fine-tuned on a subset)", "DIR")
+                                    "(e.g. the LoRA fine-tuned on a subset)", "DIR")
     tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
     prompt_field: Optional[str] = option(None, "field holding the prompt in JSON/JSONL/CSV/"
-                                           "Parquet prompts (default: the first of prompt, "
-                                           "goal, instruction)", "NAME")
+                                         "Parquet prompts (default: the first of prompt, "
+                                         "goal, instruction)", "NAME")
     system_prompt: Optional[str] = option(None, "system turn put before every prompt "
-                                            "(default: none)", "TEXT")
+                                          "(default: none)", "TEXT")
     summary: Optional[str] = option(None, "summary JSON (default: <out>.summary.json)",
-                                      "FILE")
+                                    "FILE")
     judge: Optional[str] = option(None, "keywords (refusal phrases of Zou et al. 2023 / "
-                                    "He et al. 2024), keywords-extended (adds 'I can't', "
-                                    "'I must', 'never', 'cannot', ...), or model (needs "
-                                    "--judge-model); default: model when --judge-model is "
-                                    "given, else keywords", choices=JUDGES)
+                                  "He et al. 2024), keywords-extended (adds 'I can't', "
+                                  "'I must', 'never', 'cannot', ...), or model (needs "
+                                  "--judge-model); default: model when --judge-model is "
+                                  "given, else keywords", choices=JUDGES)
     judge_model: Optional[str] = option(None, "guard or classifier model directory: a "
-                                          "sequence classifier with an 'unsafe'/'harmful' "
-                                          "label, or a causal LM guard answering 'safe'/"
-                                          "'unsafe' (e.g. Llama Guard)", "DIR")
+                                        "sequence classifier with an 'unsafe'/'harmful' "
+                                        "label, or a causal LM guard answering 'safe'/"
+                                        "'unsafe' (e.g. Llama Guard)", "DIR")
     max_new_tokens: int = option(64, "tokens generated per answer at most", "N")
     batch_size: int = option(8, "prompts per generate call (left padding; greedy "
-                               "answers do not depend on it up to float rounding)", "N")
+                             "answers do not depend on it up to float rounding)", "N")
     limit: Optional[int] = option(None, "evaluate only the first N prompts", "N")
     dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
-                          "a GPU)", choices=DTYPE_NAMES)
+                        "a GPU)", choices=DTYPE_NAMES)
     device: str = option("cpu", "cpu, cuda or cuda:N")
     seed: int = option(0, "torch seed set before generating (greedy decoding does not "
-                         "draw random numbers; kept for reproducible runs)", "N")
+                       "draw random numbers; kept for reproducible runs)", "N")
     resume: bool = option(False, "continue an interrupted run from the sidecar files "
-                            "beside --out")
+                          "beside --out")
     no_progress: bool = option(False, "no progress bar")
     quiet: bool = option(False, "no progress bar and no summary")
 

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from sqsd_fast.io.atomic import fsync_dir
+
 CACHE_ENV = "SQSD_FAST_CACHE"
 DEFAULT_CACHE = "~/.cache/sqsd_fast"
 TEMP_PREFIX = ".tmp-"
@@ -81,7 +83,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             if not final.is_dir():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -116,17 +118,3 @@ def _finish_tree(root: Path) -> None:
             path.chmod(file_mode)
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Persists the rename; not every platform lets a directory be opened, so best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

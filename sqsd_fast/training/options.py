@@ -88,10 +88,10 @@ class TrainAdapterOptions(RecordFieldOptions):
 
     model: str = required_option("base model (directory or hub id) to put the LoRA on", "DIR")
     data: str = required_option("training samples: .json, .jsonl, .csv, .parquet, a datasets "
-                          "save_to_disk directory, or a hub dataset name", "FILE")
+                                "save_to_disk directory, or a hub dataset name", "FILE")
     out: str = required_option("adapter output directory (peft adapter_config.json + "
-                         "adapter_model.safetensors, train_summary.json; checkpoints under "
-                         "OUT/checkpoints while training)", "DIR")
+                               "adapter_model.safetensors, train_summary.json; checkpoints under "
+                               "OUT/checkpoints while training)", "DIR")
     tokenizer: Optional[str] = _as_in_run_options("tokenizer")
     data_split: Optional[str] = _as_in_run_options("data_split")
     limit: Optional[int] = _as_in_run_options("limit", "train only on the first N records")
@@ -99,43 +99,43 @@ class TrainAdapterOptions(RecordFieldOptions):
 
     r: Optional[int] = option(None, "LoRA rank (default 8, or the --init-adapter's)", "R")
     lora_alpha: Optional[float] = option(None, "LoRA alpha; scaling = alpha/r (default 16, "
-                                           "or the --init-adapter's)", "A")
+                                         "or the --init-adapter's)", "A")
     lora_dropout: Optional[float] = option(None, "dropout on the LoRA input (default 0.05, "
-                                             "or the --init-adapter's)", "P")
+                                           "or the --init-adapter's)", "P")
     target_modules: Optional[str] = option(None, "modules to put LoRA on: all-linear (the "
-                                             "default, as the SQSD authors) or names such as "
-                                             "q_proj,v_proj", "NAMES")
+                                           "default, as the SQSD authors) or names such as "
+                                           "q_proj,v_proj", "NAMES")
     learning_rate: float = option(1e-4, "peak learning rate", "LR")
     num_epochs: int = option(3, "passes over the data", "N")
     batch_size: int = option(4, "samples per forward/backward pass (per device)", "N")
     gradient_accumulation_steps: int = option(1, "passes per optimizer step (effective "
-                                                "batch = batch size x this)", "N")
+                                              "batch = batch size x this)", "N")
     warmup_ratio: float = option(0.03, "fraction of the optimizer steps spent warming up "
-                                   "the learning rate, in [0, 1)", "F")
+                                 "the learning rate, in [0, 1)", "F")
     lr_scheduler_type: str = option("cosine", "learning rate schedule: "
-                                      + ", ".join(SCHEDULERS), "NAME",
-                                      choices=SCHEDULERS)
+                                    + ", ".join(SCHEDULERS), "NAME",
+                                    choices=SCHEDULERS)
     weight_decay: float = option(0.0, "AdamW weight decay (default: 0)", "W")
     seed: int = option(42, "seed for the LoRA init, data order and dropout", "N")
     init_adapter: Optional[str] = option(None, "LoRA adapter directory to continue training "
-                                           "from (its rank, alpha and modules are kept)",
-                                           "DIR")
+                                         "from (its rank, alpha and modules are kept)",
+                                         "DIR")
     merge_to: Optional[str] = option(None, "also write the base model with the trained LoRA "
-                                       "merged in, plus the tokenizer, to this new directory "
-                                       "(e.g. to make a safety-aligned base)", "DIR")
+                                     "merged in, plus the tokenizer, to this new directory "
+                                     "(e.g. to make a safety-aligned base)", "DIR")
     resume: bool = option(False, "continue an interrupted run from the last checkpoint in "
-                            "OUT/checkpoints (same options required)")
+                          "OUT/checkpoints (same options required)")
     overwrite: bool = option(False, "replace a finished adapter or the checkpoints of an "
-                               "unfinished run in --out")
+                             "unfinished run in --out")
     save_steps: Optional[int] = option(None, "save a checkpoint every N optimizer steps "
-                                         "(default: at the end of every epoch)", "N")
+                                       "(default: at the end of every epoch)", "N")
     save_total_limit: Optional[int] = option(2, "checkpoints kept in OUT/checkpoints (the "
-                                               "newest)", "N")
+                                             "newest)", "N")
     keep_checkpoints: bool = option(False, "keep OUT/checkpoints after training finishes")
     logging_steps: Optional[int] = option(None, "log the training loss every N optimizer "
-                                            "steps (default: once per epoch)", "N")
+                                          "steps (default: once per epoch)", "N")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward "
-                                            "pass: less memory, slower")
+                                          "pass: less memory, slower")
     dtype: str = _as_in_run_options("dtype")
     device: str = option("cpu", "cpu or cuda (the first visible GPU)")
     no_progress: bool = _as_in_run_options("no_progress")
