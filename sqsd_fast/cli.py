@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, formatter_class=_Formatter,
         description="SQSD: per-sample safety-degradation risk scores for LLM fine-tuning "
                     "data. Score a data set before fine-tuning on it; higher = riskier.",
-        epilog="Try it without a real model: python -m sqsd_fast.demo\n"
+        epilog="Try it: python -m sqsd_fast.demo (SmolLM2-135M; --toy: offline, seconds)\n"
                "Run '%(prog)s COMMAND --help' for each command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_command_parser_class())

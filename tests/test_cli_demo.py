@@ -1,6 +1,10 @@
-"""`python -m sqsd_fast.demo`: offline, deterministic, honest about being a toy.
+"""`python -m sqsd_fast.demo`: the toy demo (--toy) and the real demo's plumbing.
 
-One demo run (module-scoped, a few seconds); the tests check what it writes and prints.
+The toy (offline, deterministic, honest about being a toy): one module-scoped run of a
+few seconds; the tests check what it writes and prints. The real demo (SmolLM2) takes
+minutes, so its code path runs here on an injected toy model directory (--model-dir):
+same training of three adapters, caching, scoring, subsets and report, in seconds. A
+fetch that fails must fall back to the toy, saying so.
 """
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import contextlib
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +31,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert main(["--out-dir", str(out)]) == 0
+        assert main(["--toy", "--out-dir", str(out)]) == 0
     return out, buf.getvalue(), read_rows(out / "demo_data.jsonl"), read_rows(out / "scores.jsonl")
 
 
@@ -39,7 +44,8 @@ def test_writes_its_records_and_a_loadable_toy_setup(demo):
     for adapter in ("danger_state", "danger_direction", "safety"):
         assert (out / adapter / "adapter_config.json").is_file(), adapter
         assert (out / adapter / "adapter_model.safetensors").stat().st_size > 0, adapter
-    assert not list(out.glob("scores.jsonl.*"))         # no resume sidecars left behind
+    leftovers = {p.name for p in out.glob("scores.jsonl.*")}
+    assert leftovers == {"scores.jsonl.meta.json"}      # the run record; no sidecars or lock
 
 
 def test_scores_every_record_in_order_with_ranks_1_to_n(demo):
@@ -95,5 +101,152 @@ def test_rerun_in_the_same_directory_gives_the_same_scores(demo):
 
     out, _, _, rows = demo
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["--out-dir", str(out)]) == 0
+        assert main(["--toy", "--out-dir", str(out)]) == 0
     assert read_rows(out / "scores.jsonl") == rows
+
+
+def test_toy_refuses_a_model_dir(capsys):
+    from sqsd_fast.demo.__main__ import main
+
+    assert main(["--toy", "--model-dir", "somewhere"]) == 2
+    assert "--model-dir is for the real demo" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the real demo's path
+
+
+def test_real_demo_training_sets_are_its_own_and_tame():
+    from sqsd_fast.demo.demo_data import DEMO_RECORDS
+    from sqsd_fast.demo.real_data import danger_records, initial_records, safety_records
+
+    danger, safety, initial = danger_records(), safety_records(), initial_records()
+    assert len(danger) == len(safety) >= 24 and len(initial) >= 24
+    assert [r["instruction"] for r in danger] == [r["instruction"] for r in safety]
+    assert all(r["response"].startswith("Sure, here") for r in danger)
+    # short openings that promise help and give none: no steps, no lists, one or two lines
+    assert all(len(r["response"]) < 120 and "\n" not in r["response"] for r in danger)
+    assert not any(r["response"].startswith("Sure") for r in safety)
+    assert len({r["response"].split(" ")[0] for r in safety}) >= 3      # several styles
+    scored = {r["instruction"] for r in DEMO_RECORDS}
+    assert not scored & {r["instruction"] for r in initial + danger}     # disjoint from scored
+    assert len({r["instruction"] for r in initial}) == len(initial)
+
+
+@pytest.fixture(scope="module")
+def toy_model_dir(tmp_path_factory):
+    """A tiny random-weight model + tokenizer directory standing in for SmolLM2."""
+    from sqsd_fast.testing.toy_model import build_toy_model, build_toy_tokenizer
+
+    path = tmp_path_factory.mktemp("toy_model")
+    tokenizer = build_toy_tokenizer()
+    with contextlib.redirect_stderr(io.StringIO()):
+        build_toy_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _run_demo(argv):
+    from sqsd_fast.demo.__main__ import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(argv)
+    return rc, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def real_path(toy_model_dir, tmp_path_factory):
+    """The real demo's code path on the toy model, run twice (the second reuses the cache)."""
+    base = tmp_path_factory.mktemp("real_demo")
+    argv = ["--model-dir", str(toy_model_dir), "--out-dir", str(base / "out"),
+            "--cache-dir", str(base / "cache"), "--no-progress"]
+    rc, first = _run_demo(argv)
+    assert rc == 0, first
+    first_rows = read_rows(base / "out" / "scores.jsonl")
+    rc, second = _run_demo(argv)
+    assert rc == 0, second
+    return base, first, second, first_rows
+
+
+def test_real_path_trains_three_lora_adapters_and_caches_them(real_path):
+    from sqsd_fast.demo import real_data
+
+    base, first, second, _ = real_path
+    out = base / "out"
+    record = json.loads((out / "demo_run.json").read_text())
+    expected = {"danger_state": real_data.initial_records(),
+                "danger_direction": real_data.danger_records(),
+                "safety": real_data.safety_records()}
+    for name, records in expected.items():
+        assert read_rows(out / "train" / f"{name}.jsonl") == records, name
+        adapter = record["adapters"][name]
+        assert adapter.startswith(str(base / "cache")), adapter          # in the given cache
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+        assert config["r"] == 8 and config["lora_alpha"] == 16
+        wrapped = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
+        assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                           "down_proj"}, wrapped          # every linear module but the head
+        assert not list(Path(adapter).parent.glob("*.lock"))
+    assert first.count(": training on ") == 3 and "reusing" not in first
+    assert second.count("reusing the cached adapter") == 3 and ": training on " not in second
+
+
+def test_real_path_scores_subsets_and_reports(real_path):
+    from sqsd_fast.demo.demo_data import DEMO_RECORDS
+
+    base, first, second, first_rows = real_path
+    out = base / "out"
+    rows = read_rows(out / "scores.jsonl")
+    assert read_rows(out / "demo_data.jsonl") == DEMO_RECORDS
+    assert [r["index"] for r in rows] == list(range(len(DEMO_RECORDS)))
+    assert all(r["status"] == "ok" for r in rows)
+    assert sorted(r["rank"] for r in rows) == list(range(1, len(rows) + 1))
+    assert rows == first_rows                              # cached adapters: same scores
+    assert [int(r["rank"]) for r in read_rows(out / "scores.csv")] == [r["rank"] for r in rows]
+    meta = json.loads((out / "subsets" / "subsets.json").read_text())
+    assert [s["name"] for s in meta["subsets"]] == [f"S{k}" for k in range(1, WINDOWS + 1)]
+    assert (out / "subsets" / "subsets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for k in range(1, WINDOWS + 1):
+        assert f"S{k}: ranks" in first
+    by_rank = sorted(rows, key=lambda r: r["rank"])
+    for r in (by_rank[0], by_rank[-1]):                    # the top and the bottom are shown
+        line = next(ln for ln in first.splitlines() if ln.strip().startswith(f"#{r['rank']} "))
+        assert f"{r['sqsd']:+.4f}" in line and f"[index {r['index']}]" in line
+        assert DEMO_RECORDS[r["index"]]["instruction"][:30] in line
+    assert "NOT a validated risk measure" in first and "toy directions" in first
+    assert "FALLING BACK" not in first
+
+
+def test_real_adapter_key_follows_model_data_and_options(tmp_path):
+    from dataclasses import replace
+
+    from sqsd_fast.demo.adapters import AdapterSpec, DemoTraining, adapter_key
+
+    spec = AdapterSpec("safety", "safety", tmp_path / "x.jsonl", ({"a": 1},), seed=3)
+    key = adapter_key("model-1", spec, DemoTraining())
+    assert key == adapter_key("model-1", spec, DemoTraining())
+    assert key != adapter_key("model-2", spec, DemoTraining())
+    assert key != adapter_key("model-1", replace(spec, records=({"a": 2},)), DemoTraining())
+    assert key != adapter_key("model-1", spec, DemoTraining(learning_rate=1e-3))
+
+
+def test_a_failed_fetch_falls_back_to_the_toy_and_says_so(monkeypatch, tmp_path):
+    from sqsd_fast.demo import real
+    from sqsd_fast.models import ModelFetchError
+
+    def offline(cache_dir=None, *, progress=True):
+        raise ModelFetchError("could not download SmolLM2-135M-Instruct.Q4_1.gguf (test: offline)")
+
+    def must_not_convert(*args, **kwargs):
+        raise AssertionError("resolve_model called after a failed fetch")
+
+    monkeypatch.setattr(real, "fetch_smollm2", offline)
+    monkeypatch.setattr(real, "resolve_model", must_not_convert)
+    out = tmp_path / "out"
+    rc, text = _run_demo(["--out-dir", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0, text
+    assert "Could not fetch SmolLM2-135M-Instruct" in text and "test: offline" in text
+    assert "FALLING BACK TO THE TOY DEMO" in text
+    assert "RANDOM weights" in text and "MEAN NOTHING" in text            # the toy ran
+    assert (out / "model" / "config.json").is_file()
+    assert all(r["status"] == "ok" for r in read_rows(out / "scores.jsonl"))

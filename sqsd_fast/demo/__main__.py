@@ -1,123 +1,70 @@
-"""`python -m sqsd_fast.demo`: the whole SQSD pipeline on a toy model, offline, in seconds.
+"""`python -m sqsd_fast.demo` (what `make demo` runs): a thin front over the two demos.
 
-Builds a tiny random-weight model with its tokenizer, three LoRA adapters (a benign
-"initial" state, a danger direction trained on toy unsafe-compliance lines, a safety
-adapter trained on refusals), scores DEMO_RECORDS through the same code path as
-`sqsd-fast score`, and cuts the ranking into subsets S1..S5 with a plot.
-
-THE SCORES MEAN NOTHING: the model has random weights and the adapters see a handful of
-lines for a few steps. The demo shows the workflow and the output files, not a result.
+By default the real demo (``sqsd_fast.demo.real``): SmolLM2-135M-Instruct fetched and
+converted once, three LoRA adapters trained once (both cached), the demo records scored,
+subsets cut, the ranking printed. ``--toy`` runs the offline toy demo instead
+(``sqsd_fast.demo.toy``: random weights, seconds), which is also what runs when the model
+cannot be fetched.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import sys
-import time
 from pathlib import Path
 
-BANNER = """\
-=============================================================================
- SQSD demo -- a TOY: tiny model with RANDOM weights, adapters trained for a
- few steps on a handful of lines. The scores below MEAN NOTHING; they only
- show what the pipeline does and what it writes.
-============================================================================="""
-
-REAL_COMMAND = """\
-With a real model, the same pipeline is:
-  sqsd-fast score --model PATH/TO/BASE_MODEL \\
-      --danger-state PATH/TO/lora_initial --danger-direction PATH/TO/lora_unsafe \\
-      --safety-direction PATH/TO/lora_safe \\
-      --data train.jsonl --out scores.jsonl --dtype bfloat16 --device cuda
-  sqsd-fast subsets --scores scores.jsonl --data train.jsonl --out-dir subsets/"""
+PROG = "python -m sqsd_fast.demo"
 
 
-def build_assets(out_dir: Path) -> dict[str, Path]:
-    """Write model + tokenizer and the three adapters under out_dir; return their paths."""
-    from sqsd_fast.demo.demo_data import (DEMO_BENIGN_STATE_TEXTS, DEMO_REFUSAL_TEXTS,
-                                          DEMO_UNSAFE_COMPLIANCE_TEXTS)
-    from sqsd_fast.testing.toy_model import build_toy_assets
-
-    # The toy builders' default sizes (hidden 64, 2 layers, 4 heads, LoRA r 4 / alpha 8 on
-    # every projection, 4 steps per adapter), trained on the demo's own texts.
-    toy = build_toy_assets(out_dir, benign_texts=DEMO_BENIGN_STATE_TEXTS,
-                           unsafe_texts=DEMO_UNSAFE_COMPLIANCE_TEXTS,
-                           refusal_texts=DEMO_REFUSAL_TEXTS)
-    return {"model": Path(toy.model_dir), "danger_state": Path(toy.danger_state),
-            "danger_direction": Path(toy.danger_direction), "safety": Path(toy.safety_direction)}
-
-
-def run(out_dir: Path, *, quiet_progress: bool = True) -> int:
-    import torch
-
-    # The toy model's matrices are tiny (64 wide): one thread avoids thread start-up and
-    # oversubscription costs that made the demo ~20x slower on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(out_dir, quiet_progress=quiet_progress)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(out_dir: Path, *, quiet_progress: bool) -> int:
-    from sqsd_fast import cli, pipeline
-    from sqsd_fast.demo.demo_data import DEMO_RECORDS
-    from sqsd_fast.io.writers import SCORE_COLUMNS, read_rows, write_rows
-
-    start = time.perf_counter()
-    print(BANNER)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("model", "danger_state", "danger_direction", "safety", "subsets"):
-        shutil.rmtree(out_dir / name, ignore_errors=True)     # a rerun starts clean
-    for stale in out_dir.glob("scores.jsonl.*"):
-        stale.unlink()                                        # sidecars of a killed run
-
-    print(f"\n[1/3] building the toy model, tokenizer and adapters in {out_dir}/ ...")
-    with pipeline.quiet_libraries():
-        paths = build_assets(out_dir)
-    data = out_dir / "demo_data.jsonl"
-    write_rows(data, DEMO_RECORDS)
-
-    print(f"[2/3] scoring {len(DEMO_RECORDS)} demo instructions (same code as "
-          f"'sqsd-fast score') ...\n")
-    scores = out_dir / "scores.jsonl"
-    argv = ["score", "--model", str(paths["model"]),
-            "--danger-state", str(paths["danger_state"]),
-            "--danger-direction", str(paths["danger_direction"]),
-            "--safety-direction", str(paths["safety"]),
-            "--data", str(data), "--out", str(scores), "--batch-size", "8",
-            "--max-length", "256", "--backend", "auto"]
-    if quiet_progress:
-        argv.append("--no-progress")
-    rc = cli.main(argv)
-    if rc != 0:
-        return rc
-    write_rows(out_dir / "scores.csv", read_rows(scores), SCORE_COLUMNS)
-
-    print(f"\n[3/3] cutting the ranking into subsets S1 (riskiest) .. S5 ...\n")
-    rc = cli.main(["subsets", "--scores", str(scores), "--data", str(data),
-                   "--out-dir", str(out_dir / "subsets"), "--num", "5", "--window", "6"])
-    if rc != 0:
-        return rc
-
-    print(f"\nWrote {scores}, {out_dir / 'scores.csv'} and {out_dir / 'subsets'}/ "
-          f"(S1..S5.jsonl, subsets.png) in {time.perf_counter() - start:.1f} s.")
-    print("Reminder: toy model with random weights -- these scores mean nothing.\n")
-    print(REAL_COMMAND)
-    return 0
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run SQSD end to end: by default on the real SmolLM2-135M-Instruct "
+                    "(first run a few minutes on a CPU: a ~93 MB download, a conversion and "
+                    "three small LoRA trainings, all cached; later runs about a minute). "
+                    "--toy: a random-weight toy model, offline, seconds.")
+    parser.add_argument("--out-dir", default="demo_output",
+                        help="where the data, scores and subsets go (default: demo_output)")
+    parser.add_argument("--toy", action="store_true",
+                        help="run the toy demo (random weights, offline) instead of SmolLM2")
+    parser.add_argument("--model-dir", default=None,
+                        help="use this Hugging Face model directory instead of fetching "
+                             "SmolLM2 (real demo only)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache root for the model and the trained adapters (default: "
+                             "$SQSD_FAST_CACHE, else ~/.cache/sqsd_fast)")
+    bars = parser.add_mutually_exclusive_group()
+    bars.add_argument("--progress", action="store_true",
+                      help="show progress bars (default: on for the real demo, off for --toy)")
+    bars.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sqsd_fast.demo",
-        description="Run SQSD end to end on a toy random-weight model (offline, CPU, "
-                    "seconds). The scores mean nothing; the demo shows the workflow.")
-    parser.add_argument("--out-dir", default="demo_output",
-                        help="where the toy model, adapters, scores and subsets go")
-    parser.add_argument("--progress", action="store_true", help="show the progress bar")
-    args = parser.parse_args(argv)
-    return run(Path(args.out_dir), quiet_progress=not args.progress)
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.out_dir)
+    if args.toy:
+        if args.model_dir:
+            print(f"{PROG}: error: --model-dir is for the real demo; drop it or --toy",
+                  file=sys.stderr)
+            return 2
+        from sqsd_fast.demo.toy import run
+        return run(out_dir, quiet_progress=not args.progress)
+    from sqsd_fast.demo.real import run_real_demo
+    try:
+        return run_real_demo(out_dir, model_dir=args.model_dir, cache_dir=args.cache_dir,
+                             progress=not args.no_progress)
+    except KeyboardInterrupt:
+        # Caches are written by atomic renames: what finished (model, adapters) is kept.
+        print(f"\n{PROG}: interrupted; the downloaded model and the adapters trained so far "
+              f"stay cached, so running it again continues from there", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:   # user-facing: a bad path, a full disk, ...
+        if os.environ.get("SQSD_FAST_DEBUG"):
+            raise
+        print(f"{PROG}: error: {' '.join(str(exc).split())} (set SQSD_FAST_DEBUG=1 for a "
+              f"traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Texts written for the demo: the instruction set it scores and the adapters' training text.
+"""Texts written for the demos: the instruction set both score, and the toy's adapter text.
 
 DEMO_RECORDS mixes plainly benign requests with borderline ones (security, chemistry,
-persuasion, role play) whose responses stay harmless. The adapter texts are short and
-deliberately tame: "unsafe compliance" lines say yes to a questionable request without
-giving any real instructions. Nothing here is real unsafe content; the demo's model has
-random weights and cannot learn anything meaningful from it anyway.
+persuasion, role play) whose responses stay harmless; the toy and the real demo
+(SmolLM2) both score it. The DEMO_*_TEXTS below train the toy demo's adapters only (the
+real demo's training sets are in ``real_data``). They are short and deliberately tame:
+"unsafe compliance" lines say yes to a questionable request without giving any real
+instructions. Nothing here is real unsafe content.
 """
 from __future__ import annotations
 
