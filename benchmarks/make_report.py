@@ -220,8 +220,26 @@ def scaling_section(results: Path) -> str:
     return "\n\n".join(parts)
 
 
+def influence_section(results: Path) -> str:
+    runs = latest_runs(read(results / "bench_influence.csv"), ("device", "model"))
+    if not runs:
+        return "_No full run recorded yet (`python benchmarks/bench_influence.py`)._"
+    parts = []
+    for run in runs:
+        r0 = run[0]
+        parts.append(provenance(run) + f" Model {r0['model']}: {r0['samples']} samples "
+                     f"({r0['tokens']} tokens), {r0['modules']} LoRA modules, "
+                     f"{r0['lora_params']} LoRA parameters.")
+        parts.append(table(run, [("method", "method"), ("batch", "batch_size"),
+                                 ("sketch dim", "proj_dim"), ("ms/sample", "ms_per_sample"),
+                                 ("speed vs LESS loop", "speedup_vs_less"),
+                                 ("cosine abs. error vs float64", "cos_abs_err"),
+                                 ("sketch rel. error", "sketch_rel_err"), ("status", "status")]))
+    return "\n\n".join(parts)
+
+
 SECTIONS = {"kernels": kernels_section, "e2e": e2e_section, "per_sample": per_sample_section,
-            "scaling": scaling_section}
+            "scaling": scaling_section, "influence": influence_section}
 
 
 def render(doc: str, results: Path) -> str:

@@ -20,6 +20,7 @@ import textwrap
 from typing import Sequence
 
 from sqsd_fast.evaluation.options import EvaluateOptions
+from sqsd_fast.influence.baselines import BaselineOptions
 from sqsd_fast.options import (OptionError, ProjectOptions, RecordFieldOptions, ScoreOptions,
                                SubsetsOptions)
 from sqsd_fast.training.options import TrainAdapterOptions
@@ -31,7 +32,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 _OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions,
-            "train-adapter": TrainAdapterOptions, "evaluate": EvaluateOptions}
+            "baseline": BaselineOptions, "train-adapter": TrainAdapterOptions,
+            "evaluate": EvaluateOptions}
 FIELD_NAMES_NOTE = (
     "Records are instruction form (instruction, optional context/input, response/output), "
     "chat form (messages; the last assistant turn is the response) or pre-tokenized "
@@ -134,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse_options(parser, argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
-    commands = {"score": run_scoring, "project": run_scoring, "subsets": run_subsets,
+    commands = {"score": run_scoring, "project": run_scoring, "baseline": run_scoring,
+                "subsets": run_subsets,
                 "train-adapter": run_train_adapter, "evaluate": run_evaluate}
     previous = _install_handlers()
     try:

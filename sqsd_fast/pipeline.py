@@ -63,6 +63,9 @@ def project_file(options: ProjectOptions | None = None, /, **kwargs) -> RunResul
 
 def output_columns(options: RunOptions) -> dict[str, str]:
     from sqsd_fast.io.writers import PROJECT_COLUMNS, SCORE_COLUMNS
+    own = getattr(options, "COLUMNS", None)   # a command with its own table (baseline)
+    if own is not None:
+        return own
     return SCORE_COLUMNS if isinstance(options, ScoreOptions) else PROJECT_COLUMNS
 
 
@@ -139,6 +142,10 @@ def check_paths(options: RunOptions) -> None:
     check_device_available(options.device)
     for name, path in options.adapters().items():
         check_adapter_path("--" + name.replace("_", "-"), path)
+    for name in options.PATH_FIELDS:   # other input files a command names (e.g. anchors)
+        path = getattr(options, name, None)
+        if name not in ("model", "tokenizer") and path is not None and not Path(path).exists():
+            raise ValueError(f"--{name.replace('_', '-')} {path}: file not found")
     check_model_path(options.model)
 
 
@@ -287,7 +294,11 @@ def quiet_libraries():
 
 
 def load_scorer(options: RunOptions):
-    """The SQSDScorer for ``options`` (tests replace this to avoid a real model)."""
+    """The scorer for ``options``: an SQSDScorer, or what the options' own ``load_scorer``
+    gives (baseline); tests replace this to avoid a real model."""
+    own = getattr(options, "load_scorer", None)
+    if own is not None:
+        return own()
     from sqsd_fast.scoring.scorer import SQSDScorer
     common = dict(dtype=options.dtype, device=options.device, backend=options.backend)
     with quiet_libraries():

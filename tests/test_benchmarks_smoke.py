@@ -106,3 +106,12 @@ def test_make_report_renders_from_csvs(tmp_path):
     text = out.read_text()
     assert "| lora_A | reference |" in text
     assert "No full run recorded yet" in text  # the other scripts' blocks, no CSVs in tmp_path
+
+
+def test_bench_influence_smoke(tmp_path):
+    pytest.importorskip("peft")
+    run_script("bench_influence.py", tmp_path)
+    out = rows(tmp_path / "bench_influence.csv")
+    assert {r["method"] for r in out} >= {"less", "query", "sketch"}
+    assert all(r["status"] == "ok" and r["mode"] == "smoke" for r in out)
+    assert all(float(r["cos_abs_err"]) < 1e-3 for r in out if r["cos_abs_err"])

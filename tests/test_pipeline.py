@@ -11,6 +11,7 @@ from sqsd_fast.data.records import looks_like_local_path
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.evaluation.options import EvaluateOptions
+from sqsd_fast.influence.baselines import BaselineOptions
 from sqsd_fast.options import OptionError, ProjectOptions, ScoreOptions, SubsetsOptions
 from sqsd_fast.training.options import TrainAdapterOptions
 from sqsd_fast.ranking import add_ranks, sort_scored
@@ -80,7 +81,7 @@ def test_every_option_is_in_the_fingerprint_unless_it_cannot_change_a_score(ws, 
             assert fp[name]["digest"], name
 
 
-@pytest.mark.parametrize("cls", [ScoreOptions, ProjectOptions, SubsetsOptions,
+@pytest.mark.parametrize("cls", [ScoreOptions, ProjectOptions, SubsetsOptions, BaselineOptions,
                                  TrainAdapterOptions, EvaluateOptions])
 def test_the_parser_has_one_option_per_field(cls):
     parser = build_parser().command_parsers[cls.COMMAND]
@@ -118,3 +119,22 @@ def test_ranking_orders_by_score_then_index_and_skips_unscored():
                                          ("SmolLM2-135M-Instruct.Q4_1.gguf", True)])
 def test_one_rule_tells_local_paths_from_hub_ids(name, local):
     assert looks_like_local_path(name) is local
+
+
+@pytest.mark.parametrize("method", ["length", "random"])
+def test_baseline_command_runs_through_the_pipeline(ws, tmp_path, method):
+    from sqsd_fast import cli
+    out = tmp_path / "b.jsonl"
+    argv = ["baseline", "--method", method, "--model", str(ws["model"]), "--data", str(ws["data"]),
+            "--out", str(out), "--max-length", "64", "--batch-size", "3", "--quiet"]
+    assert cli.main(argv) == 0
+    rows = read_rows(out)
+    assert list(rows[0]) == ["index", "score", "rank", "n_tokens", "n_response_tokens", "status"]
+    assert [r["index"] for r in rows] == list(range(len(RECORDS)))
+    scored = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["rank"] for r in scored) == list(range(1, len(scored) + 1))
+    if method == "length":
+        assert all(r["score"] == r["n_response_tokens"] for r in scored)
+    again = tmp_path / "again.jsonl"
+    assert cli.main([a if a != str(out) else str(again) for a in argv]) == 0
+    assert read_rows(again) == rows          # seeded: the same scores on a rerun

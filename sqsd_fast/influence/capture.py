@@ -1,0 +1,81 @@
+"""Hooks that hand each LoRA module's x, h, u, e of one batch to a reducer, inside the backward.
+
+The capture points are those of ``sqsd_fast/scoring/capture.py`` (docs/METHOD.md §3):
+x = input of ``lora_A`` (after LoRA dropout), h = input of ``lora_B``, e = gradient at the
+output of ``lora_B`` (it includes the LoRA scaling: peft multiplies lora_B's output by it),
+u = gradient at the output of ``lora_A`` (= B^T e). That session is wired to the scoring
+engine's one statistic (projections on precomputed directions); the influence verbs need
+other reductions (per-sample Gram statistics, summed query gradients, sketches), so here
+the reduction is a callback. Autograd reaches lora_B's output before lora_A's, so the
+callback runs in u's hook, the moment all four exist, and the activations are dropped
+there: those of all modules are never held at once (docs/METHOD.md §5).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+# reduce(slot, x, h, u, e): tensors as captured, (B, L, dim), detached.
+Reducer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class _Tap:
+    """One LoRA module's activations for one forward + backward."""
+
+    def __init__(self, slot: int, name: str, session: "TapSession"):
+        self.slot, self.name, self.session = slot, name, session
+        self.x = self.h = self.e = None
+
+    def on_A_forward(self, module, args, output):
+        if self.x is not None:
+            raise RuntimeError(f"LoRA module {self.name} ran more than once in one forward pass (a shared "
+                               "or reused layer); per-sample LoRA gradients need each module to run once")
+        self.x = args[0]
+        if output.requires_grad:
+            output.register_hook(self.on_u)
+
+    def on_B_forward(self, module, args, output):
+        self.h = args[0]
+        if output.requires_grad:
+            output.register_hook(self.on_e)
+
+    def on_e(self, grad):
+        self.e = grad
+
+    def on_u(self, grad):
+        if self.e is None or self.x is None or self.h is None:
+            raise RuntimeError(f"LoRA module {self.name}: the gradient of lora_A arrived before lora_B's")
+        x, h, e = self.x.detach(), self.h.detach(), self.e.detach()
+        self.x = self.h = self.e = None  # free this module's activations now
+        self.session.reduce(self.slot, x, h, grad.detach(), e)
+
+
+class TapSession:
+    """Context manager: hooks on ``modules`` ([(name, peft LoRA layer)]) for ``adapter``.
+
+    Inside it, one forward + backward calls ``reduce(slot, x, h, u, e)`` once per module
+    that the gradient reaches (slot = the module's position in ``modules``).
+    """
+
+    def __init__(self, modules: list[tuple[str, nn.Module]], adapter: str, reduce: Reducer):
+        self.modules, self.adapter, self.reduce = modules, adapter, reduce
+        self._handles: list = []
+
+    def __enter__(self):
+        for name, layer in self.modules:  # checked before any hook exists, so none can leak
+            if getattr(layer, "merged", False):
+                raise ValueError(f"LoRA module {name} is merged into its base layer; unmerge the adapter "
+                                 "(peft's unmerge_adapter) before computing per-sample gradients")
+        for slot, (name, layer) in enumerate(self.modules):
+            tap = _Tap(slot, name, self)
+            self._handles.append(layer.lora_A[self.adapter].register_forward_hook(tap.on_A_forward))
+            self._handles.append(layer.lora_B[self.adapter].register_forward_hook(tap.on_B_forward))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False

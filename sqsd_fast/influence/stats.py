@@ -1,0 +1,280 @@
+"""``GradientStats``: cheap per-sample LoRA-gradient statistics for influence-style tools.
+
+    stats = GradientStats(peft_model, tokenizer=tok)       # the active adapter is the state
+    stats.self_stats(train).grad_sqnorm                    # TracIn self-influence, (S,)
+    q = stats.query_gradient(val, reduce="mean")           # LESS: mean gradient of queries
+    stats.query_scores(train, q).query_cosine              # (S, K), global cosine
+    stats.direction_scores(train, ["lora_unsafe", stats.mean_update(anchors)])
+    stats.sketch(train, size=(4, 32), seed=0).sketch       # (S, D) Kronecker sketches
+    stats.compute(train, queries=q, directions=[...], sketch_size=32)   # all in one pass
+
+One forward + backward per batch, as the scoring engine (sqsd_fast/scoring/engine.py): the
+loss is the sum over samples of each sample's mean response-token cross-entropy, so each
+sample gets exactly its batch-1 gradient, and the capture hooks reduce x, h, u, e inside
+the backward (reducers.py); no per-sample gradient is formed on the training side. The
+caller's model is borrowed per pass and given back unchanged (scoring/model_state.py).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Iterable, Iterator, Mapping
+
+import torch
+
+from sqsd_fast.choices import check_positive_int
+from sqsd_fast.data.tokenize import DEFAULT_MAX_LENGTH, count_response_tokens
+from sqsd_fast.influence.factors import QueryGradients, mean_update_direction, resolve_direction
+from sqsd_fast.influence.inputs import limit_response_tokens, prepare_samples
+from sqsd_fast.influence.passes import BatchRunner, batches
+from sqsd_fast.influence.reducers import ModuleSpec, PerSampleReducer, SumReducer
+from sqsd_fast.influence.results import GradientResult
+from sqsd_fast.influence.sketch import sketch_maps
+from sqsd_fast.ops import direction_sqnorm, project_directions, resolve_backend
+from sqsd_fast.scoring.adapters import LoraFactors, attach_state, load_base_model, state_modules
+from sqsd_fast.scoring.model_state import ModelSettings
+
+
+class GradientStats:
+    """Per-sample statistics of the gradient of one LoRA adapter (the *state*) of a PeftModel.
+
+    Args:
+        peft_model: a ``peft.PeftModel``; borrowed per pass (adapter activated, parameters
+            frozen, eval mode, scaling) and given back as it was.
+        adapter: the state's adapter name (default: the active adapter).
+        tokenizer: needed only for records or data files (pads with its pad/eos id).
+        scaling: LoRA scaling of the state during the passes (default: its alpha/r).
+        backend: kernel backend of ``factor_grad_stats`` ("auto", "reference", "cpp", "triton").
+        batch_size: samples per forward + backward (results do not depend on it).
+        max_length: tokens kept when records are tokenized.
+    """
+
+    def __init__(self, peft_model, *, adapter: str | None = None, tokenizer=None, scaling: float | None = None,
+                 backend: str = "auto", batch_size: int = 8, max_length: int = DEFAULT_MAX_LENGTH):
+        from peft import PeftModel
+
+        if not isinstance(peft_model, PeftModel):
+            raise TypeError(f"GradientStats needs a peft PeftModel, got {type(peft_model).__name__}; wrap the model "
+                            "with peft, or use GradientStats.from_pretrained(model, adapter_dir)")
+        if adapter is None:
+            adapter = peft_model.active_adapter
+            if isinstance(adapter, (list, tuple)):
+                if len(adapter) != 1:
+                    raise ValueError(f"the model has {len(adapter)} active adapters; name one with adapter=")
+                adapter = adapter[0]
+        self.model, self.adapter, self.tokenizer = peft_model, adapter, tokenizer
+        self.modules = state_modules(peft_model, adapter)   # refuses embeddings, DoRA, ...
+        self.device = next(peft_model.parameters()).device
+        self.backend = resolve_backend(backend, self.device)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.max_length = check_positive_int("max_length", max_length)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = pad if pad is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
+        settings = ModelSettings(peft_model, {adapter: float(scaling)} if scaling is not None else None)
+        self.runner = BatchRunner(peft_model, adapter, self.modules, settings, pad)
+
+    @classmethod
+    def from_pretrained(cls, model, adapter, *, tokenizer=None, dtype="float32", device=None, **kwargs):
+        """Loads the base model (directory, hub id, .gguf, or an in-memory model) and the
+        state ``adapter`` (an adapter directory, or an adapter name on an in-memory PeftModel);
+        the tokenizer comes from ``model`` when it is a path. An adapter directory given with
+        an in-memory PeftModel is loaded onto it as an extra adapter, which stays (as
+        ``SQSDScorer.from_peft_model`` does). Other keywords: as ``__init__``."""
+        from peft import PeftModel
+
+        from sqsd_fast.scoring.scorer import _free_name, _load_tokenizer
+
+        base = load_base_model(model, dtype=dtype, device=device)
+        if tokenizer is None and isinstance(model, (str, os.PathLike)):
+            from sqsd_fast.models import resolve_model
+            tokenizer = _load_tokenizer(resolve_model(model))
+        if isinstance(base, PeftModel) and isinstance(adapter, str) and adapter in base.peft_config:
+            return cls(base, adapter=adapter, tokenizer=tokenizer, **kwargs)
+        name = _free_name(base, "influence_state")
+        peft_model = attach_state(base, adapter, name)
+        peft_model.to(next(base.parameters()).device)
+        return cls(peft_model, adapter=name, tokenizer=tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------ verbs
+
+    def self_stats(self, samples, **kwargs) -> GradientResult:
+        """Both squared norms per sample: ``grad_sqnorm`` (LoRA-parameter gradient, TracIn
+        self-influence) and ``update_sqnorm`` (induced update). Keywords: :meth:`compute`'s."""
+        return self.compute(samples, **kwargs)
+
+    def query_scores(self, samples, queries, **kwargs) -> GradientResult:
+        """``query_dot`` and ``query_cosine`` (S, K) against K query gradients: a
+        ``QueryGradients`` (see :meth:`query_gradient`), ``{module: (G_A, G_B)}``, query
+        sample sets (each reduced to its mean gradient), or a list of these."""
+        return self.compute(samples, queries=queries, **kwargs)
+
+    def direction_scores(self, samples, directions, **kwargs) -> GradientResult:
+        """``direction_cosine`` (S, J: SQSD's sum over modules of cos(dW_m, D_m)),
+        ``direction_dot`` and ``direction_global_cosine`` against J directions: adapter
+        directories or names, ``{module: (A, B)}`` dicts, or :meth:`mean_update` results."""
+        return self.compute(samples, directions=directions, **kwargs)
+
+    def sketch(self, samples, size, seed: int = 0, **kwargs) -> GradientResult:
+        """``.sketch`` (S, D): Kronecker random projections of each sample's LoRA-parameter
+        gradient (sketch.py: ``size`` = (k1, k2) or k, D = 2 k1 k2 per module)."""
+        return self.compute(samples, sketch_size=size, seed=seed, **kwargs)
+
+    def compute(self, samples, **kwargs) -> GradientResult:
+        """Every asked statistic in one pass, rows in input order (see :meth:`iter_compute`)."""
+        role = kwargs.get("role", "training samples")
+        prepared = prepare_samples(samples, self.tokenizer, self.model, role=role, max_length=self.max_length)
+        parts = list(self.iter_compute(prepared, **kwargs))
+        return GradientResult.concat(parts, order=[s.index for s in prepared])
+
+    def iter_compute(self, samples, *, queries=None, directions=(), sketch_size=None, seed: int = 0,
+                     batch_size: int | None = None, response_tokens: int | None = None, skip_indices=frozenset(),
+                     progress: bool = False, role: str = "training samples") -> Iterator[GradientResult]:
+        """One :class:`GradientResult` per batch (length-bucketed, longest first).
+
+        queries: see :meth:`query_scores`; directions: see :meth:`direction_scores`;
+        sketch_size / seed: see :meth:`sketch`; response_tokens: the loss on the first N
+        response tokens only; skip_indices: sample indices left out (e.g. on resume).
+        """
+        samples = prepare_samples(samples, self.tokenizer, self.model, role=role, max_length=self.max_length)
+        shapes = self.shapes()
+        q = self._queries(queries, response_tokens)
+        dirs, dir_labels = self._directions(directions)
+        maps = sketch_maps(sketch_size, shapes, seed) if sketch_size is not None else {}
+        specs, dir_sq = self._specs(q, dirs, maps)
+        reducer = PerSampleReducer(specs, self.backend)
+        todo = [s for s in samples if s.index not in skip_indices]
+        n_q = 0 if q is None else q.k
+        for batch in batches(todo, batch_size or self.batch_size, progress):
+            used = [limit_response_tokens(s, response_tokens) for s in batch]
+            scored = [i for i, s in enumerate(used) if count_response_tokens(s.labels) > 0]
+            n, m, k = len(batch), len(specs), n_q + len(dir_labels)
+            grad_sq, upd_sq = torch.zeros(n, m, dtype=torch.float64), torch.zeros(n, m, dtype=torch.float64)
+            proj = torch.zeros(n, m, k, dtype=torch.float64)
+            sketch = torch.zeros(n, sum(2 * p.P_u.shape[0] * p.P_x.shape[0] for p in maps.values()),
+                                 dtype=torch.float64) if maps else None
+            status = ["no_response_tokens"] * n
+            if scored:
+                finite = self.runner.run([used[i] for i in scored], reducer)
+                out = {key: v.cpu() for key, v in reducer.results(self.device).items()}
+                rows = torch.tensor(scored, dtype=torch.long)
+                grad_sq[rows], upd_sq[rows], proj[rows] = out["grad_sq"], out["update_sq"], out["proj"]
+                if maps:
+                    sketch[rows] = out["sketch"]
+                for j, i in enumerate(scored):
+                    values = [grad_sq[i], upd_sq[i], proj[i]] + ([sketch[i]] if maps else [])
+                    if not finite[j] or not all(bool(torch.isfinite(v).all()) for v in values):
+                        status[i] = "non_finite_gradient"
+                    else:
+                        status[i] = "zero_gradient" if float(grad_sq[i].sum()) == 0.0 else "ok"
+            yield GradientResult(
+                indices=[s.index for s in batch], module_names=list(shapes), status=status,
+                n_tokens=[len(s.input_ids) for s in batch],
+                n_response_tokens=[count_response_tokens(s.labels) for s in batch],
+                grad_sqnorm_per_module=grad_sq, update_sqnorm_per_module=upd_sq,
+                query_dot=proj[:, :, :n_q].sum(1), direction_dot_per_module=-proj[:, :, n_q:],
+                query_sqnorm=q.sqnorm() if q is not None else torch.zeros(0, dtype=torch.float64),
+                direction_sqnorm=dir_sq, sketch=sketch, query_labels=q.labels if q is not None else [],
+                direction_labels=dir_labels)
+
+    def query_gradient(self, samples, *, reduce: str = "mean", normalize: bool = False, label: str = "query",
+                       batch_size: int | None = None, response_tokens: int | None = None) -> QueryGradients:
+        """The LoRA-parameter gradient of a set of query samples, summed (``reduce="sum"``)
+        or averaged (``"mean"``) over them; ``normalize=True`` L2-normalizes each sample's
+        gradient first (in the global space) as gradient matching does. Small r x d matrices
+        per module are formed: this is the query side. Samples without a response token are
+        left out with a warning; a set with none is refused."""
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+        role = f"query {label!r}"
+        samples = prepare_samples(samples, self.tokenizer, self.model, role=role, max_length=self.max_length)
+        used = [limit_response_tokens(s, response_tokens) for s in samples]
+        usable = [s for s in used if count_response_tokens(s.labels) > 0]
+        if not usable:
+            raise ValueError(f"{role}: none of its {len(samples)} samples has a response token (after truncation"
+                             f"{' and --response-tokens' if response_tokens else ''}); no gradient to take")
+        if len(usable) < len(samples):
+            warnings.warn(f"{role}: {len(samples) - len(usable)} of {len(samples)} samples have no response token "
+                          "and are left out", RuntimeWarning, stacklevel=2)
+        weights = {s.index: 1.0 for s in usable}
+        if normalize:
+            norms = self.compute(usable, batch_size=batch_size, role=role)
+            for index, status, sq in zip(norms.indices, norms.status, norms.grad_sqnorm.tolist()):
+                if status != "ok":
+                    raise ValueError(f"{role}: sample {index} has status {status}; it cannot be normalized")
+                weights[index] = sq ** -0.5
+        if reduce == "mean":
+            weights = {i: w / len(usable) for i, w in weights.items()}
+        specs, _ = self._specs(None, [], {})
+        reducer = SumReducer(specs)
+        for batch in batches(usable, batch_size or self.batch_size, False):
+            finite = self.runner.run(batch, reducer, [weights[s.index] for s in batch])
+            if not all(finite):
+                bad = next(s.index for s, ok in zip(batch, finite) if not ok)
+                raise ValueError(f"{role}: sample {bad} has a non-finite loss")
+        return QueryGradients({s.name: (G_A.unsqueeze(0), G_B.unsqueeze(0))
+                               for s, G_A, G_B in zip(specs, reducer.G_A, reducer.G_B)}, [label])
+
+    def mean_update(self, samples, *, label: str = "anchors", **kwargs) -> dict[str, LoraFactors]:
+        """The mean induced update ``-(mean G_B A + B mean G_A)`` of an anchor set, as a
+        rank-2r direction ``{module: LoraFactors}`` for :meth:`direction_scores`."""
+        q = self.query_gradient(samples, reduce="mean", label=label, **kwargs)
+        return {s.name: mean_update_direction(s.A, s.B, q.modules[s.name][0][0], q.modules[s.name][1][0])
+                for s in self._specs(None, [], {})[0]}
+
+    def shapes(self) -> dict[str, tuple[int, int, int]]:
+        """``{module: (r, d_in, d_out)}`` of the state, in model order."""
+        return {n: (l.lora_A[self.adapter].weight.shape[0], l.lora_A[self.adapter].weight.shape[1],
+                    l.lora_B[self.adapter].weight.shape[0]) for n, l in self.modules.items()}
+
+    # ------------------------------------------------------------------ internals
+
+    def _queries(self, queries, response_tokens) -> QueryGradients | None:
+        if queries is None:
+            return None
+        if isinstance(queries, QueryGradients):
+            queries = [queries]
+        elif isinstance(queries, Mapping):   # {module: (G_A, G_B)} given in memory
+            queries = [QueryGradients.from_factors(queries)]
+        elif isinstance(queries, (str, os.PathLike)) or not isinstance(queries, Iterable):
+            queries = [queries]
+        else:
+            queries = list(queries)
+            if queries and not isinstance(queries[0], QueryGradients) and _is_sample(queries[0]):
+                queries = [queries]   # one query set given as a list of samples
+        out = [q if isinstance(q, QueryGradients) else
+               self.query_gradient(q, label=f"query {i}", response_tokens=response_tokens)
+               for i, q in enumerate(queries)]
+        stacked = QueryGradients.stack(out)
+        stacked.check_against(self.shapes(), repr(self.adapter))
+        return stacked
+
+    def _directions(self, directions) -> tuple[list[dict], list[str]]:
+        if directions is None:
+            return [], []
+        if isinstance(directions, (str, os.PathLike, dict)):
+            directions = [directions]
+        labels = [d if isinstance(d, str) else os.fspath(d) if isinstance(d, os.PathLike) else f"direction {i}"
+                  for i, d in enumerate(directions)]
+        return [resolve_direction(d, self.model, self.shapes(), label=label, state=repr(self.adapter))
+                for d, label in zip(directions, labels)], labels
+
+    def _specs(self, q, dirs, maps):
+        dtype = torch.promote_types(next(self.model.parameters()).dtype, torch.float32)
+        specs, dir_sq = [], torch.zeros(len(self.modules), len(dirs), dtype=torch.float64)
+        for m, (name, layer) in enumerate(self.modules.items()):
+            A, B = layer.lora_A[self.adapter].weight.detach(), layer.lora_B[self.adapter].weight.detach()
+            parts_A = [q.modules[name][0]] if q is not None else []
+            parts_B = [q.modules[name][1]] if q is not None else []
+            for j, d in enumerate(dirs):
+                dA, dB = d[name].A.to(self.device)[None], d[name].B.to(self.device)[None]
+                V_A, V_B = project_directions(A, B, dA, dB)
+                parts_A.append(V_A)
+                parts_B.append(V_B)
+                dir_sq[m, j] = float(direction_sqnorm(dA.double(), dB.double())[0])
+            cat = (lambda parts: torch.cat([p.to(self.device, dtype) for p in parts]) if parts else None)
+            specs.append(ModuleSpec(name, layer, A, B, cat(parts_A), cat(parts_B),
+                                    maps[name].to(self.device, dtype) if name in maps else None))
+        return specs, dir_sq
+
+def _is_sample(obj) -> bool:
+    return isinstance(obj, dict) or all(hasattr(obj, a) for a in ("input_ids", "labels")) or hasattr(obj, "kind")
