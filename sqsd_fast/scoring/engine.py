@@ -10,20 +10,19 @@ backward pass; no dense d_out x d_in matrix is formed.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from sqsd_fast.ops import direction_sqnorm, project_directions, resolve_backend
 from sqsd_fast.choices import METRICS, check_choice
-from sqsd_fast.data.batching import collate
-from sqsd_fast.data.tokenize import IGNORE_INDEX, count_response_tokens
+from sqsd_fast.data.tokenize import count_response_tokens
 from sqsd_fast.scoring.adapters import LoraFactors, check_direction_matches_state, state_modules
-from sqsd_fast.scoring.capture import CaptureSession, ModuleProjection
+from sqsd_fast.scoring.batch_pass import pack_batch, response_loss, takes_logits_to_keep
+from sqsd_fast.scoring.capture import ModuleProjection, ProjectionReducer
 from sqsd_fast.scoring.model_state import ModelSettings
+from sqsd_fast.scoring.taps import TapSession
 
 STATUSES = ("ok", "no_response_tokens", "zero_update", "non_finite_gradient")
 
@@ -97,8 +96,7 @@ class ProjectionEngine:
         self.device = next(peft_model.parameters()).device
         self.backend = resolve_backend(backend, self.device)
         self._prepared: dict[tuple[str, str], tuple[list[ModuleProjection], torch.Tensor]] = {}
-        base = peft_model.get_base_model()
-        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._keeps_logits = takes_logits_to_keep(peft_model)
 
     def clear_cache(self) -> None:
         """Forget the precomputed V_A, V_B (call after changing an adapter's weights)."""
@@ -122,7 +120,7 @@ class ProjectionEngine:
                 d = factors[name]
                 dir_A, dir_B = d.A.unsqueeze(0), d.B.unsqueeze(0)
                 V_A, V_B = project_directions(A, B, dir_A, dir_B)
-                specs.append(ModuleProjection(name, lora_A, lora_B, A, B, V_A, V_B))
+                specs.append(ModuleProjection(name, layer, A, B, V_A, V_B))
                 sqnorms.append(direction_sqnorm(dir_A, dir_B))
             self._prepared[key] = (specs, torch.cat(sqnorms).double().cpu())
         return self._prepared[key]
@@ -172,43 +170,15 @@ class ProjectionEngine:
         Returns dot (S, M) and update_sqnorm (S, M) float64 on the CPU, and a per-sample
         finite-loss flag list.
         """
-        batch = collate(samples, self.pad_token_id)
-        input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        n, width = input_ids.shape
-        # Every index below is built on the CPU from the host-side batch, so the device
-        # never waits for the host mid-batch (the one sync is the final copy back).
-        lengths = mask.sum(dim=1)
-        cu_seqlens = torch.zeros(n + 1, dtype=torch.long)
-        cu_seqlens[1:] = torch.cumsum(lengths, dim=0)
-        # Packing drops padding rows; cu_seqlens is built here, so no value checks later.
-        rows = torch.nonzero(mask.reshape(-1)).squeeze(1) if int(lengths.min()) < width else None
-        # Logits only where some sample has a target: position t predicts labels[:, t + 1].
-        targets_valid = labels[:, 1:] != IGNORE_INDEX
-        keep = torch.nonzero(targets_valid.any(dim=0)).squeeze(1)
-        targets = labels[:, 1:].index_select(1, keep)
-        n_targets = targets_valid.sum(dim=1)
-        to_dev = lambda t: None if t is None else t.to(self.device, non_blocking=True)  # noqa: E731
-        input_ids, mask, cu_seqlens, rows, keep, targets, n_targets = map(
-            to_dev, (input_ids, mask, cu_seqlens, rows, keep, targets, n_targets)
-        )
-
-        session = CaptureSession(specs, self.backend)
-        session.set_rows(rows, cu_seqlens)
-        with self.settings.scoring(state), torch.enable_grad(), session:
-            embeds = self.model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-            kwargs = dict(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-            if self._keeps_logits:
-                kwargs["logits_to_keep"] = keep
-            logits = self.model(**kwargs).logits
-            if not self._keeps_logits:
-                logits = logits.index_select(1, keep)
-            ce = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="none",
-            ).view(n, -1)
-            per_sample = ce.sum(dim=1) / n_targets
+        batch = pack_batch(samples, self.pad_token_id, self.device)
+        n = batch.size
+        reducer = ProjectionReducer(specs, self.backend, batch.rows, batch.cu_seqlens)
+        taps = TapSession([(spec.name, spec.layer) for spec in specs], state, reducer)
+        with self.settings.scoring(state), torch.enable_grad(), taps:
+            embeds = self.model.get_input_embeddings()(batch.input_ids).detach().requires_grad_(True)
+            per_sample = response_loss(self.model, embeds, batch, self._keeps_logits)
             torch.autograd.grad(per_sample.sum(), embeds)
-        dot, sqnorm = session.results(n, 1, self.device)
+        dot, sqnorm = reducer.results(n, 1, self.device)
         # The batch's one host sync: everything comes back in one copy.
         packed = torch.cat([dot[:, :, 0], sqnorm, per_sample.detach().float().unsqueeze(1)], dim=1).double().cpu()
         m = sqnorm.shape[1]

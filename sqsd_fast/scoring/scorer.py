@@ -28,6 +28,7 @@ from sqsd_fast.scoring.adapters import (
 )
 from sqsd_fast.data.tokenize import count_response_tokens
 from sqsd_fast.choices import METRICS, check_choice
+from sqsd_fast.scoring.batch_pass import progress_batches
 from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
 from sqsd_fast.scoring.samples import as_samples, check_fits_model
 
@@ -275,20 +276,9 @@ class SQSDScorer:
         return as_samples(samples, self.tokenizer)
 
     def _batches(self, samples, batch_size, skip_indices, progress, what):
-        from sqsd_fast.data.batching import length_bucketed_batches
-
         todo = [s for s in self._samples(samples) if s.index not in skip_indices]
         check_fits_model(todo, self.engine.model)
-        batches = length_bucketed_batches(todo, batch_size)
-        bar = _progress_bar(len(todo), progress, what)
-        try:
-            for batch in batches:
-                yield batch
-                if bar is not None:
-                    bar.update(len(batch))
-        finally:
-            if bar is not None:
-                bar.close()
+        return progress_batches(todo, batch_size, progress, what)
 
 
 def _in_input_order(samples: list, batches) -> list[dict]:
@@ -348,14 +338,6 @@ class _NonFiniteReport:
             warnings.warn(f"non-finite loss or gradient at {state_label} for {len(bad)} sample(s) ({shown}); "
                           "they get no score (status non_finite_gradient)", RuntimeWarning, stacklevel=2)
         self.bad.clear()
-
-
-def _progress_bar(total: int, enabled: bool, what: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="samples", desc=what, dynamic_ncols=True)
 
 
 def _load_tokenizer(path: str):

@@ -1,14 +1,13 @@
 """Hooks that hand each LoRA module's x, h, u, e of one batch to a reducer, inside the backward.
 
-The capture points are those of ``sqsd_fast/scoring/capture.py`` (docs/METHOD.md §3):
-x = input of ``lora_A`` (after LoRA dropout), h = input of ``lora_B``, e = gradient at the
-output of ``lora_B`` (it includes the LoRA scaling: peft multiplies lora_B's output by it),
-u = gradient at the output of ``lora_A`` (= B^T e). That session is wired to the scoring
-engine's one statistic (projections on precomputed directions); the influence verbs need
-other reductions (per-sample Gram statistics, summed query gradients, sketches), so here
-the reduction is a callback. Autograd reaches lora_B's output before lora_A's, so the
-callback runs in u's hook, the moment all four exist, and the activations are dropped
-there: those of all modules are never held at once (docs/METHOD.md §5).
+The capture points (docs/METHOD.md §3): x = input of ``lora_A`` (after LoRA dropout),
+h = input of ``lora_B``, e = gradient at the output of ``lora_B`` (it includes the LoRA
+scaling: peft multiplies lora_B's output by it), u = gradient at the output of ``lora_A``
+(= B^T e). The reduction is a callback: the SQSD engine projects on precomputed directions
+(capture.py), the influence verbs take Gram statistics, query gradients or sketches.
+Autograd reaches lora_B's output before lora_A's, so the callback runs in u's hook, the
+moment all four exist, and the activations are dropped there: those of all modules are
+never held at once (docs/METHOD.md §5).
 """
 from __future__ import annotations
 
