@@ -1,14 +1,12 @@
-"""The `sqsd-fast` command line: score, project, subsets.
+"""The `sqsd-fast` command line: score, project, baseline, subsets, train-adapter, evaluate.
 
     sqsd-fast score --model BASE --danger-state A0 --danger-direction AD \\
                     --safety-direction AS --data train.jsonl --out scores.jsonl
-    sqsd-fast subsets --scores scores.jsonl --data train.jsonl --out-dir subsets/
 
-Argument parsing and printing only: each command's options are a dataclass of
-sqsd_fast/options.py (the parser is built from it) and the work is done by a module that
-Python users call too (sqsd_fast/pipeline.py, sqsd_fast/subsets.py). Every error prints
-one line to stderr and returns a non-zero exit code; outputs are written atomically, and
-an interrupted run continues with the same command plus --resume.
+Argument parsing and printing only: each command's options are a dataclass (registered in
+_OPTIONS; the parser is built from it) and the work is done by a module Python users call
+too (pipeline, subsets, training, evaluation, influence.baselines). Every error prints one
+line to stderr with a non-zero exit code (the README lists them).
 """
 from __future__ import annotations
 
@@ -137,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     commands = {"score": run_scoring, "project": run_scoring, "baseline": run_scoring,
-                "subsets": run_subsets,
-                "train-adapter": run_train_adapter, "evaluate": run_evaluate}
+                "subsets": run_subsets, "train-adapter": run_train_adapter,
+                "evaluate": run_evaluate}
     previous = _install_handlers()
     try:
         return commands[options.COMMAND](options)
@@ -162,12 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _install_handlers():
-    """SIGTERM raises Terminated; warnings print as one line without a source line."""
+    """SIGTERM raises Terminated (signals can only be set from the main thread); warnings
+    print as one line without a source line. Returns what to restore."""
     import signal
+    import threading
     import warnings
     previous = (warnings.showwarning, None)
     warnings.showwarning = _show_warning
-    if threading_is_main():
+    if threading.current_thread() is threading.main_thread():
         previous = (previous[0], signal.signal(signal.SIGTERM, _on_sigterm))
     return previous
 
@@ -178,11 +178,6 @@ def _restore_handlers(previous) -> None:
     warnings.showwarning = previous[0]
     if previous[1] is not None:
         signal.signal(signal.SIGTERM, previous[1])
-
-
-def threading_is_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
