@@ -61,6 +61,26 @@ class CheckedOptions:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def fingerprint(self, *, whole_file: str, whole_file_is_local: bool = True, **extra) -> dict:
+        """What identifies a run's results, for resume checks: the command, every field not
+        in ``NOT_FINGERPRINTED`` (``PATH_FIELDS`` and ``ADAPTER_FIELDS`` by content), the
+        input field ``whole_file`` hashed in full whatever its size (a hub name as given
+        when not ``whole_file_is_local``), and ``extra``."""
+        from sqsd_fast.io.checkpoint import path_fingerprint
+        by_content = {*getattr(self, "PATH_FIELDS", ()), *getattr(self, "ADAPTER_FIELDS", ())}
+        fp: dict[str, Any] = {"command": self.COMMAND, **extra}
+        for f in dataclasses.fields(self):
+            if f.name in self.NOT_FINGERPRINTED:
+                continue
+            value = getattr(self, f.name)
+            if f.name == whole_file:
+                value = (path_fingerprint(value, limit=None) if whole_file_is_local
+                         else {"path": str(value), "digest": None})
+            elif f.name in by_content and value is not None:
+                value = path_fingerprint(value)
+            fp[f.name] = value
+        return fp
+
 
 @dataclass(kw_only=True)
 class RecordFieldOptions(CheckedOptions):

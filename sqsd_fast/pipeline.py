@@ -15,7 +15,6 @@ the same call with ``resume=True`` scores only what is missing. Bad input raises
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from contextlib import contextmanager
@@ -253,20 +252,8 @@ def prepare(options: RunOptions) -> Prepared:
 def fingerprint(options: RunOptions, prep: Prepared) -> dict:
     """What identifies a run's results: every option that can change a score (paths by
     content), the command and the number of samples."""
-    from sqsd_fast.io.checkpoint import path_fingerprint
-    fp: dict[str, Any] = {"command": options.COMMAND, "n_samples": len(prep.samples)}
-    path_fields = set(options.PATH_FIELDS) | set(options.ADAPTER_FIELDS)
-    for f in dataclasses.fields(options):
-        value = getattr(options, f.name)
-        if f.name in options.NOT_FINGERPRINTED:
-            continue
-        if f.name == "data":   # hashed in full, whatever its size; a hub name as given
-            value = (path_fingerprint(value, limit=None) if prep.raw.path is not None
-                     else {"path": str(value), "digest": None})
-        elif f.name in path_fields and value is not None:
-            value = path_fingerprint(value)
-        fp[f.name] = value
-    return fp
+    return options.fingerprint(whole_file="data", whole_file_is_local=prep.raw.path is not None,
+                               n_samples=len(prep.samples))
 
 
 # ------------------------------------------------------------------------- loading

@@ -208,19 +208,9 @@ def _release(gen) -> None:
 
 def fingerprint(options: EvaluateOptions, n_prompts: int) -> dict:
     """What identifies a run's answers: every field outside NOT_FINGERPRINTED (files and
-    directories by content), the command and the number of prompts."""
-    from sqsd_fast.io.checkpoint import path_fingerprint
-    fp: dict[str, Any] = {"command": options.COMMAND, "n_prompts": n_prompts}
-    for f in dataclasses.fields(options):
-        if f.name in options.NOT_FINGERPRINTED:
-            continue
-        value = getattr(options, f.name)
-        if f.name == "prompts":   # hashed in full, whatever its size
-            value = path_fingerprint(value, limit=None)
-        elif f.name in options.PATH_FIELDS and value is not None:
-            value = path_fingerprint(value)
-        fp[f.name] = value
-    return fp
+    directories by content, the prompts hashed in full), the command and the number of
+    prompts."""
+    return options.fingerprint(whole_file="prompts", n_prompts=n_prompts)
 
 
 def summarize(options: EvaluateOptions, rows: list[dict], model_source: str, *,

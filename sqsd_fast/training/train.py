@@ -179,21 +179,8 @@ def _check_device(device: str, dtype: str) -> None:
 def fingerprint(options: TrainAdapterOptions, lora: dict, data) -> dict:
     """What decides the trained adapter: every option but NOT_FINGERPRINTED, paths and the
     data by content, and the LoRA settings actually used."""
-    import dataclasses
-
-    from sqsd_fast.io.checkpoint import path_fingerprint
-    fp: dict[str, Any] = {"command": options.COMMAND, "n_samples": len(data.samples),
-                          "lora": lora}
-    for f in dataclasses.fields(options):
-        value = getattr(options, f.name)
-        if f.name in options.NOT_FINGERPRINTED:
-            continue
-        if f.name == "data" and data.raw.path is not None:
-            value = path_fingerprint(value, limit=None)
-        elif f.name in options.PATH_FIELDS and value is not None and Path(value).exists():
-            value = path_fingerprint(value)
-        fp[f.name] = value
-    return fp
+    return options.fingerprint(whole_file="data", whole_file_is_local=data.raw.path is not None,
+                               n_samples=len(data.samples), lora=lora)
 
 
 # ------------------------------------------------------------------ model, trainer
