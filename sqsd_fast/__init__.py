@@ -25,6 +25,10 @@ def __getattr__(name: str):
         from sqsd_fast.scoring.scorer import SQSDScorer
 
         return SQSDScorer
+    if name == "DriftMonitor":
+        from sqsd_fast.training.drift import DriftMonitor
+
+        return DriftMonitor
     if name in ("score_file", "project_file"):
         from sqsd_fast import pipeline
 
@@ -33,6 +37,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DriftMonitor",
     "SQSDScorer",
     "__version__",
     "backend_available",

@@ -2,7 +2,8 @@
 
 ``train_adapter(**options) -> TrainResult`` trains and saves a peft LoRA adapter that the
 scoring commands accept; ``TrainAdapterOptions`` is its option list (and the CLI's parser);
-``format_summary(result)`` describes a finished run in a few lines.
+``format_summary(result)`` describes a finished run in a few lines; ``DriftMonitor`` is a
+Trainer callback logging how far the LoRA update points along direction adapters.
 """
 from sqsd_fast.training.options import TrainAdapterOptions
 
@@ -13,10 +14,13 @@ def __getattr__(name: str):
     if name == "train_adapter":
         from sqsd_fast.training.train import train_adapter
         return train_adapter
+    if name == "DriftMonitor":
+        from sqsd_fast.training.drift import DriftMonitor
+        return DriftMonitor
     if name in ("format_summary", "TrainResult"):
         from sqsd_fast.training import result
         return getattr(result, name)
     raise AttributeError(f"module 'sqsd_fast.training' has no attribute {name!r}")
 
 
-__all__ = ["TrainAdapterOptions", "TrainResult", "format_summary", "train_adapter"]
+__all__ = ["DriftMonitor", "TrainAdapterOptions", "TrainResult", "format_summary", "train_adapter"]

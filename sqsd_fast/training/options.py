@@ -8,8 +8,10 @@ cannot drift apart in how they read a data file.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, Mapping, Optional
 
 from sqsd_fast.choices import check_choice, check_device, check_finite_float, check_positive_int
 from sqsd_fast.options import OptionError, RecordFieldOptions, RunOptions, option, required_option
@@ -26,6 +28,11 @@ LORA_DEFAULTS = {"r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05, "target_modul
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt")
 
+
+# What --monitor-threshold can do when a projection reaches it.
+MONITOR_ACTIONS = ("warn", "stop")
+# Direction names become CSV columns and log keys (``drift/<name>_proj``): no separators.
+MONITOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
 
@@ -74,6 +81,53 @@ def _check_train_device(name, value):
         raise ValueError(f"{name} {value}: training runs on the first visible GPU; pick it "
                          f"with CUDA_VISIBLE_DEVICES={value.split(':')[1]} and --device cuda")
     return value
+
+
+def _name_value_pairs(name, value, form: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` items (a list from the CLI; one string or a mapping from Python)."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        value = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, str):
+        value = [value]
+    pairs, seen = [], set()
+    for item in value:
+        key, sep, rest = str(item).partition("=")
+        key, rest = key.strip(), rest.strip()
+        if not sep or not rest or MONITOR_NAME.fullmatch(key) is None:
+            raise ValueError(f"{name} {item!r}: expected {form}, the name made of letters, "
+                             f"digits, '_', '.' or '-'")
+        if key in seen:
+            raise ValueError(f"{name}: the name {key!r} is given twice")
+        seen.add(key)
+        pairs.append((key, rest))
+    return pairs
+
+
+def _check_monitor_direction(name, value):
+    pairs = _name_value_pairs(name, value, "NAME=DIR")
+    if pairs:   # read now, so that a bad directory is a usage error, not a failed run
+        from sqsd_fast.scoring.adapters import check_direction_is_usable, read_adapter
+        for key, path in pairs:
+            try:
+                check_direction_is_usable(read_adapter(path))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} {key}={path}: {exc}") from None
+    return [f"{key}={path}" for key, path in pairs]
+
+
+def _check_monitor_threshold(name, value):
+    out = []
+    for key, text in _name_value_pairs(name, value, "NAME=VALUE"):
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(f"{name} {key}={text}: the value must be a finite number")
+        out.append(f"{key}={number!r}")
+    return out
 
 
 def _check_seed(name, value):
@@ -134,6 +188,23 @@ class TrainAdapterOptions(RecordFieldOptions):
     keep_checkpoints: bool = option(False, "keep OUT/checkpoints after training finishes")
     logging_steps: Optional[int] = option(None, "log the training loss every N optimizer "
                                           "steps (default: once per epoch)", "N")
+    monitor_direction: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "monitor the training: every --monitor-steps optimizer steps, log the "
+                "projection and cosine of the LoRA update so far on the LoRA adapter DIR's "
+                "direction (e.g. a danger and a safety direction) to OUT/drift.csv, the "
+                "Trainer's log and OUT/drift.png; repeat it, or give several, for several "
+                "directions (default: no monitoring)",
+        "metavar": "NAME=DIR", "action": "extend"})
+    monitor_steps: int = option(10, "optimizer steps between two --monitor-direction "
+                                "measurements (one more at the end)", "N")
+    monitor_threshold: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "warn (or, with --monitor-action stop, stop training) the first time the "
+                "projection on direction NAME reaches VALUE (>=); repeatable (default: none)",
+        "metavar": "NAME=VALUE", "action": "extend"})
+    monitor_action: str = option("warn", "warn or stop: what --monitor-threshold does; "
+                                 "stop ends training there and saves the adapter as it "
+                                 "is then",
+                                 "ACTION", choices=MONITOR_ACTIONS)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward "
                                           "pass: less memory, slower")
     dtype: str = _as_in_run_options("dtype")
@@ -155,10 +226,14 @@ class TrainAdapterOptions(RecordFieldOptions):
         "  sqsd-fast train-adapter --model BASE --data refusals.jsonl --out lora_safe\n"
         "  sqsd-fast train-adapter --model BASE --data benign.jsonl --out lora_initial")
     # Options that cannot change the trained adapter: left out of the resume fingerprint.
+    # The monitor only watches, so a resume may add, drop or change it; except that with
+    # --monitor-action stop its threshold decides where training ends: train.py then adds
+    # that stop rule to the fingerprint ("monitor_stop"), so a resume must keep it.
     NOT_FINGERPRINTED: ClassVar[frozenset] = frozenset(
         {"out", "resume", "overwrite", "merge_to", "save_steps", "save_total_limit",
          "keep_checkpoints", "logging_steps", "gradient_checkpointing", "device",
-         "no_progress", "quiet"})
+         "no_progress", "quiet", "monitor_direction", "monitor_steps", "monitor_threshold",
+         "monitor_action"})
     # Fingerprinted by content, not by their text.
     PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "init_adapter")
     CHECKS: ClassVar[dict] = {
@@ -179,6 +254,10 @@ class TrainAdapterOptions(RecordFieldOptions):
         "save_total_limit": lambda n, v: _positive(n, v, optional=True),
         "logging_steps": lambda n, v: _positive(n, v, optional=True),
         "device": _check_train_device,
+        "monitor_direction": _check_monitor_direction,
+        "monitor_steps": _positive,
+        "monitor_threshold": _check_monitor_threshold,
+        "monitor_action": lambda n, v: check_choice(n, v, MONITOR_ACTIONS),
     }
 
     progress = RunOptions.progress   # the same rule as the scoring commands
@@ -198,6 +277,26 @@ class TrainAdapterOptions(RecordFieldOptions):
             if getattr(self, name) is not None and _same_path(getattr(self, name), self.out):
                 raise OptionError(name, f"{name} {getattr(self, name)} is the --out directory; "
                                         f"give a different directory")
+        self._check_monitor()
+
+    def _check_monitor(self) -> None:
+        monitored = self.monitor_directions()
+        unknown = [n for n in self.monitor_thresholds() if n not in monitored]
+        if unknown:
+            listed = ", ".join(monitored) or "none: give --monitor-direction NAME=DIR"
+            raise OptionError("monitor_threshold", f"monitor_threshold {unknown[0]}: not a "
+                                                   f"monitored direction (monitored: {listed})")
+        if self.monitor_action == "stop" and not self.monitor_thresholds():
+            raise OptionError("monitor_action", "monitor_action stop needs --monitor-threshold "
+                                                "NAME=VALUE: the projection that stops training")
+
+    def monitor_directions(self) -> dict[str, str]:
+        """{name: direction adapter directory} of --monitor-direction."""
+        return dict(item.split("=", 1) for item in self.monitor_direction)
+
+    def monitor_thresholds(self) -> dict[str, float]:
+        """{name: threshold} of --monitor-threshold."""
+        return {k: float(v) for k, v in (item.split("=", 1) for item in self.monitor_threshold)}
 
     def lora_settings(self, init_config: dict | None = None) -> dict:
         """r, lora_alpha, lora_dropout, target_modules: given > init adapter's > defaults.

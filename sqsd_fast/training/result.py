@@ -28,6 +28,9 @@ class TrainResult:
     resumed_from: str | None          # the checkpoint a resumed run started from
     merged_to: str | None
     loss_log: list[dict] = field(default_factory=list)   # {step, epoch, loss} as logged
+    # --monitor-direction: settings, the last measurement ("final": step, epoch,
+    # update_norm, <name>_proj, <name>_cos), thresholds reached, files (None without it)
+    drift: dict | None = None
 
     @property
     def summary_path(self) -> str:
@@ -83,7 +86,22 @@ def format_summary(result: TrainResult) -> str:
         lines.append(f"training loss per epoch: {per_epoch} (final {result.final_loss:.4f})")
     resumed = f", resumed from {Path(result.resumed_from).name}" if result.resumed_from else ""
     lines.append(f"{result.global_step} optimizer steps in {result.runtime_s:.1f} s{resumed}")
+    if result.drift and result.drift["final"]:
+        lines.append(_drift_line(result.drift))
     if result.merged_to:
         lines.append(f"merged model written to {result.merged_to}")
     lines.append(f"summary: {result.summary_path}")
     return "\n".join(lines)
+
+
+def _drift_line(drift: dict) -> str:
+    final = drift["final"]
+    parts = [f"{name} proj {final[name + '_proj']:+.4g} (cos {final[name + '_cos']:+.3f})"
+             for name in drift["directions"]]
+    line = (f"drift at step {final['step']}: update norm {final['update_norm']:.4g}; "
+            + ", ".join(parts) + f" ({drift['csv']})")
+    for name, step in drift["triggered"].items():
+        line += f"\n{name} proj reached {drift['threshold'][name]:g} at step {step}"
+        if drift["stopped_at"] == step:
+            line += "; training stopped there"
+    return line

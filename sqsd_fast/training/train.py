@@ -14,14 +14,18 @@ read and tokenized as for scoring (``sqsd_fast/training/data.py``).
 Order of work: options checked -> ``out``/``merge_to``/device/``model`` path checked ->
 (``out`` locked) -> ``init_adapter`` and data read -> model resolved (a GGUF converted,
 once) -> ``init_adapter`` checked against the model's shapes -> data tokenized -> run
-recorded (a resume must match) -> model loaded -> train -> adapter saved into ``out`` with
-its marker file last -> checkpoints removed. Every user error is a one-line ``ValueError``
-raised before the model weights are loaded.
+recorded (a resume must match) -> model loaded -> monitored directions resolved against
+it -> train -> adapter saved into ``out`` with its marker file last -> the drift monitor's
+files moved into ``out`` -> checkpoints removed. Every user error is a one-line
+``ValueError`` raised before the model weights are loaded (a direction covering other
+LoRA modules than the trained ones: once the model is built, before training).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,6 +77,9 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
 
     # --- the run is recorded before any weight is touched
     outdir.start_out(state, overwrite=options.overwrite)
+    if options.overwrite:        # an earlier run's drift files would pass for this run's
+        for name in DRIFT_FILES:
+            (state.path / name).unlink(missing_ok=True)
     if options.resume and state.checkpoint is None:
         say(f"--resume: no checkpoint in {state.path / outdir.CHECKPOINTS}; starting from "
             f"the beginning")
@@ -80,7 +87,10 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
 
     started = time.perf_counter()
     peft_model = build_peft_model(options, model_source, lora)
-    trainer = build_trainer(options, peft_model, data, state, callbacks)
+    monitor = build_monitor(options, state, peft_model)
+    # The monitor first: a later callback that stops or interrupts a step sees it measured.
+    trainer = build_trainer(options, peft_model, data, state,
+                            [monitor, *callbacks] if monitor is not None else callbacks)
     if state.checkpoint is not None:
         say(f"resuming from {state.checkpoint}")
     with quiet_libraries() if options.quiet else contextlib.nullcontext():
@@ -95,7 +105,8 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
         n_trainable_params=sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
         global_step=trainer.state.global_step, runtime_s=time.perf_counter() - started,
         resumed_from=state.checkpoint, merged_to=options.merge_to,
-        loss_log=[{k: e[k] for k in ("step", "epoch", "loss")} for e in history])
+        loss_log=[{k: e[k] for k in ("step", "epoch", "loss")} for e in history],
+        drift=drift_summary(options, state, monitor))
     merge = None
     if options.merge_to is not None:
         def merge():
@@ -103,9 +114,60 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
             with quiet_libraries() if options.quiet else contextlib.nullcontext():
                 outdir.write_merged(peft_model, data.tokenizer, options.merge_to)
     peft_model.eval()
+    # The drift files wait in OUT/checkpoints until the adapter is finished: in OUT itself
+    # they would make an unfinished run's directory look foreign to --resume (outdir.py).
     outdir.finish_out(state, peft_model, summary_dict(result),
-                      keep_checkpoints=options.keep_checkpoints, before_marker=merge)
+                      keep_checkpoints=options.keep_checkpoints or monitor is not None,
+                      before_marker=merge)
+    if monitor is not None:
+        for name in DRIFT_FILES:
+            staged = state.path / outdir.CHECKPOINTS / name
+            if staged.is_file():
+                os.replace(staged, state.path / name)
+        if not options.keep_checkpoints:
+            shutil.rmtree(state.path / outdir.CHECKPOINTS, ignore_errors=True)
     return result
+
+
+# ------------------------------------------------------------------ drift monitor
+
+DRIFT_FILES = ("drift.csv", "drift.png")     # drift.DRIFT_CSV, DRIFT_PLOT (not imported:
+                                             # drift.py pulls in transformers)
+
+
+def build_monitor(options: TrainAdapterOptions, state, peft_model):
+    """The DriftMonitor of --monitor-direction (None without it), resolved against the
+    model so that a direction for other modules is refused before training.
+
+    Its CSV, plot and start factors live in OUT/checkpoints while training. A resumed run
+    reads the start factors back; where they are missing (monitoring added at the resume)
+    they are saved now, from the model as just built: the seeded new LoRA or the init
+    adapter, i.e. the run's start, before the Trainer loads the checkpoint.
+    """
+    if not options.monitor_direction:
+        return None
+    from sqsd_fast.training.drift import DRIFT_CSV, DRIFT_PLOT, DRIFT_START, DriftMonitor
+    work = state.path / outdir.CHECKPOINTS
+    monitor = DriftMonitor(options.monitor_directions(), every_n_steps=options.monitor_steps,
+                           csv_path=work / DRIFT_CSV, plot_path=work / DRIFT_PLOT,
+                           threshold=options.monitor_thresholds() or None,
+                           on_threshold=options.monitor_action, start_path=work / DRIFT_START)
+    monitor.bind(peft_model)
+    if state.checkpoint is not None and not (work / DRIFT_START).is_file():
+        monitor.save_start(peft_model)
+    return monitor
+
+
+def drift_summary(options: TrainAdapterOptions, state, monitor) -> dict | None:
+    """What train_summary.json records of the monitor: the settings, the last
+    measurement, the thresholds reached and where the files are."""
+    if monitor is None:
+        return None
+    return {"directions": options.monitor_directions(), "every_n_steps": monitor.every_n_steps,
+            "threshold": monitor.threshold, "on_threshold": monitor.on_threshold,
+            "final": monitor.final, "triggered": monitor.triggered,
+            "stopped_at": monitor.stopped_at, "csv": str(state.path / DRIFT_FILES[0]),
+            "plot": str(state.path / DRIFT_FILES[1]) if monitor.history else None}
 
 
 # ------------------------------------------------------------------------ checks
@@ -129,17 +191,26 @@ def _read_init_config(options: TrainAdapterOptions) -> dict | None:
 
 
 def _check_fits_model(options: TrainAdapterOptions, lora: dict, model_source: str) -> None:
-    """The init adapter, or the --target-modules names, must fit the base model: checked
-    against an empty skeleton of the model, so no weights are loaded for it."""
+    """The init adapter, the monitored directions and the --target-modules names must fit
+    the base model: checked against an empty skeleton of the model, so no weights are
+    loaded for it."""
+    from sqsd_fast.scoring.adapters import check_against_model, read_adapter
     targets = lora["target_modules"]
-    if options.init_adapter is None and targets == "all-linear":
+    if options.init_adapter is None and targets == "all-linear" \
+            and not options.monitor_direction:
         return
     skeleton = _model_skeleton(model_source)
     if skeleton is None:
         return
+    for name, path in options.monitor_directions().items():
+        try:
+            check_against_model(path, read_adapter(path), skeleton)
+        except ValueError as exc:
+            raise ValueError(f"--monitor-direction {name}: {exc}") from None
     if options.init_adapter is not None:
-        from sqsd_fast.scoring.adapters import check_against_model, read_adapter
         check_against_model(options.init_adapter, read_adapter(options.init_adapter), skeleton)
+        return
+    if targets == "all-linear":
         return
     names = [name for name, _ in skeleton.named_modules()]
     # peft's rule: a target matches a module whose name is it or ends in "." + it.
@@ -179,8 +250,18 @@ def _check_device(device: str, dtype: str) -> None:
 def fingerprint(options: TrainAdapterOptions, lora: dict, data) -> dict:
     """What decides the trained adapter: every option but NOT_FINGERPRINTED, paths and the
     data by content, and the LoRA settings actually used."""
+    extra = {}
+    if options.monitor_action == "stop":
+        # The monitor's thresholds decide where training ends; only then do they change
+        # the adapter (see NOT_FINGERPRINTED). Without it the key is absent, as before.
+        from sqsd_fast.io.checkpoint import path_fingerprint
+        thresholds = options.monitor_thresholds()
+        directions = options.monitor_directions()
+        extra["monitor_stop"] = {
+            "threshold": thresholds, "every_n_steps": options.monitor_steps,
+            "directions": {n: path_fingerprint(directions[n]) for n in sorted(thresholds)}}
     return options.fingerprint(whole_file="data", whole_file_is_local=data.raw.path is not None,
-                               n_samples=len(data.samples), lora=lora)
+                               n_samples=len(data.samples), lora=lora, **extra)
 
 
 # ------------------------------------------------------------------ model, trainer
