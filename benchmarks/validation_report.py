@@ -102,7 +102,9 @@ def _plot_asr(asr_rows, num_windows, path: Path) -> bool:
     ys = [float(r["asr"]) for r in windows]
     ci = [wilson(int(r["n_attack_success"]), int(r["n"])) for r in windows]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.errorbar(xs, ys, yerr=[[y - c[0] for y, c in zip(ys, ci)], [c[1] - y for y, c in zip(ys, ci)]],
+    # max(0, .): at p = 0 or 1 the interval's end equals p up to rounding.
+    ax.errorbar(xs, ys, yerr=[[max(0.0, y - c[0]) for y, c in zip(ys, ci)],
+                              [max(0.0, c[1] - y) for y, c in zip(ys, ci)]],
                 marker="o", capsize=3, label="SQSD windows S1..S5")
     colors = {"random": "grey", "length": "tab:orange", "self-inf-n": "tab:green",
               "gradmatch": "tab:red"}
@@ -176,12 +178,19 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
                           ("over_random", "ASR(S1) − mean random ASR")):
             value = numbers[key]
             need = CRITERION[key]
-            met = None if value is None else (value <= need if key == "spearman" else value >= need)
+            if value is None:
+                verdict = "not measured yet"
+            elif math.isnan(value):
+                verdict = "undefined (every window has the same ASR)"
+            else:
+                verdict = "met" if (value <= need if key == "spearman" else value >= need) else "NOT met"
             verdicts.append([text, _fmt(value), ("≤ " if key == "spearman" else "≥ ") + str(need),
-                             "—" if met is None else ("met" if met else "NOT met")])
+                             verdict])
         lines += _table(["number", "measured", "criterion", "verdict"], verdicts) + [""]
         rows = []
-        for r in asr_rows:
+        order = {"sqsd": 0, "random": 1}
+        for r in sorted(asr_rows, key=lambda r: (order.get(r["ranking"].split("-")[0], 2),
+                                                  r["ranking"], r["window"])):
             n, k = int(r["n"]), int(r["n_attack_success"])
             lo, hi = wilson(k, n)
             rows.append([r["label"], r["ranking"], r["window"], f"{k}/{n}", _fmt(float(r["asr"])),
