@@ -119,8 +119,10 @@ def parse_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
         parser.command_parsers[args.command].error(str(exc).replace(exc.option, option, 1))
 
 
-class Terminated(Exception):
-    """SIGTERM (a scheduler's or `kill`'s stop): handled like Ctrl-C, with its own code."""
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's or `kill`'s stop): handled like Ctrl-C, with its own code; a
+    BaseException like KeyboardInterrupt, so no ``except Exception`` on the way (such as
+    the failure exchange between the ranks of a multi-process run) takes it for an error."""
 
 
 def _on_sigterm(signum, frame):
@@ -147,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error("terminated (SIGTERM)" + _resume_hint(options))
         return EXIT_TERMINATED
     except (ValueError, FileNotFoundError) as exc:
-        _error(str(exc))
+        if not getattr(exc, "reported_elsewhere", False):   # rank 0 of several prints it
+            _error(str(exc))
         return EXIT_ERROR
     except Exception as exc:  # anything unexpected still gets one line, not a traceback
         if os.environ.get("SQSD_FAST_DEBUG"):
@@ -194,14 +197,13 @@ def _resume_hint(options) -> str:
         return ""
     from pathlib import Path
 
-    from sqsd_fast.io.checkpoint import sidecar_paths
+    from sqsd_fast.io.checkpoint import has_saved_rows
     if isinstance(options, TrainAdapterOptions):
         if any((Path(out) / "checkpoints").glob("checkpoint-*")):
             return (f"; checkpoints are kept in {Path(out) / 'checkpoints'}, rerun the same "
                     f"command with --resume")
         return ""
-    partial, _ = sidecar_paths(out)
-    if partial.exists() and partial.stat().st_size > 0:
+    if has_saved_rows(out):
         return "; completed batches are saved, rerun the same command with --resume"
     return ""
 
@@ -213,6 +215,8 @@ def run_scoring(options) -> int:
     from sqsd_fast import pipeline
     from sqsd_fast.ranking import sort_scored
     result = pipeline.run(options)
+    if not result.is_main:   # rank 0 of a multi-process run has the rows, and reports
+        return 0
     if not options.quiet:
         print_summary(result)
     if not sort_scored(result.rows, result.column):

@@ -12,12 +12,19 @@ batch by batch (each batch appended durably to the sidecar), rank, write ``out``
 atomically, delete the sidecars. A run that stops part-way keeps every completed batch;
 the same call with ``resume=True`` scores only what is missing. Bad input raises a
 ``ValueError`` naming the option.
+
+Started on several processes (``torchrun ... sqsd-fast score``, ``accelerate launch``, or
+a caller's ``torch.distributed`` group: see ``sqsd_fast.distributed``), every process
+calls :func:`run` with the same options; each scores its token-balanced share of the
+samples into its own sidecars, and rank 0 merges them into ``out``. Only rank 0's result
+holds the rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +47,22 @@ class Prepared:
 class RunResult:
     """What a finished run wrote, and what it saw on the way."""
 
-    options: RunOptions
-    rows: list[dict]          # the rows written to options.out, in input order
+    options: RunOptions       # as this process ran them (its own --device on several)
+    rows: list[dict]          # the rows written to options.out, in input order; [] on the
+                              # ranks other than 0 of a multi-process run
     prepared: Prepared
     n_resumed: int            # rows taken over from an interrupted run
+    rank: int = 0             # this process in a multi-process run
+    world_size: int = 1       # the number of processes of the run
 
     @property
     def column(self) -> str:
         return self.options.SCORE_COLUMN
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this result holds the rows (always, unless a rank other than 0)."""
+        return self.rank == 0
 
 
 def score_file(options: ScoreOptions | None = None, /, **kwargs) -> RunResult:
@@ -69,49 +84,151 @@ def output_columns(options: RunOptions) -> dict[str, str]:
 
 
 def run(options: RunOptions) -> RunResult:
-    """The resumable run of ``options`` (a :class:`ScoreOptions` or :class:`ProjectOptions`)."""
+    """The resumable run of ``options`` (a :class:`ScoreOptions` or :class:`ProjectOptions`);
+    on every process of a multi-process run alike."""
+    from sqsd_fast import distributed
     from sqsd_fast.io.lock import output_lock
 
     columns = output_columns(options)
+    if distributed.launched():
+        with distributed.joined(options.device) as world:
+            return _run_ranks(options, columns, world)
     check_paths(options)
     with output_lock(options.out):
         return _run_locked(options, columns)
 
 
 def _run_locked(options: RunOptions, columns: dict) -> RunResult:
-    from sqsd_fast.io.checkpoint import ResumeCheckpoint, write_run_record
-    from sqsd_fast.io.writers import select_columns, write_rows
-    from sqsd_fast.ranking import add_ranks
+    from sqsd_fast.io.checkpoint import ResumeCheckpoint, read_saved_rows
+    from sqsd_fast.io.writers import select_columns
 
     prep = prepare(options)
-    checkpoint = ResumeCheckpoint(options.out, fingerprint(options, prep))
-    done = checkpoint.check(options.resume)        # refuses before anything is written
-    expected = {s.index for s in prep.samples}
-    stray = sorted(set(done) - expected)
-    if stray:
-        raise ValueError(f"{checkpoint.partial_path} holds rows for indices not in this run "
-                         f"(e.g. {stray[0]}); delete the sidecar files to start over")
+    fp = fingerprint(options, prep)
+    done = read_saved_rows(options.out, fp, options.resume)   # refuses before anything is written
+    _check_saved_indices(done, prep, options.out)
     rows_by_index = {i: select_columns(row, columns) for i, row in done.items()}
     if options.resume and done and not options.quiet:
         print(f"resuming: {len(done)} of {len(prep.samples)} samples already scored",
               file=sys.stderr)
+    if len(rows_by_index) < len(prep.samples):
+        _score_into(ResumeCheckpoint(options.out, fp), options, columns, prep.samples,
+                    rows_by_index)
+    rows = _write_output(options, columns, prep, rows_by_index, fp)
+    return RunResult(options, rows, prep, n_resumed=len(done))
 
-    if len(rows_by_index) < len(expected):
-        scorer = load_scorer(options)
-        checkpoint.start(options.resume)
+
+def _run_ranks(options: RunOptions, columns: dict, world) -> RunResult:
+    """:func:`_run_locked` on one rank of several: each step that can fail runs on every
+    rank through ``world.agree``, so all ranks stop together, naming the rank that failed."""
+    from sqsd_fast import distributed
+    from sqsd_fast.io.checkpoint import (ResumeCheckpoint, has_saved_rows, rank_part,
+                                         read_saved_rows)
+    from sqsd_fast.io.lock import output_lock
+    from sqsd_fast.io.writers import select_columns
+
+    part = rank_part(world.rank, world.size)
+    here: dict[str, Any] = {}   # what this rank keeps from one agreed step to the next
+
+    def check():
+        check_device_available(options.device)   # before it is mapped to this rank's GPU
+        mine = dataclasses.replace(options, device=distributed.rank_device(options.device, world),
+                                   no_progress=options.no_progress or not world.is_main)
+        check_paths(mine)
+        if world.local_rank == 0:   # a .gguf is converted once per machine, not per rank
+            from sqsd_fast.models import resolve_model
+            resolve_model(options.model, progress=mine.progress)
+        here["options"] = mine
+
+    world.agree(check)
+    distributed.check_shared_directory(world, Path(options.out).absolute().parent)
+    with ExitStack() as locks:
+        def read():
+            locks.enter_context(output_lock(options.out, part=part))
+            if world.is_main:   # also keeps out a one-process run, or a launch of another size
+                locks.enter_context(output_lock(options.out))
+            here["prep"] = prepare(here["options"])
+            fp = fingerprint(options, here["prep"])
+            return _launch_view(options, here["prep"], fp), fp
+
+        views = world.agree(read)
+        distributed.check_same_options(world, [view for view, _ in views], _option_labels(options))
+        fp = views[0][1]   # rank 0's names the inputs in every rank's sidecars and the record
+        prep = here["prep"]
+
+        def saved():   # rank 0 reads every rank's sidecars, of this or an earlier world size
+            if world.is_main:
+                done = read_saved_rows(options.out, fp, options.resume)
+                _check_saved_indices(done, prep, options.out)
+                return sorted(done)
+
+        done = set(world.agree(saved)[0])
+        if world.is_main and options.resume and done and not options.quiet:
+            print(f"resuming: {len(done)} of {len(prep.samples)} samples already scored",
+                  file=sys.stderr)
+        # The rows still missing are split, not the whole set: a resume shares what a dead
+        # rank left among all ranks, and any world size can continue any other's run.
+        todo = [s for s in prep.samples if s.index not in done]
+        mine = distributed.shard_samples(todo, world.size, world.rank)
+
+        def score():
+            if mine:   # a rank left without samples writes nothing and waits for the others
+                _score_into(ResumeCheckpoint(options.out, fp, part=part), here["options"],
+                            columns, mine, {})
+
         try:
-            for batch_rows in _iterate(scorer, options, prep.samples, frozenset(rows_by_index)):
-                fresh = [select_columns(r, columns) for r in batch_rows
-                         if int(r["index"]) not in rows_by_index]
-                checkpoint.append(fresh)
-                for r in fresh:
-                    rows_by_index[r["index"]] = r
-        finally:
-            checkpoint.close()
-            if not rows_by_index:
-                checkpoint.finish()   # nothing completed: nothing to resume, no trap on retry
+            world.agree(score)
+        except distributed.DistributedRunError as exc:
+            if not has_saved_rows(options.out):
+                raise
+            raise distributed.DistributedRunError(
+                f"{exc}; completed batches are kept, rerun the same command with --resume",
+                reported_elsewhere=exc.reported_elsewhere) from exc.__cause__
 
-    missing = sorted(expected - set(rows_by_index))
+        def merge():
+            if world.is_main:
+                rows_by_index = {i: select_columns(row, columns) for i, row in
+                                 read_saved_rows(options.out, fp, resume=True).items()}
+                here["rows"] = _write_output(options, columns, prep, rows_by_index, fp)
+
+        world.agree(merge)
+    return RunResult(here["options"], here.get("rows", []), prep, n_resumed=len(done),
+                     rank=world.rank, world_size=world.size)
+
+
+def _score_into(checkpoint, options: RunOptions, columns: dict, samples, rows_by_index: dict
+                ) -> None:
+    """Score the ``samples`` not in ``rows_by_index`` into it, each batch appended durably
+    to ``checkpoint`` (sidecars already checked) before it counts."""
+    from sqsd_fast.io.writers import select_columns
+    scorer = load_scorer(options)
+    checkpoint.open()
+    try:
+        for batch_rows in _iterate(scorer, options, samples, frozenset(rows_by_index)):
+            fresh = [select_columns(r, columns) for r in batch_rows
+                     if int(r["index"]) not in rows_by_index]
+            checkpoint.append(fresh)
+            for r in fresh:
+                rows_by_index[r["index"]] = r
+    finally:
+        checkpoint.close()
+        if not checkpoint.holds_rows():
+            checkpoint.finish()   # nothing completed: nothing to resume, no trap on retry
+
+
+def _check_saved_indices(done: dict, prep: Prepared, out: str) -> None:
+    stray = sorted(set(done) - {s.index for s in prep.samples})
+    if stray:
+        raise ValueError(f"the resume files beside {out} hold rows for indices not in this run "
+                         f"(e.g. {stray[0]}); delete them to start over")
+
+
+def _write_output(options: RunOptions, columns: dict, prep: Prepared, rows_by_index: dict,
+                  fp: dict) -> list[dict]:
+    """Rank, write ``out`` and its run record, delete the sidecars; the rows written."""
+    from sqsd_fast.io.checkpoint import delete_sidecars, write_run_record
+    from sqsd_fast.io.writers import write_rows
+    from sqsd_fast.ranking import add_ranks
+    missing = sorted({s.index for s in prep.samples} - set(rows_by_index))
     if missing:
         raise ValueError(f"the scorer returned no row for {len(missing)} samples (first: "
                          f"index {missing[0]}); completed rows are kept, rerun with --resume")
@@ -119,9 +236,27 @@ def _run_locked(options: RunOptions, columns: dict) -> RunResult:
     if "rank" in columns:
         add_ranks(rows, options.SCORE_COLUMN)
     write_rows(options.out, rows, columns)
-    write_run_record(options.out, checkpoint.fingerprint, len(rows))
-    checkpoint.finish()
-    return RunResult(options, rows, prep, n_resumed=len(done))
+    write_run_record(options.out, fp, len(rows))
+    delete_sidecars(options.out)
+    return rows
+
+
+def _launch_view(options: RunOptions, prep: Prepared, fp: dict) -> dict:
+    """What must be the same on every rank: the options as given (not how they are shown)
+    and what the data turned out to be; compared across ranks before anything is scored."""
+    view = {name: value for name, value in options.to_dict().items()
+            if name not in ("quiet", "no_progress")}
+    view["n_samples"] = len(prep.samples)
+    data = fp.get("data")
+    view["data_digest"] = data.get("digest") if isinstance(data, dict) else data
+    return view
+
+
+def _option_labels(options: RunOptions) -> dict[str, str]:
+    labels = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(options)}
+    labels.update(n_samples="the number of samples read from --data",
+                  data_digest="the content of --data")
+    return labels
 
 
 def _iterate(scorer, options: RunOptions, samples, skip):

@@ -8,12 +8,18 @@ While a run scores OUT, two sidecars sit beside it:
 A resumed run must have the same fingerprint; it skips the indices already in the
 partial file. When the run completes, the final OUT is written and the sidecars removed.
 A run that is not resuming refuses to overwrite existing sidecars.
+
+A run on several processes (torchrun) gives each rank its own pair, named by a part:
+OUT.rank<r>-of-<W>.partial.jsonl and OUT.rank<r>-of-<W>.manifest.json, so no two
+processes ever append to one file. A resume reads every pair found beside OUT, whatever
+world size wrote it (:func:`read_saved_rows`): rows are rows, whoever scored them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -27,11 +33,64 @@ MANIFEST_VERSION = 2
 _HASH_LIMIT_BYTES = 256 * 1024 * 1024
 
 
-def sidecar_paths(out_path: str | os.PathLike) -> tuple[Path, Path]:
-    """(partial rows, manifest) paths for output `out_path`."""
+def sidecar_paths(out_path: str | os.PathLike, part: str | None = None) -> tuple[Path, Path]:
+    """(partial rows, manifest) paths for output `out_path`; `part` names one process's
+    pair (:func:`rank_part`), None the pair of a one-process run."""
     out = Path(out_path)
-    return (out.with_name(out.name + ".partial.jsonl"),
-            out.with_name(out.name + ".manifest.json"))
+    stem = out.name if part is None else f"{out.name}.{part}"
+    return (out.with_name(stem + ".partial.jsonl"), out.with_name(stem + ".manifest.json"))
+
+
+def rank_part(rank: int, world_size: int) -> str:
+    """The part name of rank `rank`'s sidecars in a run on `world_size` processes."""
+    return f"rank{rank}-of-{world_size}"
+
+
+def sidecar_parts(out_path: str | os.PathLike) -> list[str | None]:
+    """The parts whose sidecars exist beside `out_path`: None (a one-process run) first,
+    then each rank's part, sorted."""
+    out = Path(out_path)
+    directory = out.parent if str(out.parent) else Path(".")
+    # Matched by listing, not by glob: an output name may contain glob characters.
+    pattern = re.compile(re.escape(out.name)
+                         + r"\.rank(\d+)-of-(\d+)\.(?:partial\.jsonl|manifest\.json)")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    found = {(int(m.group(2)), int(m.group(1))) for m in map(pattern.fullmatch, names) if m}
+    ranks = [rank_part(rank, world) for world, rank in sorted(found)]
+    plain = any(p.exists() for p in sidecar_paths(out))
+    return ([None] if plain else []) + ranks
+
+
+def read_saved_rows(out_path: str | os.PathLike, fingerprint: Mapping[str, Any],
+                    resume: bool) -> dict[int, dict]:
+    """The completed rows of every sidecar pair beside `out_path` (see
+    :meth:`ResumeCheckpoint.check`, which each pair passes), by index; an index saved in
+    two pairs keeps the first."""
+    parts = sidecar_parts(out_path)
+    if parts and not resume:   # one message naming every file, not one pair at a time
+        names = [str(p) for part in parts for p in sidecar_paths(out_path, part) if p.exists()]
+        raise ValueError(_unfinished_run_message(
+            ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")))
+    done: dict[int, dict] = {}
+    for part in parts:
+        for index, row in ResumeCheckpoint(out_path, fingerprint, part=part).check(resume).items():
+            done.setdefault(index, row)
+    return done
+
+
+def has_saved_rows(out_path: str | os.PathLike) -> bool:
+    """Whether any sidecar beside `out_path` holds completed rows (worth a --resume)."""
+    return any(ResumeCheckpoint(out_path, {}, part=part).holds_rows()
+               for part in sidecar_parts(out_path))
+
+
+def delete_sidecars(out_path: str | os.PathLike) -> None:
+    """Delete every sidecar pair beside `out_path` (after the output is written)."""
+    for part in sidecar_parts(out_path):
+        ResumeCheckpoint(out_path, {}, part=part).finish()
 
 
 def file_digest(path: str | os.PathLike, *, limit: int | None = None) -> str:
@@ -93,9 +152,10 @@ def read_run_record(out_path: str | os.PathLike) -> dict | None:
 class ResumeCheckpoint:
     """The sidecars of one output file; see the module docstring."""
 
-    def __init__(self, out_path: str | os.PathLike, fingerprint: Mapping[str, Any]):
+    def __init__(self, out_path: str | os.PathLike, fingerprint: Mapping[str, Any], *,
+                 part: str | None = None):
         self.out_path = Path(out_path)
-        self.partial_path, self.manifest_path = sidecar_paths(out_path)
+        self.partial_path, self.manifest_path = sidecar_paths(out_path, part)
         self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # plain, comparable
         self._file = None
 
@@ -113,9 +173,7 @@ class ResumeCheckpoint:
         names = " and ".join(str(p) for p in (self.partial_path, self.manifest_path)
                              if p.exists())
         if not resume:
-            raise ValueError(f"found resume files from an earlier, unfinished run: {names}; "
-                             f"rerun with --resume to continue it, or delete them to start "
-                             f"over")
+            raise ValueError(_unfinished_run_message(names))
         if not self.manifest_path.exists():
             raise ValueError(f"{self.partial_path} has no manifest "
                              f"({self.manifest_path.name}), so it cannot be checked against "
@@ -140,13 +198,22 @@ class ResumeCheckpoint:
         """check(), then write the manifest (if new) and open the partial file for
         appending. Returns the completed rows by index."""
         done = self.check(resume)
+        self.open()
+        return done
+
+    def open(self) -> None:
+        """Write the manifest (if new) and open the partial file for appending, without
+        checking: for a caller that has checked these sidecars already (a multi-process
+        run checks every rank's pair once, on rank 0)."""
         if not self.manifest_path.exists():
             atomic_write_text(self.manifest_path, json.dumps(
                 {"version": MANIFEST_VERSION, "output": str(self.out_path),
                  "fingerprint": self.fingerprint}, indent=1) + "\n")
         self._file = open(self.partial_path, "a", encoding="utf-8")
         fsync_dir(self.partial_path.parent)
-        return done
+
+    def holds_rows(self) -> bool:
+        return self.partial_path.exists() and self.partial_path.stat().st_size > 0
 
     def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Append one batch of rows durably (flush + fsync)."""
@@ -204,6 +271,11 @@ class ResumeCheckpoint:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
         return done
+
+
+def _unfinished_run_message(names: str) -> str:
+    return (f"found resume files from an earlier, unfinished run: {names}; rerun with "
+            f"--resume to continue it, or delete them to start over")
 
 
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = ""
