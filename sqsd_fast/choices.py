@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Mapping
 
 from sqsd_fast.ops.constants import BACKENDS
 from sqsd_fast.ops.validation import check_choice
@@ -17,9 +18,12 @@ METRICS = ("cosine", "dot", "projection")
 # Model weight dtypes a model loaded from a path can take (torch attribute names).
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+# Names users give directions (--monitor-direction, --more-danger-direction): they become
+# CSV/Parquet column names and log keys, so no spaces or separators.
+DIRECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 __all__ = ["BACKENDS", "DTYPE_NAMES", "METRICS", "check_choice", "check_device",
-           "check_finite_float", "check_positive_int"]
+           "check_finite_float", "check_named_directions", "check_positive_int", "name_value_pairs"]
 
 
 def check_positive_int(name: str, value, *, optional: bool = False):
@@ -47,3 +51,39 @@ def check_device(name: str, value) -> str:
     if not isinstance(value, str) or _DEVICE.fullmatch(value) is None:
         raise ValueError(f"{name} must be cpu, cuda or cuda:N, got {value!r}")
     return value
+
+
+def name_value_pairs(name, value, form: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` items (a list from the CLI; one string or a mapping from Python)."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        value = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, str):
+        value = [value]
+    pairs, seen = [], set()
+    for item in value:
+        key, sep, rest = str(item).partition("=")
+        key, rest = key.strip(), rest.strip()
+        if not sep or not rest or DIRECTION_NAME.fullmatch(key) is None:
+            raise ValueError(f"{name} {item!r}: expected {form}, the name made of letters, "
+                             f"digits, '_', '.' or '-'")
+        if key in seen:
+            raise ValueError(f"{name}: the name {key!r} is given twice")
+        seen.add(key)
+        pairs.append((key, rest))
+    return pairs
+
+
+def check_named_directions(name, value):
+    """``NAME=DIR`` direction adapters (a list, one string or a mapping), each read now so
+    that a bad directory is a usage error, not a failed run; as a list of ``NAME=DIR``."""
+    pairs = name_value_pairs(name, value, "NAME=DIR")
+    if pairs:   # read now, so that a bad directory is a usage error, not a failed run
+        from sqsd_fast.scoring.adapters import check_direction_is_usable, read_adapter
+        for key, path in pairs:
+            try:
+                check_direction_is_usable(read_adapter(path))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} {key}={path}: {exc}") from None
+    return [f"{key}={path}" for key, path in pairs]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
 from sqsd_fast.choices import (BACKENDS, DTYPE_NAMES, METRICS, check_choice, check_device,
-                               check_finite_float, check_positive_int)
+                               check_finite_float, check_named_directions, check_positive_int)
 
 
 class OptionError(ValueError):
@@ -68,6 +68,7 @@ class CheckedOptions:
         when not ``whole_file_is_local``), and ``extra``."""
         from sqsd_fast.io.checkpoint import path_fingerprint
         by_content = {*getattr(self, "PATH_FIELDS", ()), *getattr(self, "ADAPTER_FIELDS", ())}
+        named = set(getattr(self, "NAMED_ADAPTER_FIELDS", ()))
         fp: dict[str, Any] = {"command": self.COMMAND, **extra}
         for f in dataclasses.fields(self):
             if f.name in self.NOT_FINGERPRINTED:
@@ -78,6 +79,9 @@ class CheckedOptions:
                          else {"path": str(value), "digest": None})
             elif f.name in by_content and value is not None:
                 value = path_fingerprint(value)
+            elif f.name in named:       # NAME=DIR items: each directory by content
+                value = {k: path_fingerprint(v) for k, v in
+                         (item.split("=", 1) for item in value)}
             fp[f.name] = value
         return fp
 
@@ -123,8 +127,12 @@ class RunOptions(RecordFieldOptions):
     metric: str = option("cosine", "cosine (the paper's choice), dot = sum <dW, D>, "
                          "projection = sum <dW, D>/||D|| (both unnormalized: biased by "
                          "response length)", choices=METRICS)
-    batch_size: int = option(8, "samples per forward/backward pass (does not change the "
-                             "scores)", "N")
+    batch_size: int = option(8, "samples per forward/backward pass at most (does not change "
+                             "the scores)", "N")
+    max_tokens: Optional[int] = option(None, "tokens per forward/backward pass at most, "
+                                       "padding included: with samples of mixed lengths, the "
+                                       "knob that bounds memory (does not change the scores; "
+                                       "default: chosen from the device, see README)", "N")
     max_length: int = option(1024, "tokens kept per sample (prompt + response); longer "
                              "ones are cut", "N")
     dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
@@ -144,7 +152,8 @@ class RunOptions(RecordFieldOptions):
     # Fields that cannot change a score (batching, placement, presentation, where the
     # output goes): left out of the resume fingerprint. Everything else is in it.
     NOT_FINGERPRINTED: ClassVar[frozenset] = frozenset(
-        {"out", "batch_size", "device", "backend", "resume", "no_progress", "quiet"})
+        {"out", "batch_size", "max_tokens", "device", "backend", "resume", "no_progress",
+         "quiet"})
     # Fields naming files or directories: fingerprinted by content, not by their text.
     PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer")
     # Fields naming LoRA adapter directories: {field: what the adapter is}.
@@ -157,6 +166,7 @@ class RunOptions(RecordFieldOptions):
         "backend": lambda n, v: check_choice(n, v, BACKENDS),
         "device": check_device,
         "batch_size": check_positive_int,
+        "max_tokens": _optional_positive,
         "max_length": check_positive_int,
         "limit": _optional_positive,
     }
@@ -187,6 +197,15 @@ class _ScoreInputs:
                                          "itself, as in the paper)", "DIR")
     safety_state_scaling: float = option(1.0, "LoRA scaling used for the safety state",
                                          "S")
+    more_danger_direction: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "a further danger direction (LoRA adapter directory), e.g. one per harm "
+                "category, projected at --danger-state in the same forward and backward "
+                "pass; adds the columns danger_proj_NAME and sqsd_NAME; repeatable (default: none)",
+        "metavar": "NAME=DIR", "action": "extend"})
+
+    def more_danger_directions(self) -> dict[str, str]:
+        """{name: adapter directory} of --more-danger-direction, in the given order."""
+        return dict(item.split("=", 1) for item in self.more_danger_direction)
 
 
 @dataclass(kw_only=True)
@@ -207,8 +226,11 @@ class ScoreOptions(RunOptions, _ScoreInputs):
         "dolly.jsonl --out scores.jsonl --dtype bfloat16 --device cuda")
     ADAPTER_FIELDS: ClassVar[tuple] = ("danger_state", "danger_direction", "safety_direction",
                                        "safety_state")
+    # Fields of NAME=DIR adapter items: fingerprinted by content, checked when parsed.
+    NAMED_ADAPTER_FIELDS: ClassVar[tuple] = ("more_danger_direction",)
     SCORE_COLUMN: ClassVar[str] = "sqsd"
-    CHECKS: ClassVar[dict] = {"safety_state_scaling": check_finite_float}
+    CHECKS: ClassVar[dict] = {"safety_state_scaling": check_finite_float,
+                              "more_danger_direction": check_named_directions}
 
 
 @dataclass(kw_only=True)

@@ -80,7 +80,15 @@ def output_columns(options: RunOptions) -> dict[str, str]:
     own = getattr(options, "COLUMNS", None)   # a command with its own table (baseline)
     if own is not None:
         return own
-    return SCORE_COLUMNS if isinstance(options, ScoreOptions) else PROJECT_COLUMNS
+    if not isinstance(options, ScoreOptions):
+        return PROJECT_COLUMNS
+    columns = {}
+    for name, kind in SCORE_COLUMNS.items():
+        columns[name] = kind
+        if name == "sqsd":     # one pair per further danger direction, after the main one
+            for extra in options.more_danger_directions():
+                columns[f"danger_proj_{extra}"] = columns[f"sqsd_{extra}"] = "float"
+    return columns
 
 
 def run(options: RunOptions) -> RunResult:
@@ -260,8 +268,12 @@ def _option_labels(options: RunOptions) -> dict[str, str]:
 
 
 def _iterate(scorer, options: RunOptions, samples, skip):
-    common = dict(metric=options.metric, batch_size=options.batch_size, skip_indices=skip,
-                  progress=options.progress)
+    from sqsd_fast.scoring.token_budget import resolve_max_tokens
+    holder = getattr(scorer, "engine", None) or getattr(scorer, "stats", None)
+    model = getattr(holder, "model", None)     # for a GPU's default budget (none: CPU's)
+    max_tokens = resolve_max_tokens(options.max_tokens, model, options.device, samples)
+    common = dict(metric=options.metric, batch_size=options.batch_size, max_tokens=max_tokens,
+                  skip_indices=skip, progress=options.progress)
     if isinstance(options, ScoreOptions):
         return scorer.iter_score(samples, **common)
     return scorer.iter_project(samples, state="danger_state", direction="danger", **common)
@@ -373,6 +385,7 @@ def check_hub_reachable(model_id: str, timeout: float = 3.0) -> None:
 def prepare(options: RunOptions) -> Prepared:
     """Read, normalize and tokenize the records of ``options.data``."""
     from sqsd_fast.data.records import load_raw, normalize_rows
+    from sqsd_fast.data.batching import check_token_budget
     from sqsd_fast.data.tokenize import count_truncated, load_tokenizer, tokenize_records
     raw = load_raw(options.data, split=options.data_split)
     rows = raw.rows if options.limit is None else raw.rows[:options.limit]
@@ -381,6 +394,7 @@ def prepare(options: RunOptions) -> Prepared:
     source = options.tokenizer or resolve_model(options.model, progress=options.progress)
     tokenizer = load_tokenizer(source, option="--tokenizer")
     samples = tokenize_records(records, tokenizer, max_length=options.max_length)
+    check_token_budget(samples, options.max_tokens)     # before any model is loaded
     return Prepared(raw, records, samples, count_truncated(samples), tokenizer)
 
 
@@ -430,6 +444,7 @@ def load_scorer(options: RunOptions):
                 danger_direction=options.danger_direction,
                 safety_state=options.safety_state or options.safety_direction,
                 safety_direction=options.safety_direction,
-                safety_state_scaling=options.safety_state_scaling, **common)
+                safety_state_scaling=options.safety_state_scaling,
+                more_danger_directions=options.more_danger_directions(), **common)
         return SQSDScorer.from_pretrained(options.model, danger_state=options.state,
                                           danger_direction=options.direction, **common)

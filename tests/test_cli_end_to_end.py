@@ -110,6 +110,35 @@ def test_project_matches_score_danger_column(assets, reference_rows, tmp_path):
             assert math.isclose(r["proj"], ref["danger_proj"], rel_tol=1e-5, abs_tol=1e-7)
 
 
+def test_more_danger_directions_and_a_token_budget(assets, reference_rows, tmp_path):
+    """--more-danger-direction adds a column pair equal to scoring with that direction as
+    the danger direction; --max-tokens changes the batches, not the numbers; a bad name
+    is a usage error."""
+    toy, data = assets
+    out, alone = tmp_path / "multi.csv", tmp_path / "alone.jsonl"
+    extra = ["--more-danger-direction", f"benign={toy.danger_state}",
+             "--more-danger-direction", f"refusal={toy.safety_direction}"]
+    assert cli.main(_score_argv(assets, out, "--quiet", "--max-tokens", "96", *extra)) == 0
+    rows = read_rows(out)
+    assert list(rows[0]) == ["index", "danger_proj", "safety_proj", "sqsd", "danger_proj_benign",
+                             "sqsd_benign", "danger_proj_refusal", "sqsd_refusal", "rank",
+                             "n_tokens", "n_response_tokens", "status"]
+    argv = _score_argv(assets, alone, "--quiet")
+    argv[argv.index("--danger-direction") + 1] = toy.safety_direction
+    assert cli.main(argv) == 0
+    want = {"danger_proj": _numbers(reference_rows, "danger_proj"),
+            "sqsd": _numbers(reference_rows, "sqsd"),
+            "danger_proj_refusal": _numbers(read_rows(alone), "danger_proj"),
+            "sqsd_refusal": _numbers(read_rows(alone), "sqsd")}
+    for key, values in want.items():
+        got = _numbers(rows, key)
+        assert [g is None for g in got] == [w is None for w in values], key
+        assert all(math.isclose(g, w, rel_tol=1e-5, abs_tol=1e-7)
+                   for g, w in zip(got, values) if w is not None), key
+    assert cli.main(_score_argv(assets, tmp_path / "bad.csv", "--quiet", "--more-danger-direction",
+                                f"bad name={toy.danger_state}")) == 2
+
+
 def test_killed_mid_run_then_resumed(assets, reference_rows, tmp_path, monkeypatch):
     real_load = pipeline.load_scorer
 

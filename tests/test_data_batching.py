@@ -49,6 +49,39 @@ def test_bad_batch_size(bad):
         length_bucketed_batches(_samples([3]), bad)
 
 
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_token_budget_bounds_padded_tokens_and_keeps_every_sample(batch_size):
+    rng = random.Random(1)
+    samples = _samples([rng.randint(1, 60) for _ in range(41)])
+    budget = 97
+    batches = length_bucketed_batches(samples, batch_size, max_tokens=budget)
+    assert sorted(s.index for b in batches for s in b) == list(range(41))
+    for b in batches:
+        assert len(b) * max(s.n_tokens for s in b) <= budget        # padding included
+        if batch_size is not None:
+            assert len(b) <= batch_size
+    # Greedy: a batch is closed only when one more sample would break a limit.
+    for b, nxt in zip(batches, batches[1:]):
+        full = batch_size is not None and len(b) == batch_size
+        assert full or (len(b) + 1) * b[0].n_tokens > budget
+    # Short samples share a batch, long ones do not: the sample count varies.
+    assert len({len(b) for b in batches}) > 2
+
+
+def test_token_budget_smaller_than_the_longest_sample_names_it():
+    samples = _samples([5, 30, 12])
+    with pytest.raises(ValueError, match=r"max_tokens 20 is smaller than sample 1 \(30 "
+                                         r"tokens\); use max_tokens 30 or more"):
+        length_bucketed_batches(samples, 4, max_tokens=20)
+    assert [[s.index for s in b] for b in length_bucketed_batches(samples, None, max_tokens=30)] \
+        == [[1], [2, 0]]
+
+
+def test_batching_needs_a_limit():
+    with pytest.raises(ValueError, match="batch_size, max_tokens or both"):
+        length_bucketed_batches(_samples([3]), None)
+
+
 def test_collate_right_pads():
     batch = _samples([5, 2, 3])
     out = collate(batch, pad_token_id=0)

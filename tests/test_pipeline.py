@@ -138,3 +138,44 @@ def test_baseline_command_runs_through_the_pipeline(ws, tmp_path, method):
     again = tmp_path / "again.jsonl"
     assert cli.main([a if a != str(out) else str(again) for a in argv]) == 0
     assert read_rows(again) == rows          # seeded: the same scores on a rerun
+
+
+def test_token_budget_batches_the_run_and_a_too_small_one_is_refused_before_loading(
+        ws, tmp_path, monkeypatch):
+    seen = []
+
+    class Recording(FakeScorer):
+        def _batches(self, samples, batch_size, skip_indices, max_tokens=None):
+            for batch in super()._batches(samples, batch_size, skip_indices, max_tokens):
+                seen.append((len(batch), max(s.n_tokens for s in batch)))
+                yield batch
+
+    monkeypatch.setattr(pipeline, "load_scorer", lambda options: Recording())
+    plain = pipeline.score_file(**_score_kwargs(ws, tmp_path / "plain.jsonl"))
+    prep = pipeline.prepare(ScoreOptions(**_score_kwargs(ws, tmp_path / "x.jsonl")))
+    longest = max(s.n_tokens for s in prep.samples)
+    seen.clear()
+    budget = pipeline.score_file(**{**_score_kwargs(ws, tmp_path / "budget.jsonl"),
+                                    "batch_size": 64, "max_tokens": longest * 2})
+    assert all(n * width <= longest * 2 for n, width in seen) and max(n for n, _ in seen) > 1
+    assert [r["sqsd"] for r in budget.rows] == [r["sqsd"] for r in plain.rows]
+
+    def no_loading(options):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(pipeline, "load_scorer", no_loading)
+    with pytest.raises(ValueError, match=rf"--max-tokens {longest - 1} is smaller than sample "
+                                         rf"\d+ \({longest} tokens\); use --max-tokens {longest}"):
+        pipeline.score_file(**_score_kwargs(ws, tmp_path / "small.jsonl", max_tokens=longest - 1))
+
+
+def test_default_token_budget_on_a_cpu_never_refuses_a_sample():
+    from sqsd_fast.data.tokenize import TokenizedSample
+    from sqsd_fast.scoring.token_budget import CPU_MAX_TOKENS, resolve_max_tokens
+
+    def make_samples(lengths):
+        return [TokenizedSample(i, [3] * n, [-100] + [3] * (n - 1), False, n, n - 1)
+                for i, n in enumerate(lengths)]
+    short, long = make_samples([5, 9]), make_samples([CPU_MAX_TOKENS + 50])
+    assert resolve_max_tokens(None, None, "cpu", short) == CPU_MAX_TOKENS
+    assert resolve_max_tokens(None, None, "cpu", long) == CPU_MAX_TOKENS + 50
+    assert resolve_max_tokens(77, None, "cpu", long) == 77        # a given budget is kept

@@ -163,6 +163,20 @@ def test_batch_size_does_not_change_scores(scorer, samples, metric):
                                 [r[key] for r in by_size[1]], atol=1e-6, want_name="batch 1")
 
 
+def test_token_budget_does_not_change_scores(scorer, samples):
+    """A token budget (with and without a sample cap) makes other batches, same scores."""
+    want = scorer.score(samples, metric="dot", batch_size=1, progress=False)
+    longest = max(s.n_tokens for s in samples)
+    for batch_size, max_tokens in ((None, longest * 2 + 1), (2, longest * 3)):
+        rows = scorer.score(samples, metric="dot", batch_size=batch_size, max_tokens=max_tokens,
+                            progress=False)
+        for key in ("danger_proj", "safety_proj", "sqsd"):
+            assert_scores_close(f"{key} at max_tokens {max_tokens}", [r[key] for r in rows],
+                                [r[key] for r in want], atol=1e-6, want_name="batch 1")
+    with pytest.raises(ValueError, match=f"max_tokens {longest - 1} is smaller than sample"):
+        scorer.score(samples, batch_size=None, max_tokens=longest - 1, progress=False)
+
+
 def test_project_matches_score_columns(scorer, samples):
     scored = scorer.score(samples, batch_size=3, progress=False)
     danger = scorer.project(samples, state="danger_state", direction="danger", batch_size=5, progress=False)
@@ -288,3 +302,31 @@ def test_bfloat16_model_runs_and_stays_close(assets, scorer, samples):
     assert all(r["status"] == "ok" for r in got)
     # bf16 base weights and activations: a smoke-level tolerance on a sum of 14 cosines.
     assert_scores_close("bf16 sqsd", [r["sqsd"] for r in got], [r["sqsd"] for r in want], atol=0.15)
+
+
+def test_several_danger_directions_in_one_pass_match_the_dense_oracle(assets, samples, oracle):
+    """More danger directions (of another rank and scaling than the first) at the danger
+    state, and a safety state that is the danger state's adapter: every column equals the
+    dense batch-1 oracle of its own (state, direction) pair."""
+    multi = SQSDScorer.from_pretrained(
+        assets.model_dir, danger_state=assets.danger_state, danger_direction=assets.danger_direction,
+        safety_state=assets.danger_state, safety_direction=assets.safety_direction,
+        safety_state_scaling=None, backend="reference",
+        more_danger_directions={"refusal": assets.safety_direction, "benign-state": assets.danger_state})
+    assert multi.more_danger_names == ["refusal", "benign-state"]
+    rows = multi.score(samples, metric="dot", batch_size=4, progress=False)
+    dense = {name: dense_batch1(assets.model_dir, assets.danger_state, direction, samples)["dot"]
+             for name, direction in (("refusal", assets.safety_direction),
+                                     ("benign-state", assets.danger_state))}
+    danger = oracle[0]["dot"]
+    assert_scores_close("danger_proj", [r["danger_proj"] for r in rows], danger)
+    # The safety direction at the danger state (its own alpha/r scaling): the "refusal" column.
+    assert_scores_close("safety_proj", [r["safety_proj"] for r in rows], dense["refusal"])
+    for name, want in dense.items():
+        assert_scores_close(f"danger_proj_{name}", [r[f"danger_proj_{name}"] for r in rows], want)
+        assert_scores_close(f"sqsd_{name}", [r[f"sqsd_{name}"] for r in rows],
+                            [w - s for w, s in zip(want, dense["refusal"])])
+    with pytest.raises(ValueError, match="name 'a b' must be letters"):
+        SQSDScorer.from_pretrained(assets.model_dir, danger_state=assets.danger_state,
+                                   danger_direction=assets.danger_direction,
+                                   more_danger_directions={"a b": assets.safety_direction})

@@ -13,16 +13,48 @@ from sqsd_fast.choices import check_positive_int
 from sqsd_fast.data.tokenize import IGNORE_INDEX, TokenizedSample
 
 
-def length_bucketed_batches(samples: Sequence[TokenizedSample],
-                            batch_size: int) -> list[list[TokenizedSample]]:
-    """Split samples into batches of at most `batch_size` samples of similar length.
+def length_bucketed_batches(samples: Sequence[TokenizedSample], batch_size: int | None,
+                            max_tokens: int | None = None) -> list[list[TokenizedSample]]:
+    """Split samples into batches of similar length: at most ``batch_size`` samples and,
+    with ``max_tokens``, at most that many tokens counted with padding (batch size x its
+    longest sample). At least one of the two must be given.
 
     Deterministic: samples are ordered by (descending n_tokens, ascending index), then
-    cut into consecutive batches; the same input always gives the same batches.
+    cut greedily into consecutive batches; the same input always gives the same batches.
+    A token budget packs many short samples together and few long ones, so memory stays
+    level across a data set of mixed lengths where a fixed sample count would not.
     """
-    check_positive_int("batch_size", batch_size)
+    if batch_size is None and max_tokens is None:
+        raise ValueError("give batch_size, max_tokens or both")
+    check_positive_int("batch_size", batch_size, optional=True)
+    check_token_budget(samples, max_tokens, "max_tokens")
     ordered = sorted(samples, key=lambda s: (-s.n_tokens, s.index))
-    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    if max_tokens is None:
+        return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    batches: list[list[TokenizedSample]] = []
+    for sample in ordered:
+        current = batches[-1] if batches else None
+        # Descending order: the batch's first sample is its longest, so the padded size
+        # after adding one more is (len + 1) x that length.
+        if (current is None or (batch_size is not None and len(current) >= batch_size)
+                or (len(current) + 1) * current[0].n_tokens > max_tokens):
+            batches.append([sample])
+        else:
+            current.append(sample)
+    return batches
+
+
+def check_token_budget(samples: Sequence[TokenizedSample], max_tokens: int | None,
+                       option: str = "--max-tokens") -> None:
+    """Refuse a token budget smaller than the longest sample, naming it and what fits."""
+    check_positive_int(option, max_tokens, optional=True)
+    if max_tokens is None or not samples:
+        return
+    longest = max(samples, key=lambda s: (s.n_tokens, -s.index))
+    if longest.n_tokens > max_tokens:
+        raise ValueError(f"{option} {max_tokens} is smaller than sample {longest.index} "
+                         f"({longest.n_tokens} tokens); use {option} {longest.n_tokens} or "
+                         f"more, or --max-length {max_tokens} to cut the samples to the budget")
 
 
 def collate(batch: Sequence[TokenizedSample], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -137,8 +137,8 @@ class BaselineScorer:
     def __init__(self, options: BaselineOptions, stats=None, queries=None):
         self.options, self.stats, self.queries = options, stats, queries
 
-    def iter_rows(self, samples, *, batch_size: int = 8, skip_indices=frozenset(),
-                  progress: bool = False) -> Iterator[list[dict]]:
+    def iter_rows(self, samples, *, batch_size: int = 8, max_tokens: int | None = None,
+                  skip_indices=frozenset(), progress: bool = False) -> Iterator[list[dict]]:
         """One list of rows per batch: index, score, n_tokens, n_response_tokens, status."""
         method = self.options.method
         if method not in GRADIENT_METHODS:
@@ -147,17 +147,19 @@ class BaselineScorer:
                 yield [self._row(s, self._plain_score(s), "ok") for s in todo[start:start + batch_size]]
             return
         results = self.stats.iter_compute(
-            samples, queries=self.queries, batch_size=batch_size, skip_indices=skip_indices,
+            samples, queries=self.queries, batch_size=batch_size, max_tokens=max_tokens,
+            skip_indices=skip_indices,
             progress=progress, response_tokens=self.options.loss_response_tokens)
         by_index = {s.index: s for s in samples}
         for result in results:
             values = self._gradient_scores(result)
             yield [self._row(by_index[i], v, st) for i, v, st in zip(result.indices, values, result.status)]
 
-    def iter_project(self, samples, *, batch_size: int = 8, skip_indices=frozenset(), progress: bool = True,
-                     **_unused) -> Iterator[list[dict]]:
+    def iter_project(self, samples, *, batch_size: int = 8, max_tokens: int | None = None,
+                     skip_indices=frozenset(), progress: bool = True, **_unused) -> Iterator[list[dict]]:
         """:meth:`iter_rows` under the name the pipeline calls (``pipeline._iterate``)."""
-        return self.iter_rows(samples, batch_size=batch_size, skip_indices=skip_indices, progress=progress)
+        return self.iter_rows(samples, batch_size=batch_size, max_tokens=max_tokens,
+                              skip_indices=skip_indices, progress=progress)
 
     def _plain_score(self, sample) -> float:
         if self.options.method == "length":

@@ -20,9 +20,10 @@ from sqsd_fast.scoring.batch_pass import (pack_batch, progress_batches, response
                                           takes_logits_to_keep)
 
 
-def batches(samples, batch_size: int, progress: bool):
+def batches(samples, batch_size: int, progress: bool, max_tokens: int | None = None):
     """Length-bucketed batches (longest first), with an optional progress bar."""
-    return progress_batches(samples, check_positive_int("batch_size", batch_size), progress, "gradients")
+    return progress_batches(samples, check_positive_int("batch_size", batch_size), progress, "gradients",
+                            max_tokens)
 
 
 class BatchRunner:

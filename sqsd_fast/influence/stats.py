@@ -45,12 +45,15 @@ class GradientStats:
         tokenizer: needed only for records or data files (pads with its pad/eos id).
         scaling: LoRA scaling of the state during the passes (default: its alpha/r).
         backend: kernel backend of ``factor_grad_stats`` ("auto", "reference", "cpp", "triton").
-        batch_size: samples per forward + backward (results do not depend on it).
+        batch_size: samples per forward + backward at most (results do not depend on it).
+        max_tokens: tokens per forward + backward at most, padding included (None: no
+            budget; results do not depend on it).
         max_length: tokens kept when records are tokenized.
     """
 
     def __init__(self, peft_model, *, adapter: str | None = None, tokenizer=None, scaling: float | None = None,
-                 backend: str = "auto", batch_size: int = 8, max_length: int = DEFAULT_MAX_LENGTH):
+                 backend: str = "auto", batch_size: int = 8, max_tokens: int | None = None,
+                 max_length: int = DEFAULT_MAX_LENGTH):
         from peft import PeftModel
 
         if not isinstance(peft_model, PeftModel):
@@ -67,6 +70,7 @@ class GradientStats:
         self.device = next(peft_model.parameters()).device
         self.backend = resolve_backend(backend, self.device)
         self.batch_size = check_positive_int("batch_size", batch_size)
+        self.max_tokens = check_positive_int("max_tokens", max_tokens, optional=True)
         self.max_length = check_positive_int("max_length", max_length)
         pad = getattr(tokenizer, "pad_token_id", None)
         pad = pad if pad is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
@@ -127,13 +131,15 @@ class GradientStats:
         return GradientResult.concat(parts, order=[s.index for s in prepared])
 
     def iter_compute(self, samples, *, queries=None, directions=(), sketch_size=None, seed: int = 0,
-                     batch_size: int | None = None, response_tokens: int | None = None, skip_indices=frozenset(),
+                     batch_size: int | None = None, max_tokens: int | None = None,
+                     response_tokens: int | None = None, skip_indices=frozenset(),
                      progress: bool = False, role: str = "training samples") -> Iterator[GradientResult]:
         """One :class:`GradientResult` per batch (length-bucketed, longest first).
 
         queries: see :meth:`query_scores`; directions: see :meth:`direction_scores`;
         sketch_size / seed: see :meth:`sketch`; response_tokens: the loss on the first N
-        response tokens only; skip_indices: sample indices left out (e.g. on resume).
+        response tokens only; skip_indices: sample indices left out (e.g. on resume);
+        batch_size / max_tokens: this call's batching (default: the constructor's).
         """
         samples = prepare_samples(samples, self.tokenizer, self.model, role=role, max_length=self.max_length)
         shapes = self.shapes()
@@ -144,7 +150,7 @@ class GradientStats:
         reducer = PerSampleReducer(specs, self.backend)
         todo = [s for s in samples if s.index not in skip_indices]
         n_q = 0 if q is None else q.k
-        for batch in batches(todo, batch_size or self.batch_size, progress):
+        for batch in batches(todo, batch_size or self.batch_size, progress, max_tokens or self.max_tokens):
             used = [limit_response_tokens(s, response_tokens) for s in batch]
             scored = [i for i, s in enumerate(used) if count_response_tokens(s.labels) > 0]
             n, m, k = len(batch), len(specs), n_q + len(dir_labels)
@@ -206,7 +212,7 @@ class GradientStats:
             weights = {i: w / len(usable) for i, w in weights.items()}
         specs, _ = self._specs(None, [], {})
         reducer = SumReducer(specs)
-        for batch in batches(usable, batch_size or self.batch_size, False):
+        for batch in batches(usable, batch_size or self.batch_size, False, self.max_tokens):
             finite = self.runner.run(batch, reducer, [weights[s.index] for s in batch])
             if not all(finite):
                 bad = next(s.index for s, ok in zip(batch, finite) if not ok)

@@ -79,9 +79,11 @@ def response_loss(model, embeds: torch.Tensor, batch: PackedBatch, keeps_logits:
     return ce.sum(dim=1) / batch.n_targets
 
 
-def progress_batches(samples, batch_size: int, progress: bool, desc: str):
-    """Length-bucketed batches (longest first), with a progress bar counting samples."""
-    batches = length_bucketed_batches(samples, batch_size)
+def progress_batches(samples, batch_size: int | None, progress: bool, desc: str,
+                     max_tokens: int | None = None):
+    """Length-bucketed batches (longest first; at most ``batch_size`` samples and
+    ``max_tokens`` padded tokens each), with a progress bar counting samples."""
+    batches = length_bucketed_batches(samples, batch_size, max_tokens)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -102,27 +102,35 @@ class ProjectionEngine:
         """Forget the precomputed V_A, V_B (call after changing an adapter's weights)."""
         self._prepared.clear()
 
-    def prepare(self, state: str, direction: str) -> tuple[list[ModuleProjection], torch.Tensor]:
-        """Checks the pair once and precomputes V_A, V_B and ||D_m||^2 per module."""
-        key = (state, direction)
+    def prepare(self, state: str, directions: str | tuple[str, ...]
+                ) -> tuple[list[ModuleProjection], torch.Tensor]:
+        """Checks each (state, direction) pair once and precomputes V_A, V_B (K stacked
+        directions per module) and ||D_m||^2, (M, K) float64."""
+        directions = (directions,) if isinstance(directions, str) else tuple(directions)
+        key = (state, directions)
         if key not in self._prepared:
-            if direction not in self.directions:
-                raise ValueError(f"unknown direction {direction!r}; loaded: {', '.join(self.directions) or 'none'}")
-            factors = self.directions[direction]
+            for direction in directions:
+                if direction not in self.directions:
+                    raise ValueError(f"unknown direction {direction!r}; loaded: "
+                                     f"{', '.join(self.directions) or 'none'}")
             modules = state_modules(self.model, state)
-            check_direction_matches_state(factors, modules,
-                                          direction_name=self.labels.get(direction, repr(direction)),
-                                          state_name=self.labels.get(state, repr(state)))
+            for direction in directions:
+                check_direction_matches_state(
+                    self.directions[direction], modules,
+                    direction_name=self.labels.get(direction, repr(direction)),
+                    state_name=self.labels.get(state, repr(state)))
             specs, sqnorms = [], []
             for name, layer in modules.items():
-                lora_A, lora_B = layer.lora_A[state], layer.lora_B[state]
-                A, B = lora_A.weight.detach(), lora_B.weight.detach()
-                d = factors[name]
-                dir_A, dir_B = d.A.unsqueeze(0), d.B.unsqueeze(0)
-                V_A, V_B = project_directions(A, B, dir_A, dir_B)
+                A, B = layer.lora_A[state].weight.detach(), layer.lora_B[state].weight.detach()
+                # Directions may differ in rank: each is mapped to the state's rank r first,
+                # then the K maps are stacked for the kernel.
+                pairs = [self.directions[d][name] for d in directions]
+                maps = [project_directions(A, B, f.A.unsqueeze(0), f.B.unsqueeze(0)) for f in pairs]
+                V_A, V_B = torch.cat([v for v, _ in maps]), torch.cat([v for _, v in maps])
                 specs.append(ModuleProjection(name, layer, A, B, V_A, V_B))
-                sqnorms.append(direction_sqnorm(dir_A, dir_B))
-            self._prepared[key] = (specs, torch.cat(sqnorms).double().cpu())
+                sqnorms.append(torch.cat([direction_sqnorm(f.A.unsqueeze(0), f.B.unsqueeze(0))
+                                          for f in pairs]))
+            self._prepared[key] = (specs, torch.stack(sqnorms).double().cpu())
         return self._prepared[key]
 
     def project_batch(self, batch, state: str, direction: str) -> BatchProjection:
@@ -132,10 +140,18 @@ class ProjectionEngine:
         Samples without a response token after the causal shift are left out of the
         forward pass and get status "no_response_tokens".
         """
-        specs, dir_sqnorm = self.prepare(state, direction)
+        return self.project_batch_many(batch, state, (direction,))[direction]
+
+    def project_batch_many(self, batch, state: str, directions: tuple[str, ...]
+                           ) -> dict[str, BatchProjection]:
+        """:meth:`project_batch` for several directions at one state, in ONE forward and
+        backward: the kernel contracts each sample's factor gradients with all K
+        directions at once (docs/METHOD.md §3). ``{direction: BatchProjection}``."""
+        directions = tuple(directions)
+        specs, dir_sqnorm = self.prepare(state, directions)
         names = [s.name for s in specs]
-        n, m = len(batch), len(specs)
-        dot = torch.zeros((n, m), dtype=torch.float64)
+        n, m, k = len(batch), len(specs), len(directions)
+        dot = torch.zeros((n, m, k), dtype=torch.float64)
         upd = torch.zeros((n, m), dtype=torch.float64)
         status = ["ok"] * n
         scored = []
@@ -150,7 +166,7 @@ class ProjectionEngine:
                 scored.append(row)
         if scored:
             scored_dot, scored_sqnorm, finite_loss = self._forward_backward(
-                [batch[i] for i in scored], state, specs)
+                [batch[i] for i in scored], state, specs, k)
             rows = torch.tensor(scored, dtype=torch.long)
             dot[rows], upd[rows] = scored_dot, scored_sqnorm
             for j, row in enumerate(scored):
@@ -159,16 +175,17 @@ class ProjectionEngine:
                     status[row] = "non_finite_gradient"
                 elif float(scored_sqnorm[j].sum()) == 0.0:
                     status[row] = "zero_update"
-        return BatchProjection(
-            indices=[s.index for s in batch], module_names=names, dot=dot, update_sqnorm=upd,
-            direction_sqnorm=dir_sqnorm.clone(), status=status,
-        )
+        indices = [s.index for s in batch]
+        return {d: BatchProjection(indices=indices, module_names=names, dot=dot[:, :, i].clone(),
+                                   update_sqnorm=upd.clone(), direction_sqnorm=dir_sqnorm[:, i].clone(),
+                                   status=list(status))
+                for i, d in enumerate(directions)}
 
-    def _forward_backward(self, samples, state, specs):
+    def _forward_backward(self, samples, state, specs, n_directions: int):
         """One forward + backward of the samples (all with >= 1 response token) at ``state``.
 
-        Returns dot (S, M) and update_sqnorm (S, M) float64 on the CPU, and a per-sample
-        finite-loss flag list.
+        Returns dot (S, M, K) and update_sqnorm (S, M) float64 on the CPU, and a
+        per-sample finite-loss flag list.
         """
         batch = pack_batch(samples, self.pad_token_id, self.device)
         n = batch.size
@@ -178,9 +195,11 @@ class ProjectionEngine:
             embeds = self.model.get_input_embeddings()(batch.input_ids).detach().requires_grad_(True)
             per_sample = response_loss(self.model, embeds, batch, self._keeps_logits)
             torch.autograd.grad(per_sample.sum(), embeds)
-        dot, sqnorm = reducer.results(n, 1, self.device)
-        # The batch's one host sync: everything comes back in one copy.
-        packed = torch.cat([dot[:, :, 0], sqnorm, per_sample.detach().float().unsqueeze(1)], dim=1).double().cpu()
+        dot, sqnorm = reducer.results(n, n_directions, self.device)
         m = sqnorm.shape[1]
-        finite = torch.isfinite(packed[:, 2 * m]).tolist()
-        return packed[:, :m], packed[:, m:2 * m], finite
+        # The batch's one host sync: everything comes back in one copy.
+        packed = torch.cat([dot.reshape(n, m * n_directions), sqnorm,
+                            per_sample.detach().float().unsqueeze(1)], dim=1).double().cpu()
+        k_end = m * n_directions
+        finite = torch.isfinite(packed[:, k_end + m]).tolist()
+        return packed[:, :k_end].view(n, m, n_directions), packed[:, k_end:k_end + m], finite

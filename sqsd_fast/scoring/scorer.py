@@ -54,8 +54,8 @@ class SQSDScorer:
 
     @classmethod
     def from_pretrained(cls, model, *, danger_state, danger_direction, safety_state=None, safety_direction=None,
-                        safety_state_scaling=1.0, danger_state_scaling=None, dtype="float32", device=None,
-                        backend="auto", tokenizer=None) -> "SQSDScorer":
+                        safety_state_scaling=1.0, danger_state_scaling=None, more_danger_directions=None,
+                        dtype="float32", device=None, backend="auto", tokenizer=None) -> "SQSDScorer":
         """Loads the base model once and the LoRA states on it as named adapters.
 
         Args:
@@ -69,6 +69,11 @@ class SQSDScorer:
                 ``safety_direction`` (the authors use the safety adapter as its own state).
             safety_direction: LoRA adapter directory of the safety direction. Without it,
                 only :meth:`project` / :meth:`iter_project` with the danger pair work.
+            more_danger_directions: ``{name: adapter directory}`` of further danger
+                directions (e.g. one per harm category), projected at the danger state in
+                the same forward and backward as ``danger_direction``; score rows gain
+                ``danger_proj_<name>`` and ``sqsd_<name>`` for each. Names: letters, digits,
+                ``_``, ``.`` and ``-``.
             safety_state_scaling: LoRA scaling of the safety state (the authors: 1.0;
                 None keeps alpha/r). danger_state_scaling: same for the danger state
                 (default None: alpha/r).
@@ -120,10 +125,13 @@ class SQSDScorer:
         peft_model.to(next(base.parameters()).device)  # adapters join the base model's device
 
         directions = {}
-        for logical, source in ((DANGER, danger_direction), (SAFETY, safety_direction)):
+        extra = [(f"{DANGER}_{name}", source, f"more_danger_directions[{name!r}]")
+                 for name, source in _named_directions(more_danger_directions).items()]
+        for logical, source, option in ((DANGER, danger_direction, "danger_direction"),
+                                        (SAFETY, safety_direction, "safety_direction"), *extra):
             if source is None:
                 continue
-            labels[logical] = _label(logical + "_direction", source)
+            labels[logical] = _label(option, source)
             with _named(labels[logical]):
                 directions[logical] = load_direction(source, peft_model)
                 check_direction_is_usable(directions[logical])
@@ -133,15 +141,25 @@ class SQSDScorer:
         engine = ProjectionEngine(peft_model, directions, pad_token_id=pad or 0, backend=backend,
                                   scalings=scalings, labels=labels)
         scorer = cls(engine, states=states, tokenizer=tokenizer, labels=labels)
-        for logical, direction in ((DANGER_STATE, DANGER), (SAFETY_STATE, SAFETY)):
+        for logical, dirs in ((DANGER_STATE, scorer.danger_directions), (SAFETY_STATE, (SAFETY,))):
             if logical in states:
-                engine.prepare(states[logical], direction)  # fail now on mismatched modules
+                engine.prepare(states[logical], dirs)  # fail now on mismatched modules
         return scorer
+
+    @property
+    def danger_directions(self) -> tuple[str, ...]:
+        """The engine's names of the danger directions: "danger", then "danger_<name>"."""
+        return tuple(d for d in self.engine.directions if d == DANGER or d.startswith(DANGER + "_"))
+
+    @property
+    def more_danger_names(self) -> list[str]:
+        """The user's names of the further danger directions, in the columns' order."""
+        return [d[len(DANGER) + 1:] for d in self.danger_directions if d != DANGER]
 
     @classmethod
     def from_peft_model(cls, peft_model, *, danger_state: str, danger_direction, safety_state: str | None = None,
-                        safety_direction=None, safety_state_scaling=1.0, backend="auto",
-                        tokenizer=None) -> "SQSDScorer":
+                        safety_direction=None, safety_state_scaling=1.0, more_danger_directions=None,
+                        backend="auto", tokenizer=None) -> "SQSDScorer":
         """Scores with an in-memory ``PeftModel`` whose state adapters are already loaded.
 
         ``danger_state`` / ``safety_state`` name adapters on ``peft_model``; directions are
@@ -155,14 +173,15 @@ class SQSDScorer:
         return cls.from_pretrained(
             peft_model, danger_state=danger_state, danger_direction=danger_direction,
             safety_state=safety_state, safety_direction=safety_direction,
-            safety_state_scaling=safety_state_scaling, device=next(peft_model.parameters()).device,
-            backend=backend, tokenizer=tokenizer,
+            safety_state_scaling=safety_state_scaling, more_danger_directions=more_danger_directions,
+            device=next(peft_model.parameters()).device, backend=backend, tokenizer=tokenizer,
         )
 
     # ------------------------------------------------------------------ scoring
 
     def iter_project(self, samples, *, state: str = DANGER_STATE, direction: str = DANGER, metric: str = "cosine",
-                     batch_size: int = 8, skip_indices=frozenset(), progress: bool = True) -> Iterator[list[dict]]:
+                     batch_size: int | None = 8, max_tokens: int | None = None, skip_indices=frozenset(),
+                     progress: bool = True) -> Iterator[list[dict]]:
         """Projections of each sample's induced update at ``state`` onto ``direction``.
 
         Args:
@@ -174,7 +193,9 @@ class SQSDScorer:
                 for it; direction: "danger" or "safety", or the adapter given for it.
             metric: "cosine" (the paper's), "dot" or "projection" (dot / ||D||), each
                 summed over LoRA modules.
-            batch_size: samples per forward/backward (scores do not depend on it).
+            batch_size: samples per forward/backward at most (scores do not depend on it).
+            max_tokens: tokens per forward/backward at most, padding included (None: no
+                budget); with both, a batch respects both. Scores do not depend on it.
             skip_indices: sample indices not to score (e.g. already done on resume).
 
         Yields:
@@ -186,7 +207,7 @@ class SQSDScorer:
         metric = check_choice("metric", metric, METRICS)
         report = _NonFiniteReport()
         try:
-            for batch in self._batches(samples, batch_size, skip_indices, progress, "project"):
+            for batch in self._batches(samples, batch_size, max_tokens, skip_indices, progress, "project"):
                 result = self.engine.project_batch(batch, adapter, direction)
                 report.add(result, self.labels.get(adapter, adapter))
                 values = result.total(metric).tolist()
@@ -198,41 +219,57 @@ class SQSDScorer:
         finally:
             report.warn()
 
-    def iter_score(self, samples, *, metric: str = "cosine", batch_size: int = 8, skip_indices=frozenset(),
+    def iter_score(self, samples, *, metric: str = "cosine", batch_size: int | None = 8,
+                   max_tokens: int | None = None, skip_indices=frozenset(),
                    progress: bool = True) -> Iterator[list[dict]]:
         """SQSD scores, batch by batch (same arguments as :meth:`iter_project`).
 
         Yields rows ``{"index", "danger_proj", "safety_proj", "sqsd", "n_tokens",
-        "n_response_tokens", "status"}``; status is the danger projection's unless that is
-        "ok" (then the safety projection's); numbers are None where not computable.
+        "n_response_tokens", "status"}`` (plus ``danger_proj_<name>``, ``sqsd_<name>`` per
+        further danger direction); status is the danger projection's unless that is "ok"
+        (then the safety projection's); numbers are None where not computable. Directions
+        that share a state share its forward and backward pass: the danger directions
+        always, the safety direction too when its state is the danger state's adapter.
         """
         danger_adapter, safety_adapter = self._state(DANGER_STATE), self._state(SAFETY_STATE)
         metric = check_choice("metric", metric, METRICS)
         report = _NonFiniteReport()
         try:
-            yield from self._score_batches(samples, metric, batch_size, skip_indices, progress,
-                                           danger_adapter, safety_adapter, report)
+            batches = self._batches(samples, batch_size, max_tokens, skip_indices, progress, "sqsd")
+            yield from self._score_batches(batches, metric, danger_adapter, safety_adapter, report)
         finally:
             report.warn()
 
-    def _score_batches(self, samples, metric, batch_size, skip_indices, progress, danger_adapter,
-                       safety_adapter, report):
-        for batch in self._batches(samples, batch_size, skip_indices, progress, "sqsd"):
-            danger = self.engine.project_batch(batch, danger_adapter, DANGER)
-            safety = self.engine.project_batch(batch, safety_adapter, SAFETY)
-            report.add(danger, self.labels.get(DANGER_STATE, DANGER_STATE))
-            report.add(safety, self.labels.get(SAFETY_STATE, SAFETY_STATE))
-            d_vals, s_vals = danger.total(metric).tolist(), safety.total(metric).tolist()
+    def _score_batches(self, batches, metric, danger_adapter, safety_adapter, report):
+        danger_dirs = self.danger_directions
+        passes = ({danger_adapter: danger_dirs + (SAFETY,)} if safety_adapter == danger_adapter
+                  else {danger_adapter: danger_dirs, safety_adapter: (SAFETY,)})
+        for batch in batches:
+            results = {}
+            for adapter, dirs in passes.items():
+                results.update(self.engine.project_batch_many(batch, adapter, dirs))
+            report.add(results[DANGER], self.labels.get(DANGER_STATE, DANGER_STATE))
+            if safety_adapter != danger_adapter:
+                report.add(results[SAFETY], self.labels.get(SAFETY_STATE, SAFETY_STATE))
+            safety = results[SAFETY]
+            s_vals = safety.total(metric).tolist()
+            d_vals = {d: results[d].total(metric).tolist() for d in danger_dirs}
             rows = []
-            for s, dv, sv, ds, ss in zip(batch, d_vals, s_vals, danger.status, safety.status):
+            for j, s in enumerate(batch):
+                ds, ss = results[DANGER].status[j], safety.status[j]
                 status = ds if ds != "ok" else ss
-                dp, sp = _number(dv, ds), _number(sv, ss)
-                rows.append({
-                    "index": s.index, "danger_proj": dp, "safety_proj": sp,
-                    "sqsd": dp - sp if status == "ok" else None,
-                    "n_tokens": len(s.input_ids), "n_response_tokens": count_response_tokens(s.labels),
-                    "status": status,
-                })
+                sp = _number(s_vals[j], ss)
+                row = {"index": s.index}
+                for d in danger_dirs:
+                    suffix = d[len(DANGER):]          # "" or "_<name>"
+                    dp = _number(d_vals[d][j], ds)
+                    row[f"danger_proj{suffix}"] = dp
+                    if suffix == "":
+                        row["safety_proj"] = sp
+                    row[f"sqsd{suffix}"] = dp - sp if status == "ok" else None
+                row.update({"n_tokens": len(s.input_ids),
+                            "n_response_tokens": count_response_tokens(s.labels), "status": status})
+                rows.append(row)
             yield rows
 
     def project(self, samples, **kwargs) -> list[dict]:
@@ -275,10 +312,10 @@ class SQSDScorer:
     def _samples(self, samples) -> list:
         return as_samples(samples, self.tokenizer)
 
-    def _batches(self, samples, batch_size, skip_indices, progress, what):
+    def _batches(self, samples, batch_size, max_tokens, skip_indices, progress, what):
         todo = [s for s in self._samples(samples) if s.index not in skip_indices]
         check_fits_model(todo, self.engine.model)
-        return progress_batches(todo, batch_size, progress, what)
+        return progress_batches(todo, batch_size, progress, what, max_tokens)
 
 
 def _in_input_order(samples: list, batches) -> list[dict]:
@@ -301,6 +338,22 @@ def _named(label: str):
         if str(exc).startswith(label):
             raise
         raise ValueError(f"{label}: {exc}") from None
+
+
+def _named_directions(directions) -> dict:
+    """``more_danger_directions`` checked: a mapping of column-safe names to sources."""
+    from sqsd_fast.choices import DIRECTION_NAME
+    if directions is None:
+        return {}
+    if not hasattr(directions, "items"):
+        raise ValueError(f"more_danger_directions must map names to adapter directories, "
+                         f"got {type(directions).__name__}")
+    for name in directions:
+        if not isinstance(name, str) or DIRECTION_NAME.fullmatch(name) is None:
+            raise ValueError(f"more_danger_directions: name {name!r} must be letters, digits, "
+                             f"'_', '.' or '-' (it becomes the columns danger_proj_<name>, "
+                             f"sqsd_<name>)")
+    return dict(directions)
 
 
 def _free_name(peft_model, name: str) -> str:

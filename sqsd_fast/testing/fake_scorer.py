@@ -45,19 +45,19 @@ class FakeScorer:
         safety = (len(s.input_ids) % 13) / 13.0
         return danger, safety
 
-    def _batches(self, samples, batch_size, skip_indices):
+    def _batches(self, samples, batch_size, skip_indices, max_tokens=None):
         self.seen_skip = frozenset(skip_indices)
         todo = [s for s in samples if s.index not in skip_indices]
-        for k, batch in enumerate(length_bucketed_batches(todo, batch_size)):
+        for k, batch in enumerate(length_bucketed_batches(todo, batch_size, max_tokens)):
             if self.fail_after is not None and k == self.fail_after:
                 raise self.error("simulated interruption")
             yield batch
             if k == 0 and self.sleep:
                 time.sleep(self.sleep)
 
-    def iter_score(self, samples, *, metric="cosine", batch_size=8, skip_indices=frozenset(),
-                   progress=True):
-        for batch in self._batches(samples, batch_size, skip_indices):
+    def iter_score(self, samples, *, metric="cosine", batch_size=8, max_tokens=None,
+                   skip_indices=frozenset(), progress=True):
+        for batch in self._batches(samples, batch_size, skip_indices, max_tokens):
             rows = []
             for s in batch:
                 ok = s.n_response_tokens > 0
@@ -71,9 +71,10 @@ class FakeScorer:
             yield rows
 
     def iter_project(self, samples, *, state="danger_state", direction="danger",
-                     metric="cosine", batch_size=8, skip_indices=frozenset(), progress=True):
+                     metric="cosine", batch_size=8, max_tokens=None, skip_indices=frozenset(),
+                     progress=True):
         assert (state, direction) == ("danger_state", "danger")
-        for batch in self._batches(samples, batch_size, skip_indices):
+        for batch in self._batches(samples, batch_size, skip_indices, max_tokens):
             yield [{"index": s.index, "proj": self._values(s)[0] if s.n_response_tokens else None,
                     "n_tokens": s.n_tokens, "n_response_tokens": s.n_response_tokens,
                     "status": "ok" if s.n_response_tokens else "no_response_tokens"}

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 
 # One rule for the names and actions, shared with train-adapter's options.
 from sqsd_fast.training.options import MONITOR_ACTIONS as ACTIONS
-from sqsd_fast.training.options import MONITOR_NAME as NAME_PATTERN
+from sqsd_fast.choices import DIRECTION_NAME as NAME_PATTERN
 
 DRIFT_CSV = "drift.csv"
 DRIFT_PLOT = "drift.png"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import ClassVar, Mapping, Optional
 
-from sqsd_fast.choices import check_choice, check_device, check_finite_float, check_positive_int
+from sqsd_fast.choices import (check_choice, check_device, check_finite_float, check_named_directions,
+                               check_positive_int, name_value_pairs)
 from sqsd_fast.options import OptionError, RecordFieldOptions, RunOptions, option, required_option
 
 # LoRA settings used when neither the caller nor --init-adapter gives them. All linear
@@ -32,7 +32,6 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 # What --monitor-threshold can do when a projection reaches it.
 MONITOR_ACTIONS = ("warn", "stop")
 # Direction names become CSV columns and log keys (``drift/<name>_proj``): no separators.
-MONITOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
 
@@ -83,43 +82,9 @@ def _check_train_device(name, value):
     return value
 
 
-def _name_value_pairs(name, value, form: str) -> list[tuple[str, str]]:
-    """``NAME=VALUE`` items (a list from the CLI; one string or a mapping from Python)."""
-    if value is None:
-        return []
-    if isinstance(value, Mapping):
-        value = [f"{k}={v}" for k, v in value.items()]
-    elif isinstance(value, str):
-        value = [value]
-    pairs, seen = [], set()
-    for item in value:
-        key, sep, rest = str(item).partition("=")
-        key, rest = key.strip(), rest.strip()
-        if not sep or not rest or MONITOR_NAME.fullmatch(key) is None:
-            raise ValueError(f"{name} {item!r}: expected {form}, the name made of letters, "
-                             f"digits, '_', '.' or '-'")
-        if key in seen:
-            raise ValueError(f"{name}: the name {key!r} is given twice")
-        seen.add(key)
-        pairs.append((key, rest))
-    return pairs
-
-
-def _check_monitor_direction(name, value):
-    pairs = _name_value_pairs(name, value, "NAME=DIR")
-    if pairs:   # read now, so that a bad directory is a usage error, not a failed run
-        from sqsd_fast.scoring.adapters import check_direction_is_usable, read_adapter
-        for key, path in pairs:
-            try:
-                check_direction_is_usable(read_adapter(path))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name} {key}={path}: {exc}") from None
-    return [f"{key}={path}" for key, path in pairs]
-
-
 def _check_monitor_threshold(name, value):
     out = []
-    for key, text in _name_value_pairs(name, value, "NAME=VALUE"):
+    for key, text in name_value_pairs(name, value, "NAME=VALUE"):
         try:
             number = float(text)
         except ValueError:
@@ -254,7 +219,7 @@ class TrainAdapterOptions(RecordFieldOptions):
         "save_total_limit": lambda n, v: _positive(n, v, optional=True),
         "logging_steps": lambda n, v: _positive(n, v, optional=True),
         "device": _check_train_device,
-        "monitor_direction": _check_monitor_direction,
+        "monitor_direction": check_named_directions,
         "monitor_steps": _positive,
         "monitor_threshold": _check_monitor_threshold,
         "monitor_action": lambda n, v: check_choice(n, v, MONITOR_ACTIONS),
