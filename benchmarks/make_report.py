@@ -238,8 +238,26 @@ def influence_section(results: Path) -> str:
     return "\n\n".join(parts)
 
 
+def vocab_memory_section(results: Path) -> str:
+    runs = latest_runs(read(results / "bench_vocab_memory.csv"), ("device",))
+    if not runs:
+        return "_No full run recorded yet (`python benchmarks/bench_vocab_memory.py`)._"
+    parts = []
+    for run in runs:
+        r0 = run[0]
+        parts.append(provenance(run) + f" One scoring pass of {r0['samples']} samples "
+                     f"({r0['response_tokens']} response tokens) on a toy Llama (hidden 64, "
+                     f"2 layers).")
+        parts.append(table(run, [("vocabulary", "vocab"), ("loss", "loss"),
+                                 ("rows per chunk", "chunk_rows"),
+                                 ("extra peak MB", "extra_peak_mb"), ("seconds", "seconds"),
+                                 ("max abs. diff of the scores", "max_abs_diff_vs_chunked")]))
+    return "\n\n".join(parts)
+
+
 SECTIONS = {"kernels": kernels_section, "e2e": e2e_section, "per_sample": per_sample_section,
-            "scaling": scaling_section, "influence": influence_section}
+            "scaling": scaling_section, "influence": influence_section,
+            "vocab_memory": vocab_memory_section}
 
 
 def render(doc: str, results: Path) -> str:

@@ -17,7 +17,7 @@ from sqsd_fast.choices import check_positive_int
 from sqsd_fast.scoring.taps import TapSession
 from sqsd_fast.influence.reducers import BatchLayout
 from sqsd_fast.scoring.batch_pass import (pack_batch, progress_batches, response_loss,
-                                          takes_logits_to_keep)
+                                          loss_head)
 
 
 def batches(samples, batch_size: int, progress: bool, max_tokens: int | None = None):
@@ -34,7 +34,7 @@ class BatchRunner:
         self.model, self.adapter, self.modules, self.settings = peft_model, adapter, modules, settings
         self.pad_token_id = pad_token_id
         self.device = next(peft_model.parameters()).device
-        self._keeps_logits = takes_logits_to_keep(peft_model)
+        self._loss_head = loss_head(peft_model)
 
     def run(self, samples, reducer, weights=None) -> list[bool]:
         """One forward + backward of ``samples`` (each with a response token); the loss is
@@ -46,6 +46,6 @@ class BatchRunner:
         with self.settings.scoring(self.adapter), torch.enable_grad(), \
                 TapSession(list(self.modules.items()), self.adapter, reducer):
             embeds = self.model.get_input_embeddings()(batch.input_ids).detach().requires_grad_(True)
-            per_sample = response_loss(self.model, embeds, batch, self._keeps_logits)
+            per_sample = response_loss(self.model, embeds, batch, self._loss_head)
             torch.autograd.grad((per_sample * w.to(per_sample.device, per_sample.dtype)).sum(), embeds)
         return torch.isfinite(per_sample.detach()).cpu().tolist()

@@ -58,25 +58,86 @@ def pack_batch(samples, pad_token_id: int, device) -> PackedBatch:
                        to_dev(valid.sum(dim=1)))
 
 
-def takes_logits_to_keep(peft_model) -> bool:
-    """Whether the model's forward can compute logits at chosen positions only."""
+# Causal LMs whose logits are exactly lm_head(last hidden state): no soft-capping, logit
+# scaling or other post-processing, so the loss can be taken from the hidden states in
+# chunks. Other architectures take the plain path.
+CHUNKED_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+# Logits of one chunk of the response-token loss (64M: 256 MiB in float32): a chunk holds
+# LOSS_CHUNK_LOGITS // vocabulary rows (samples x positions), so the largest logits tensor
+# alive is bounded whatever the vocabulary, batch or response length. Above glibc's largest
+# dynamic mmap threshold (32 MiB), so a freed chunk goes back to the OS instead of staying
+# in the heap (measured: smaller chunks left several times their size resident, see
+# benchmarks/bench_vocab_memory.py). A batch whose logits fit in one chunk takes the loss
+# directly, without the recomputation.
+LOSS_CHUNK_LOGITS = 1 << 26
+
+
+@dataclass(frozen=True)
+class LossHead:
+    """How :func:`response_loss` gets the logits of one model (built once per model).
+
+    ``keeps_logits``: the forward takes ``logits_to_keep``; ``backbone``/``head``: the
+    transformer below the LM head and the head itself, when the loss can be computed from
+    the hidden states in chunks of positions (None: the plain path through the model).
+    """
+
+    keeps_logits: bool
+    backbone: object = None
+    head: object = None
+
+
+def loss_head(peft_model) -> LossHead:
     import inspect
-    return "logits_to_keep" in inspect.signature(peft_model.get_base_model().forward).parameters
+
+    from torch import nn
+    base = peft_model.get_base_model()
+    keeps = "logits_to_keep" in inspect.signature(base.forward).parameters
+    config = getattr(base, "config", None)
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    # A LoRA on the head would be tapped once per chunk; a plain nn.Linear head is not.
+    chunkable = (getattr(config, "model_type", None) in CHUNKED_HEAD_MODEL_TYPES
+                 and isinstance(backbone, nn.Module) and type(head) is nn.Linear
+                 and getattr(config, "final_logit_softcapping", None) is None)
+    return LossHead(keeps, backbone, head) if chunkable else LossHead(keeps)
 
 
-def response_loss(model, embeds: torch.Tensor, batch: PackedBatch, keeps_logits: bool) -> torch.Tensor:
-    """(B,) each sample's mean cross-entropy over its response tokens; logits are taken
-    only at ``batch.keep`` (through ``logits_to_keep`` where the model supports it)."""
+def _chunk_loss(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) summed cross-entropy of one chunk of positions (float64 models stay float64)."""
+    logits = head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape).sum(1)
+
+
+def response_loss(model, embeds: torch.Tensor, batch: PackedBatch, plan: LossHead) -> torch.Tensor:
+    """(B,) each sample's mean cross-entropy over its response tokens.
+
+    Logits are taken only at ``batch.keep``. With a chunkable head (``loss_head``) they are
+    never all alive at once: each chunk of LOSS_CHUNK_LOGITS logits is recomputed in the
+    backward pass (activation checkpointing of the head alone), so the memory of the loss
+    does not grow with the vocabulary or the number of response tokens. ``plan``: the
+    model's :func:`loss_head`."""
     kwargs = dict(inputs_embeds=embeds, attention_mask=batch.mask, use_cache=False)
-    if keeps_logits:
+    if plan.head is not None:
+        from torch.utils.checkpoint import checkpoint
+        hidden = plan.backbone(**kwargs).last_hidden_state.index_select(1, batch.keep)
+        rows = max(1, LOSS_CHUNK_LOGITS // plan.head.out_features)
+        step = max(1, rows // batch.size)        # positions per chunk
+        if step >= hidden.shape[1]:              # one chunk: nothing to save by recomputing
+            return _chunk_loss(plan.head, hidden, batch.targets) / batch.n_targets
+        total = None
+        for start in range(0, hidden.shape[1], step):
+            part = checkpoint(_chunk_loss, plan.head, hidden[:, start:start + step],
+                              batch.targets[:, start:start + step], use_reentrant=False)
+            total = part if total is None else total + part
+        return total / batch.n_targets
+    if plan.keeps_logits:
         kwargs["logits_to_keep"] = batch.keep
     logits = model(**kwargs).logits
-    if not keeps_logits:
+    if not plan.keeps_logits:
         logits = logits.index_select(1, batch.keep)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1),
-                         ignore_index=IGNORE_INDEX, reduction="none").view(batch.size, -1)
-    return ce.sum(dim=1) / batch.n_targets
+    return _chunk_loss(lambda x: x, logits, batch.targets) / batch.n_targets
 
 
 def progress_batches(samples, batch_size: int | None, progress: bool, desc: str,

@@ -19,7 +19,7 @@ from sqsd_fast.ops import direction_sqnorm, project_directions, resolve_backend
 from sqsd_fast.choices import METRICS, check_choice
 from sqsd_fast.data.tokenize import count_response_tokens
 from sqsd_fast.scoring.adapters import LoraFactors, check_direction_matches_state, state_modules
-from sqsd_fast.scoring.batch_pass import pack_batch, response_loss, takes_logits_to_keep
+from sqsd_fast.scoring.batch_pass import loss_head, pack_batch, response_loss
 from sqsd_fast.scoring.capture import ModuleProjection, ProjectionReducer
 from sqsd_fast.scoring.model_state import ModelSettings
 from sqsd_fast.scoring.taps import TapSession
@@ -96,7 +96,7 @@ class ProjectionEngine:
         self.device = next(peft_model.parameters()).device
         self.backend = resolve_backend(backend, self.device)
         self._prepared: dict[tuple[str, str], tuple[list[ModuleProjection], torch.Tensor]] = {}
-        self._keeps_logits = takes_logits_to_keep(peft_model)
+        self._loss_head = loss_head(peft_model)
 
     def clear_cache(self) -> None:
         """Forget the precomputed V_A, V_B (call after changing an adapter's weights)."""
@@ -193,7 +193,7 @@ class ProjectionEngine:
         taps = TapSession([(spec.name, spec.layer) for spec in specs], state, reducer)
         with self.settings.scoring(state), torch.enable_grad(), taps:
             embeds = self.model.get_input_embeddings()(batch.input_ids).detach().requires_grad_(True)
-            per_sample = response_loss(self.model, embeds, batch, self._keeps_logits)
+            per_sample = response_loss(self.model, embeds, batch, self._loss_head)
             torch.autograd.grad(per_sample.sum(), embeds)
         dot, sqnorm = reducer.results(n, n_directions, self.device)
         m = sqnorm.shape[1]
