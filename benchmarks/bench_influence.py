@@ -12,7 +12,15 @@ projection of that gradient:
   query       GradientStats.query_scores: batched, statistics inside the backward pass;
   sketch      GradientStats.sketch: Kronecker sketches (k1 = r, k2 = --sketch), no gradient
               formed;
-  both        GradientStats.compute with the query and the sketch in one pass.
+  both        GradientStats.compute with the query and the sketch in one pass;
+  func        per-sample gradients with ``torch.func`` (``vmap(grad(loss))`` over the
+              state's factors, --batch-size samples at a time, each with its own 4-D
+              additive attention mask: transformers' mask builder is not vmap-able), then
+              the same flatten, cosine and dense projection as the loop.
+
+Memory: one more call of each method under ``measure_peak_memory`` (extra peak RSS over
+what was resident before it, benchmarks/common.py). Goal (issue #11): ours at least 10x
+less extra peak memory than ``func`` at batch 8.
 
 Checks before timing, against the loop run in float64 on a copy of the model: our
 cosines (max abs error <= --cos-atol; the float32 loop's own error is reported too) and
@@ -34,7 +42,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from _model_setup import STATE, add_model_args, build_setup, load_rows, per_sample_mean_loss, train_only_state  # noqa: E402
-from common import base_parser, env_facts, measure_repeats, print_table, rel_err, setup, write_results  # noqa: E402
+from common import (base_parser, env_facts, measure_peak_memory, measure_repeats, print_table,  # noqa: E402
+                    rel_err, setup, write_results)
 
 SCRIPT = "bench_influence"
 
@@ -90,6 +99,37 @@ def less_loop(model, tok, samples, q_flat, R):
     return torch.tensor(cos, dtype=torch.float64), torch.stack(proj), grads
 
 
+def func_per_sample(model, tok, samples, q_flat, R, batch_size):
+    """torch.func per-sample LoRA gradients, batch by batch: (cosines (S,), projections (S, D))."""
+    from torch.func import functional_call, grad, vmap
+
+    from sqsd_fast.data.batching import collate, length_bucketed_batches
+
+    train_only_state(model, STATE)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    def loss(p, ids, mask, labels):
+        n = ids.shape[0]
+        allowed = torch.tril(torch.ones(n, n, dtype=torch.bool)) & mask.bool().unsqueeze(0)
+        additive = torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        logits = functional_call(model, p, (ids.unsqueeze(0),),
+                                 {"attention_mask": additive[None, None]}).logits
+        return per_sample_mean_loss(logits, labels.unsqueeze(0))[0]
+
+    per_sample_grads = vmap(grad(loss), in_dims=(None, 0, 0, 0))
+    position = {s.index: i for i, s in enumerate(samples)}
+    cos, proj = torch.zeros(len(samples), dtype=torch.float64), torch.zeros(len(samples), R.shape[1])
+    for batch in length_bucketed_batches(samples, batch_size):
+        enc = collate(batch, tok.pad_token_id)
+        grads = per_sample_grads(params, enc["input_ids"], enc["attention_mask"], enc["labels"])
+        flat = torch.cat([grads[n].flatten(1) for n in names], dim=1)
+        rows = torch.tensor([position[s.index] for s in batch])
+        cos[rows] = (flat @ q_flat / (flat.norm(dim=1) * q_flat.norm())).double()
+        proj[rows] = flat @ R
+    return cos, proj
+
+
 def kronecker_check(stats, grads, model, size, sketch) -> float:
     """Our sketches vs P_u G_A P_x^T, P_e G_B P_h^T of the loop's materialized gradients."""
     from sqsd_fast.influence import sketch_maps
@@ -135,6 +175,8 @@ def bench_model(args, name, model, tok, samples):
     del grads
     loop_cos = less_loop(model, tok, train, q_flat, R)[0]   # also the loop's warm-up
     err_loop = float((loop_cos - ref_cos).abs().max())
+    func_cos = func_per_sample(model, tok, train, q_flat, R, args.batch_size)[0]
+    err_func = float((func_cos - ref_cos).abs().max())
     ok = err_cos <= args.cos_atol and err_sketch <= args.tol
     print(f"{name}: |cos| up to {float(ref_cos.abs().max()):.3g}; max abs error of the cosines vs float64: "
           f"ours {err_cos:.2e}, loop {err_loop:.2e}; sketch rel err {err_sketch:.2e}{'' if ok else '  MISMATCH'}",
@@ -145,20 +187,25 @@ def bench_model(args, name, model, tok, samples):
         "query": lambda: stats.query_scores(train, q),
         "sketch": lambda: stats.sketch(train, size=size),
         "both": lambda: stats.compute(train, queries=q, sketch_size=size),
+        "func": lambda: func_per_sample(model, tok, train, q_flat, R, args.batch_size),
     }
     rows, base = [], None
     for method, fn in runs.items():
         # The check above already ran every code path once: no extra warm-up call.
         t = measure_repeats(fn, torch.device("cpu"), repeats=args.repeats, warmup=0)
-        print(f"  {name} {method}: {t.median_s:.2f} s", flush=True)
+        mem = measure_peak_memory(fn, torch.device("cpu"))
+        print(f"  {name} {method}: {t.median_s:.2f} s, extra peak {mem.extra_bytes / 2**20:.0f} MB",
+              flush=True)
         base = t.median_s if method == "less" else base
         rows.append({"model": name, "method": method, "samples": len(train), "tokens": n_tok,
                      "batch_size": 1 if method == "less" else args.batch_size,
+                     "extra_peak_MB": round(mem.extra_bytes / 2**20, 1), "mem_method": mem.method,
                      "lora_params": q_flat.numel(), "modules": len(stats.shapes()),
-                     "proj_dim": args.less_dim if method == "less" else (res.sketch.shape[1] if method != "query" else 0),
+                     "proj_dim": args.less_dim if method in ("less", "func") else (res.sketch.shape[1] if method != "query" else 0),
                      "seconds": t.median_s, "ms_per_sample": 1e3 * t.median_s / len(train),
                      "speedup_vs_less": base / t.median_s,
-                     "cos_abs_err": err_loop if method == "less" else err_cos, "sketch_rel_err": err_sketch,
+                     "cos_abs_err": {"less": err_loop, "func": err_func}.get(method, err_cos),
+                     "sketch_rel_err": err_sketch if method != "func" else "",
                      "status": "ok" if ok else "MISMATCH"})
     return rows
 
@@ -189,7 +236,8 @@ def main(argv=None):
         rows = bench_model(args, name, model, tok, samples)
         del model
         print_table(rows, ["model", "method", "samples", "tokens", "batch_size", "lora_params", "proj_dim",
-                           "seconds", "ms_per_sample", "speedup_vs_less", "cos_abs_err", "sketch_rel_err", "status"],
+                           "seconds", "ms_per_sample", "speedup_vs_less", "extra_peak_MB", "cos_abs_err",
+                           "sketch_rel_err", "status"],
                     f"{name}: per-sample query cosine and sketches vs a LESS-style batch-1 loop")
         write_results(args, SCRIPT, [{**r, **env_facts(device)} for r in rows])
         ok = ok and all(r["status"] == "ok" for r in rows)

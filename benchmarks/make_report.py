@@ -233,6 +233,7 @@ def influence_section(results: Path) -> str:
         parts.append(table(run, [("method", "method"), ("batch", "batch_size"),
                                  ("sketch dim", "proj_dim"), ("ms/sample", "ms_per_sample"),
                                  ("speed vs LESS loop", "speedup_vs_less"),
+                                 ("extra peak MB", "extra_peak_MB"),
                                  ("cosine abs. error vs float64", "cos_abs_err"),
                                  ("sketch rel. error", "sketch_rel_err"), ("status", "status")]))
     return "\n\n".join(parts)
