@@ -506,9 +506,13 @@ def stage_calibration(run: Run) -> Training:
 
 def stage_finetunes(run: Run, training: Training) -> None:
     r = run.recipe
-    jobs = [("sqsd", "S1", True), ("sqsd", f"S{r.num_windows}", True)]
-    jobs += [("sqsd", f"S{k}", False) for k in range(2, r.num_windows)]
-    jobs += [(f"random-{s}", "S1", False) for s in r.random_seeds]
+    # Ordered so that a run cut short has the most telling numbers first: S1 against S5
+    # and against one random window, then the middle windows, then the rest.
+    first_random, *other_randoms = [(f"random-{s}", "S1", False) for s in r.random_seeds]
+    jobs = [("sqsd", "S1", True), ("sqsd", f"S{r.num_windows}", True), first_random]
+    jobs += [("sqsd", f"S{k}", False) for k in (3, 2, 4) if k < r.num_windows]
+    jobs += [("sqsd", f"S{k}", False) for k in range(5, r.num_windows)]
+    jobs += other_randoms
     jobs += [(name, "S1", False) for name in ("length", "self-inf-n", "gradmatch")]
     table = run.results / "asr.csv"
     done = {row["label"] for row in read_csv(table)}
