@@ -4,22 +4,22 @@ A budget counted in tokens, padding included, bounds what a forward + backward k
 alive: activations grow with the tokens of the batch, and the response-token logits with
 tokens x vocabulary. A sample count cannot do that once lengths vary.
 
-CPU: a constant. On the CPU larger batches are not faster (the matrices are already big
-enough for the cores): on SmolLM2 with 48 Alpaca samples, batch 4 took 50.7 s and batch 8
-69.8 s, at 5.4 and 9.7 GB peak RSS (2 cores, issue #10's table). 1024 tokens is about four
-to eight Alpaca-length samples; the peak memory it gives is measured in
-benchmarks/results/token_budget_smollm2.jsonl. GPU: a share of the
-free memory after the model is loaded, divided by an estimate of the bytes one token
-costs (activations per layer after Korthikanti et al. 2022, "Reducing Activation
-Recomputation in Large Transformer Models": about 34 x hidden bytes per token and layer
-in 16-bit, plus the float32 logits, their softmax and gradient over the vocabulary). The
-estimate is not measured on a GPU yet; pass --max-tokens to override it.
+CPU: a constant, measured (benchmarks/bench_token_budget.py, results in
+benchmarks/results/token_budget_smollm2.jsonl): SmolLM2 fp32 scoring 32 Alpaca samples
+peaked at 1.68 GB RSS at batch size 1, 5.35 GB at batch size 8, 2.43 GB at 512 tokens and
+3.48 GB at 1024 tokens. 512 keeps peak memory within 1.5x of one sample at a time, and on
+the CPU larger batches are not faster (issue #10's table: batch 4 50.7 s, batch 8 69.8 s).
+GPU: a share of the free memory after the model is loaded, divided by an estimate of the
+bytes one token costs (activations per layer after Korthikanti et al. 2022, "Reducing
+Activation Recomputation in Large Transformer Models": about 34 x hidden bytes per token
+and layer in 16-bit, plus the float32 logits, their softmax and gradient over the
+vocabulary). The estimate is not measured on a GPU yet; pass --max-tokens to override it.
 """
 from __future__ import annotations
 
 import torch
 
-CPU_MAX_TOKENS = 1024
+CPU_MAX_TOKENS = 512
 GPU_FREE_MEMORY_SHARE = 0.6      # the rest: allocator slack, kernels' workspaces, the CUDA context
 GPU_MIN_TOKENS, GPU_MAX_TOKENS = 512, 131072
 
