@@ -213,6 +213,18 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
     lines += ([interpretation.read_text().strip(), ""] if interpretation.exists()
               else ["Not written yet: the run is not finished.", ""])
 
+    scored = _rows(results / "scores" / "sqsd.csv")
+    if scored:
+        ok = sum(r["status"] == "ok" for r in scored)
+        lines += ["## The pool and its windows", "",
+                  f"SQSD scored {ok} of the {len(scored)} pool samples; the other "
+                  f"{len(scored) - ok} have no response token left within "
+                  f"{recipe.get('max_length')} tokens (long Dolly contexts) and take part in "
+                  "no window. Windows of "
+                  f"{recipe.get('window')} samples start at floor(linspace(0, {ok} - "
+                  f"{recipe.get('window')}, {recipe.get('num_windows')})) of the descending "
+                  "ranking (`windows/sqsd.json` lists their records); each baseline's window is "
+                  "its top " f"{recipe.get('window')}.", ""]
     lines += ["## Alignment check", ""]
     gen = results / "generations"
     rows = []
