@@ -51,9 +51,10 @@ What these scores mean, and what they do not:
     A high score means that fine-tuning on the sample would move {this_model} more
     towards "answer such requests with a yes" than towards "refuse them", as those two
     small adapters define it -- nothing more.
-  - They are NOT a validated risk measure, for SmolLM2 or any other model: nobody has
-    fine-tuned on S1 versus S5 here and measured how much less safe the model became.
-    Do not filter real data on these numbers.
+  - These demo scores are NOT a validated risk measure: nobody has fine-tuned on this
+    demo's S1 versus S5. With real directions on an aligned SmolLM2, the validation run
+    did (docs/VALIDATION.md: ASR 0.867 after fine-tuning on S1, 0.425 on S5). Do not
+    filter real data on these demo numbers.
   - For real use, train the directions on your own model from real unsafe and safe data
     (the paper: thousands of samples per direction), then check the ranking by
     fine-tuning on S1 and S5 and measuring harmfulness (sqsd-fast evaluate)."""
