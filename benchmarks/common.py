@@ -122,6 +122,8 @@ def env_facts(device: torch.device) -> dict:
         "sqsd_fast": _version("sqsd_fast"),
         "python": platform.python_version(),
         "git": git_commit(),
+        # which CPU tile path bf16 inputs take (csrc/cpu: use_bf16_gemm); "auto" = detected
+        "cpu_bf16_gemm": os.environ.get("SQSD_FAST_CPU_BF16_GEMM") or "auto",
         # 1-minute load average when the run started: on a shared machine, the noise flag
         "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else "",
     }
