@@ -220,6 +220,19 @@ def test_outputs_get_the_usual_file_mode(ws, tmp_path, monkeypatch):
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~current_umask()
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_umask_is_read_without_being_changed(mask):
+    from sqsd_fast.io.atomic import umask_from_probe, umask_from_proc
+    old = os.umask(mask)
+    try:
+        assert current_umask() == mask
+        assert umask_from_proc() in (mask, None)  # None: no /proc (not Linux)
+        assert umask_from_probe() == mask & 0o666
+        assert os.umask(mask) == mask             # still what was set
+    finally:
+        os.umask(old)
+
+
 def test_unwritable_output_is_found_first_and_named(ws, tmp_path, monkeypatch, capsys):
     def no_load(options):
         raise AssertionError("the model was loaded before --out was checked")

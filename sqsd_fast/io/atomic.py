@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -45,9 +46,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 def current_umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
+    """The process's umask, read without changing it.
+
+    ``os.umask()`` can only be read by setting it, for every thread of the process, so a
+    file another thread creates meanwhile would get the wrong mode. Linux reports it in
+    /proc/self/status; elsewhere a probe file shows it."""
+    mask = umask_from_proc()
+    return umask_from_probe() if mask is None else mask
+
+
+def umask_from_proc() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def umask_from_probe() -> int:
+    """The read/write bits of the umask (the only ones a data file uses), from the mode a
+    new file created with 0666 gets."""
+    probe = os.path.join(tempfile.gettempdir(), f".sqsd-fast-umask-{os.getpid()}-{threading.get_ident()}")
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try:
+        return 0o666 & ~os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqsd_fast.io.atomic import fsync_dir
+from sqsd_fast.io.atomic import current_umask, fsync_dir
 
 CACHE_ENV = "SQSD_FAST_CACHE"
 DEFAULT_CACHE = "~/.cache/sqsd_fast"
@@ -104,11 +104,7 @@ def _finish_tree(root: Path) -> None:
     # mkdtemp (and some writers) create owner-only files; a finished entry gets the usual
     # permissions, so that a cache shared through SQSD_FAST_CACHE is readable by the group.
     # Every file is flushed to disk before the rename makes the entry visible.
-    # The umask is read from a probe file: os.umask() would change it for every thread.
-    probe = root / ".permissions-probe"
-    probe.touch()
-    file_mode = probe.stat().st_mode & 0o666
-    probe.unlink()
+    file_mode = 0o666 & ~current_umask()
     dir_mode = file_mode | (file_mode & 0o444) >> 2  # searchable wherever readable
     root.chmod(dir_mode)
     for path in root.rglob("*"):
