@@ -86,3 +86,27 @@ def test_path_fingerprint_changes_with_content(tmp_path):
     (d / "w.bin").write_bytes(b"\x01" * 10)
     assert path_fingerprint(d)["digest"] != a["digest"]
     assert path_fingerprint(tmp_path / "missing")["digest"] is None
+
+
+def test_adapter_config_digest_ignores_the_order_peft_wrote_its_sets_in(tmp_path):
+    """peft writes target_modules (a set) in hash-seed order: identical trainings in two
+    processes must still fingerprint alike; a different set or rank must not."""
+    import json
+
+    def adapter(name, config):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "adapter_config.json").write_text(json.dumps(config))
+        (d / "adapter_model.safetensors").write_bytes(b"\x07" * 16)
+        return path_fingerprint(d)["digest"]
+
+    base = {"r": 8, "lora_alpha": 16, "peft_type": "LORA"}
+    one = adapter("one", {**base, "target_modules": ["q_proj", "v_proj", "down_proj"]})
+    two = adapter("two", {"target_modules": ["down_proj", "q_proj", "v_proj"], **base})  # keys moved too
+    assert one == two
+    assert adapter("three", {**base, "target_modules": ["q_proj", "v_proj"]}) != one
+    assert adapter("four", {**base, "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}) != one
+    # Not JSON: the bytes decide, as for any other file.
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "adapter_config.json").write_text("not json")
+    assert path_fingerprint(tmp_path / "odd")["digest"].startswith("dir-sha256:")

@@ -106,18 +106,46 @@ def file_digest(path: str | os.PathLike, *, limit: int | None = None) -> str:
     return "sha256:" + h.hexdigest()
 
 
+# peft keeps these adapter_config.json fields as sets and writes them as lists in set
+# order, which depends on the process's hash seed: two identical trainings write the same
+# set in different orders. The digest takes them sorted.
+_SET_VALUED_ADAPTER_FIELDS = ("target_modules", "exclude_modules", "modules_to_save")
+
+
+def adapter_config_digest(path: str | os.PathLike) -> str:
+    """Digest of a peft adapter_config.json that ignores the order of set-valued fields
+    (falls back to the file's bytes when it is not a JSON object)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return file_digest(path)
+    if not isinstance(config, dict):
+        return file_digest(path)
+    for key in _SET_VALUED_ADAPTER_FIELDS:
+        value = config.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            config[key] = sorted(value)
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return "json-sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def path_fingerprint(path: str | os.PathLike, *, limit: int | None = _HASH_LIMIT_BYTES) -> dict:
-    """Absolute path plus a digest of the file, or of every file under a directory."""
+    """Absolute path plus a digest of the file, or of every file under a directory
+    (adapter_config.json files by content, whatever order peft wrote their sets in)."""
     p = Path(path).expanduser()
+
+    def digest(f: Path) -> str:
+        return adapter_config_digest(f) if f.name == "adapter_config.json" else file_digest(f, limit=limit)
+
     if p.is_file():
-        return {"path": str(p.resolve()), "digest": file_digest(p, limit=limit)}
+        return {"path": str(p.resolve()), "digest": digest(p)}
     if p.is_dir():
         h = hashlib.sha256()
         for f in sorted(q for q in p.rglob("*") if q.is_file()):
             rel = f.relative_to(p).as_posix()
             if rel.startswith(".") or "/." in rel:
                 continue  # hidden files (caches, editor swap files) do not change results
-            h.update(f"{rel}\0{file_digest(f, limit=limit)}\n".encode())
+            h.update(f"{rel}\0{digest(f)}\n".encode())
         return {"path": str(p.resolve()), "digest": "dir-sha256:" + h.hexdigest()}
     return {"path": str(path), "digest": None}
 
