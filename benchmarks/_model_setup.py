@@ -106,6 +106,7 @@ class Setup:
     adapter_dirs: dict      # name -> directory saved with save_pretrained
     device: torch.device
     dtype: torch.dtype
+    model_dir: str = ""     # the base model and tokenizer on disk (for the CLI)
 
     @property
     def n_params(self) -> int:
@@ -113,9 +114,9 @@ class Setup:
 
 
 def load_smollm2_lora(adapter_names, *, rank: int = 8, alpha: int = 16, seed: int = 1234):
-    """(PeftModel, tokenizer): SmolLM2-135M-Instruct in float32 with seeded random LoRA
-    adapters ``adapter_names`` on every linear projection (converted from the GGUF once,
-    then cached; see sqsd_fast.models)."""
+    """(PeftModel, tokenizer, model_dir): SmolLM2-135M-Instruct in float32 with seeded
+    random LoRA adapters ``adapter_names`` on every linear projection (converted from the
+    GGUF once, then cached in model_dir; see sqsd_fast.models)."""
     from transformers import AutoModelForCausalLM
 
     from sqsd_fast.data.tokenize import load_tokenizer
@@ -127,7 +128,7 @@ def load_smollm2_lora(adapter_names, *, rank: int = 8, alpha: int = 16, seed: in
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     model = build_random_lora(base, tuple(adapter_names), r=rank, alpha=alpha,
                               target_modules=ALL_PROJECTIONS, seed=seed)
-    return model.eval(), tok
+    return model.eval(), tok, str(path)
 
 
 def build_setup(args, *, n_samples: int | None = None, workdir: str | None = None) -> Setup:
@@ -139,11 +140,11 @@ def build_setup(args, *, n_samples: int | None = None, workdir: str | None = Non
     n = n_samples or args.samples
     rows, data_name = load_rows(args.data, n)
     if cfg["arch"] == "smollm2":
-        peft_model, tok = load_smollm2_lora((STATE, DIRECTION), rank=cfg["rank"], alpha=cfg["alpha"])
+        peft_model, tok, model_dir = load_smollm2_lora((STATE, DIRECTION), rank=cfg["rank"], alpha=cfg["alpha"])
         dtype, device = getattr(torch, cfg["dtype"]), torch.device(cfg["device"])
         peft_model = peft_model.to(device=device, dtype=dtype)
         samples = tokenize_records(read_records(rows), tok, max_length=args.max_length)
-        return Setup(cfg, tok, peft_model, samples, data_name, {}, device, dtype)
+        return Setup(cfg, tok, peft_model, samples, data_name, {}, device, dtype, model_dir)
     # Tokenizer trained on the benchmark's own texts (plus the demo corpus' specials).
     texts = [" ".join(str(r.get(k, "")) for k in ("instruction", "input", "context", "output", "response"))
              for r in rows]
@@ -156,16 +157,17 @@ def build_setup(args, *, n_samples: int | None = None, workdir: str | None = Non
         model.resize_token_embeddings(cfg["vocab_pad"])
     dtype = getattr(torch, cfg["dtype"])
     device = torch.device(cfg["device"])
+    workdir = workdir or tempfile.mkdtemp(prefix="sqsd_bench_")
+    model_dir = os.path.join(workdir, "base_model")  # before LoRA: what the CLI loads
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
     peft_model = build_random_lora(model, (STATE, DIRECTION), r=cfg["rank"], alpha=cfg["alpha"],
                                    seed=1234)
     peft_model = peft_model.to(device=device, dtype=dtype).eval()
-    workdir = workdir or tempfile.mkdtemp(prefix="sqsd_bench_")
     adapter_dirs = save_lora_adapters(peft_model, (STATE, DIRECTION), workdir)
-    model_dir = os.path.join(workdir, "base_tokenizer")
-    tok.save_pretrained(model_dir)
     records = read_records(rows)
     samples = tokenize_records(records, tok, max_length=args.max_length)
-    return Setup(cfg, tok, peft_model, samples, data_name, adapter_dirs, device, dtype)
+    return Setup(cfg, tok, peft_model, samples, data_name, adapter_dirs, device, dtype, model_dir)
 
 
 def train_only_state(peft_model, state: str) -> None:

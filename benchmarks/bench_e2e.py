@@ -46,6 +46,7 @@ import torch  # noqa: E402
 from _model_setup import DIRECTION, STATE, add_model_args, build_setup, floor_pass  # noqa: E402
 from authors_algorithm import authors_project  # noqa: E402
 from common import base_parser, env_facts, measure_peak_memory, print_table, setup, write_results  # noqa: E402
+from make_report import e2e_goals  # noqa: E402
 
 SCRIPT = "bench_e2e"
 
@@ -280,35 +281,10 @@ def main(argv=None):
                 title=f"sweep (one pass each over the first {len(sweep_samples)} samples) - " + title)
     print_table(final_rows, cols, title=f"final (median of {args.repeats} interleaved passes) - " + title)
     print()
-    for line in goal_lines(final_rows, st.cfg["name"]):
+    for line in e2e_goals(final_rows, st.cfg["name"]):
         print("goal: " + line)
     write_results(args, SCRIPT, sweep_rows + final_rows)
     return 0
-
-
-def goal_lines(final_rows: list[dict], preset: str) -> list[str]:
-    """The goals of the docstring, each with its measured value and met / not met."""
-    def verdict(value, limit, at_least=False):
-        ok = value >= limit if at_least else value <= limit
-        return f"{value:.3f} ({'>=' if at_least else '<='} {limit}: {'met' if ok else 'not met'})"
-
-    by = {r["method"]: r for r in final_rows if r["method"] != "engine" or r["backend"] != "reference"}
-    lines = []
-    fast = by.get("engine")
-    if fast:
-        lines.append(f"best engine ({fast['backend']}, batch {fast['batch_size']} {fast['max_tokens']}) "
-                     f"time / floor {verdict(fast['x_floor_time'], 1.10)}")
-        if "x_authors_throughput" in fast:
-            lines.append(f"best engine throughput / authors' {verdict(fast['x_authors_throughput'], 1.4, True)}")
-        lines.append(f"best engine peak / floor's {verdict(fast['x_floor_peak_mem'], 1.10)}")
-    d = by["default"]
-    lines.append(f"defaults (batch {d['batch_size']}, {d['max_tokens']} tokens) time / best floor "
-                 f"{verdict(d['x_floor_time'], 1.10)}")
-    if "x_authors_throughput" in d:
-        goal = 1.5 if preset == "smollm2" else 1.4
-        lines.append(f"defaults throughput / authors' {verdict(d['x_authors_throughput'], goal, True)}")
-        lines.append(f"defaults peak RSS / authors' {verdict(d['x_authors_peak_mem'], 1.5)}")
-    return lines
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def smollm2_setup(args):
     """SmolLM2-135M-Instruct (GGUF from PyPI, converted once) with random r=8 LoRA adapters."""
     from sqsd_fast.data import read_records, tokenize_records
 
-    model, tok = load_smollm2_lora((STATE, "other"))
+    model, tok, _ = load_smollm2_lora((STATE, "other"))
     rows, _ = load_rows(args.data, 2 * (args.samples + args.queries))
     return model, tok, tokenize_records(read_records(rows), tok, max_length=args.max_length)
 

@@ -51,6 +51,18 @@ def test_bench_e2e_smoke(tmp_path):
     methods = {(r["phase"], r["method"], r["backend"]) for r in out}
     assert ("final", "authors", "-") in methods and ("final", "engine", "reference") in methods
     assert ("final", "floor", "-") in methods
+    assert any(m[:2] == ("final", "default") for m in methods)
+    assert "MISMATCH" not in proc.stdout
+    assert "goal: defaults" in proc.stdout
+
+
+def test_bench_e2e_smoke_token_budgets(tmp_path):
+    pytest.importorskip("peft")
+    proc = run_script("bench_e2e.py", tmp_path, "--max-tokens-list", "8,256,512", "--skip-reference")
+    out = rows(tmp_path / "bench_e2e.csv")
+    # 8 is below the longest sample: dropped from the sweep, not an error.
+    assert {r["max_tokens"] for r in out if r["phase"] == "sweep"} == {"256", "512"}
+    assert not any(r["backend"] == "reference" for r in out)
     assert "MISMATCH" not in proc.stdout
 
 
@@ -85,6 +97,18 @@ def test_bench_scaling_smoke(tmp_path):
     out = rows(tmp_path / "bench_scaling.csv")
     assert {r["axis"] for r in out} == {"samples", "seq_len", "batch_size"}
     assert (tmp_path / "bench_scaling.png").stat().st_size > 0
+
+
+def test_bench_scaling_smoke_budgets_and_processes(tmp_path):
+    """The token-budget axis, and the processes axis: `sqsd-fast score` under real torchrun."""
+    pytest.importorskip("peft")
+    run_script("bench_scaling.py", tmp_path, "--max-tokens-list", "128", "--processes", "2",
+               "--sample-counts", "", "--seq-lens", "", "--batch-sizes", "", timeout=300)
+    out = rows(tmp_path / "bench_scaling.csv")
+    assert {r["axis"] for r in out} == {"max_tokens", "processes"}
+    procs = [r for r in out if r["axis"] == "processes"]
+    assert [(r["value"], r["threads_per_process"]) for r in procs] == [("1", "1"), ("2", "1")]
+    assert all(int(r["samples"]) == 4 and float(r["peak_MB"]) > 0 for r in procs)
 
 
 def test_make_report_renders_from_csvs(tmp_path):
