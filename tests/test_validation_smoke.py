@@ -34,7 +34,8 @@ def test_smoke_run_covers_every_stage_and_reruns_from_cache(tmp_path):
         rows = list(csv.DictReader(f))
     labels = {r["label"] for r in rows}
     assert labels == {"S1", "S2", "S3", "random-1-top", "length-top", "self-inf-n-top",
-                      "gradmatch-top"}
+                      "gradmatch-top", "length-matched", "shortest", "gradmatch-windows-S2",
+                      "gradmatch-windows-S3"}
     for r in rows:
         assert 0.0 <= float(r["asr"]) <= 1.0 and int(r["n"]) == 6
         generations = results / "generations" / f"ft_{r['label']}.jsonl"
@@ -59,6 +60,24 @@ def test_smoke_run_covers_every_stage_and_reruns_from_cache(tmp_path):
     report = (results / "VALIDATION.md").read_text()
     assert "SMOKE RUN" in report and "Pre-registered criterion" in report
     assert "ASR(S1) − ASR(S5)" in report and "random-1-top" in report
+    # The length controls: the matched window has S1's response lengths, none of its samples.
+    matched = json.loads((results / "windows" / "length-matched.json").read_text())
+    s1 = json.loads((tmp_path / "windows" / "sqsd" / "subsets.json").read_text())["subsets"][0]
+    assert not set(matched["pool_indices"]) & set(s1["indices"])
+    assert len(matched["pool_indices"]) == len(s1["indices"])
+    assert "d = ASR(S1) − ASR(length-matched)" in report and "not measured yet" not in report.split(
+        "## Controls")[1].split("##")[0]
     # A rerun finds everything done.
     again = _run(tmp_path)
     assert ": running" not in again and ": cached" in again
+
+
+def test_length_matched_takes_the_closest_unused_length_outside_the_target():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from validation import length_matched
+
+    lengths = {0: 10, 1: 50, 2: 11, 3: 9, 4: 49, 5: 100, 6: 12, 7: 48}
+    chosen = length_matched(lengths, [0, 1])          # S1 = samples 0 (10 tokens) and 1 (50)
+    # 0 -> 2 (11) and 3 (9) tie at distance 1: the lower index; 1 -> 4 (49).
+    assert chosen == [2, 4]
+    assert length_matched(lengths, [3, 2]) == [0, 6]   # 9 -> 10 (idx 0); 11 -> 12 (idx 6), 0 used
