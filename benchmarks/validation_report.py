@@ -127,7 +127,7 @@ def _plot_asr(asr_rows, num_windows, path: Path) -> bool:
     xs = [int(r["window"][1:]) for r in windows]
     ys = [float(r["asr"]) for r in windows]
     ci = [wilson(int(r["n_attack_success"]), int(r["n"])) for r in windows]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
     # max(0, .): at p = 0 or 1 the interval's end equals p up to rounding.
     ax.errorbar(xs, ys, yerr=[[max(0.0, y - c[0]) for y, c in zip(ys, ci)],
                               [max(0.0, c[1] - y) for y, c in zip(ys, ci)]],
@@ -146,12 +146,13 @@ def _plot_asr(asr_rows, num_windows, path: Path) -> bool:
             continue
         kind = "random" if r["ranking"].startswith("random") else r["ranking"]
         ax.axhline(float(r["asr"]), color=colors.get(kind, "black"), ls="--", lw=1,
-                   label=f"top window: {r['ranking']}")
+                   label=(f"control: {r['ranking']}" if kind in ("length-matched", "shortest")
+                          else f"top window: {r['ranking']}"))
     ax.set_xticks(range(1, num_windows + 1), [f"S{k}" for k in range(1, num_windows + 1)])
     ax.set_xlabel("window (S1 = highest SQSD scores)")
     ax.set_ylabel("ASR on held-out AdvBench")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
