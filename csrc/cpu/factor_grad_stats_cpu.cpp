@@ -31,8 +31,8 @@ constexpr int64_t kMaxGramFormRows = 2048;     // two T x T fp32 Grams: at most 
 // bf16 inputs on a CPU with native bf16 dot products (AVX512-BF16 or AMX) form each G tile
 // with a bf16 GEMM: oneDNN accumulates in fp32 and rounds each entry of the tile once to
 // bf16 (relative error <= 2^-9 an entry, ~2e-3 on the statistics; the contract allows 1e-2
-// for bf16 inputs), then the tile is widened to fp32 for the statistics. That is 2-3x faster
-// than widening both input slices first, which stays the path everywhere else (and for
+// for bf16 inputs), then the tile is widened to fp32 for the statistics. That is 1.7-2.6x
+// faster (BENCHMARKS.md §1) than widening both input slices first, the path everywhere else (and for
 // fp16, which has no fast CPU GEMM). SQSD_FAST_CPU_BF16_GEMM=0/1 overrides the detection
 // (tests run both paths on any machine).
 bool cpu_has_native_bf16() {
