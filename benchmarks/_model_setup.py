@@ -191,14 +191,14 @@ def per_sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 def floor_pass(setup: Setup, batches) -> None:
     """The floor: forward + backward of every batch, same model and active LoRA, no hooks.
 
-    The loss is the engine's own (sqsd_fast.scoring.batch_pass.response_loss: each sample's
+    The loss is the engine's own (sqsd_fast.engine.batch_pass.response_loss: each sample's
     mean response-token cross-entropy, logits only at response positions, the LM head in
     chunks), summed over the batch and backpropagated to the LoRA factors of STATE. So the
     floor is what one fine-tuning step on these batches costs, and engine / floor is what
     scoring adds on top of it. (Before 2026-11-26 the floor took logits at every position,
     which made it slower than the engine on a 49k vocabulary.)
     """
-    from sqsd_fast.scoring.batch_pass import loss_head, pack_batch, response_loss
+    from sqsd_fast.engine.batch_pass import loss_head, pack_batch, response_loss
 
     model = setup.model
     train_only_state(model, STATE)

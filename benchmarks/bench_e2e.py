@@ -9,7 +9,7 @@ Over the same samples, in one run:
                 (a sweep picks it: --batch-sizes, or with --max-tokens-list token budgets
                 under a batch-size cap of --token-batch-cap);
   (e) default   our engine exactly as `sqsd-fast score` runs it by default (batch size 8,
-                the device's default token budget: sqsd_fast.scoring.token_budget);
+                the device's default token budget: sqsd_fast.engine.token_budget);
   (d) floor     plain forward + backward of the same length-bucketed batches, same model
                 and LoRA, no hooks (benchmarks/_model_setup.py: floor_pass), at the best
                 batching of the sweep.
@@ -110,7 +110,7 @@ def default_batching(st) -> Batching:
     import dataclasses
 
     from sqsd_fast.options import ScoreOptions
-    from sqsd_fast.scoring.token_budget import resolve_max_tokens
+    from sqsd_fast.engine.token_budget import resolve_max_tokens
 
     batch_size = next(f.default for f in dataclasses.fields(ScoreOptions) if f.name == "batch_size")
     return Batching(batch_size, resolve_max_tokens(None, st.model, st.device, st.samples))

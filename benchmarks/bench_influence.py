@@ -126,7 +126,7 @@ def func_per_sample(model, tok, samples, q_flat, R, batch_size):
 def kronecker_check(stats, grads, model, size, sketch) -> float:
     """Our sketches vs P_u G_A P_x^T, P_e G_B P_h^T of the loop's materialized gradients."""
     from sqsd_fast.influence import sketch_maps
-    from sqsd_fast.influence.sketch import sketch_dense
+    from sqsd_fast.engine.sketch import sketch_dense
 
     maps = sketch_maps(size, stats.shapes(), seed=0)
     layout = [(m, f, p.shape) for m, f, p in flat_params(model)]

@@ -41,7 +41,7 @@ def build(vocab: int, hidden: int, layers: int):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).eval()
     peft_model = build_random_lora(model, ["state", "direction"], r=4, alpha=8, seed=1)
-    from sqsd_fast.scoring.adapters import state_factors
+    from sqsd_fast.models.adapters import state_factors
     engine = ProjectionEngine(peft_model, {"d": state_factors(peft_model, "direction")},
                               backend="reference")
     return engine
@@ -68,7 +68,7 @@ def main(argv=None):
     if args.smoke:
         args.vocab_sizes, args.samples, args.length = "4096,16384", 2, 48
     device = setup(args)
-    from sqsd_fast.scoring.batch_pass import LOSS_CHUNK_LOGITS, LossHead
+    from sqsd_fast.engine.batch_pass import LOSS_CHUNK_LOGITS, LossHead
     rows = []
     for vocab in (int(v) for v in args.vocab_sizes.split(",")):
         engine = build(vocab, 64, 2)

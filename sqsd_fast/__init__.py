@@ -29,7 +29,10 @@ def __getattr__(name: str):
         from sqsd_fast.training.drift import DriftMonitor
 
         return DriftMonitor
-    if name in ("score_file", "project_file"):
+    if name == "GradientStats":
+        from sqsd_fast.influence.stats import GradientStats
+        return GradientStats
+    if name in ("score_file", "project_file", "baseline_file"):
         from sqsd_fast import pipeline
 
         return getattr(pipeline, name)
@@ -38,9 +41,11 @@ def __getattr__(name: str):
 
 __all__ = [
     "DriftMonitor",
+    "GradientStats",
     "SQSDScorer",
     "__version__",
     "backend_available",
+    "baseline_file",
     "build_info",
     "direction_sqnorm",
     "factor_grad_stats",

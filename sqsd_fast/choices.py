@@ -23,7 +23,7 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 DIRECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 __all__ = ["BACKENDS", "DTYPE_NAMES", "METRICS", "check_choice", "check_device",
-           "check_finite_float", "check_named_directions", "check_positive_int", "name_value_pairs"]
+           "check_finite_float", "check_positive_int", "name_value_pairs"]
 
 
 def check_positive_int(name: str, value, *, optional: bool = False):
@@ -73,17 +73,3 @@ def name_value_pairs(name, value, form: str) -> list[tuple[str, str]]:
         seen.add(key)
         pairs.append((key, rest))
     return pairs
-
-
-def check_named_directions(name, value):
-    """``NAME=DIR`` direction adapters (a list, one string or a mapping), each read now so
-    that a bad directory is a usage error, not a failed run; as a list of ``NAME=DIR``."""
-    pairs = name_value_pairs(name, value, "NAME=DIR")
-    if pairs:   # read now, so that a bad directory is a usage error, not a failed run
-        from sqsd_fast.scoring.adapters import check_direction_is_usable, read_adapter
-        for key, path in pairs:
-            try:
-                check_direction_is_usable(read_adapter(path))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name} {key}={path}: {exc}") from None
-    return [f"{key}={path}" for key, path in pairs]

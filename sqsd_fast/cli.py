@@ -5,7 +5,7 @@
 
 Argument parsing and printing only: each command's options are a dataclass (registered in
 _OPTIONS; the parser is built from it) and the work is done by a module Python users call
-too (pipeline, subsets, training, evaluation, influence.baselines). Every error prints one
+too (pipeline, subsets, training, evaluation). Every error prints one
 line to stderr with a non-zero exit code (the README lists them).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import textwrap
 from typing import Sequence
 
 from sqsd_fast.evaluation.options import EvaluateOptions
-from sqsd_fast.influence.baselines import BaselineOptions
+from sqsd_fast.options import BaselineOptions
 from sqsd_fast.options import (OptionError, ProjectOptions, RecordFieldOptions, ScoreOptions,
                                SubsetsOptions)
 from sqsd_fast.training.options import TrainAdapterOptions

@@ -16,7 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
 from sqsd_fast.choices import (BACKENDS, DTYPE_NAMES, METRICS, check_choice, check_device,
-                               check_finite_float, check_named_directions, check_positive_int)
+                               check_finite_float, check_positive_int, name_value_pairs)
+
+
+def check_named_directions(name, value):
+    """``NAME=DIR`` direction adapters (a list, one string or a mapping), each read now so
+    that a bad directory is a usage error, not a failed run; as a list of ``NAME=DIR``."""
+    pairs = name_value_pairs(name, value, "NAME=DIR")
+    if pairs:   # read now, so that a bad directory is a usage error, not a failed run
+        from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter
+        for key, path in pairs:
+            try:
+                check_direction_is_usable(read_adapter(path))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} {key}={path}: {exc}") from None
+    return [f"{key}={path}" for key, path in pairs]
 
 
 class OptionError(ValueError):
@@ -175,6 +189,10 @@ class RunOptions(RecordFieldOptions):
     def progress(self) -> bool:
         return not (self.quiet or self.no_progress)
 
+    def columns(self) -> dict[str, str]:
+        """The output table: {column: "int" | "float" | "str"}, in order."""
+        raise NotImplementedError(f"{type(self).__name__} must say which columns its run writes")
+
     def adapters(self) -> dict[str, str]:
         """{field name: adapter directory} of the adapters given."""
         return {name: getattr(self, name) for name in self.ADAPTER_FIELDS
@@ -232,6 +250,16 @@ class ScoreOptions(RunOptions, _ScoreInputs):
     CHECKS: ClassVar[dict] = {"safety_state_scaling": check_finite_float,
                               "more_danger_direction": check_named_directions}
 
+    def columns(self) -> dict[str, str]:
+        from sqsd_fast.io.writers import SCORE_COLUMNS
+        columns = {}
+        for name, kind in SCORE_COLUMNS.items():
+            columns[name] = kind
+            if name == "sqsd":     # one pair per further danger direction, after the main one
+                for extra in self.more_danger_directions():
+                    columns[f"danger_proj_{extra}"] = columns[f"sqsd_{extra}"] = "float"
+        return columns
+
 
 @dataclass(kw_only=True)
 class _ProjectInputs:
@@ -253,6 +281,10 @@ class ProjectOptions(RunOptions, _ProjectInputs):
         "n_response_tokens, status.")
     ADAPTER_FIELDS: ClassVar[tuple] = ("state", "direction")
     SCORE_COLUMN: ClassVar[str] = "proj"
+
+    def columns(self) -> dict[str, str]:
+        from sqsd_fast.io.writers import PROJECT_COLUMNS
+        return dict(PROJECT_COLUMNS)
 
 
 @dataclass(kw_only=True)
@@ -282,3 +314,96 @@ class SubsetsOptions(CheckedOptions):
         "JSONL), plus subsets.png (the sorted scores with the windows marked) and "
         "subsets.json (which records each window holds).")
     CHECKS: ClassVar[dict] = {"num": check_positive_int, "window": _optional_positive}
+
+
+# ----------------------------------------------------------------------- baseline
+# The paper's baselines (sqsd_fast/influence/baselines.py computes them).
+
+METHODS = ("length", "random", "self-inf", "self-inf-n", "gradmatch")
+GRADIENT_METHODS = ("self-inf", "self-inf-n", "gradmatch")
+GRADMATCH_RESPONSE_TOKENS = 10   # He et al. 2024
+BASELINE_COLUMNS = {"index": "int", "score": "float", "rank": "int", "n_tokens": "int",
+                    "n_response_tokens": "int", "status": "str"}
+
+
+def _seed(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+@dataclass(kw_only=True)
+class _BaselineInputs:
+    model: str = required_option("base model (directory, hub id or .gguf file); its tokenizer "
+                                 "tokenizes --data", "DIR")
+    method: str = field(metadata={"help": "length | random | self-inf | self-inf-n | gradmatch",
+                                  "choices": METHODS})
+    state: Optional[str] = option(None, "LoRA adapter directory the gradients are taken at "
+                                  "(self-inf, self-inf-n, gradmatch)", "DIR")
+    harmful_anchors: Optional[str] = option(None, "gradmatch: data file of harmful anchor "
+                                            "samples", "FILE")
+    safe_anchors: Optional[str] = option(None, "gradmatch: data file of safe anchor samples, "
+                                         "whose similarity is subtracted", "FILE")
+    response_tokens: Optional[int] = option(None, "gradmatch: the loss of every sample and "
+                                            "anchor covers its first N response tokens "
+                                            f"(default {GRADMATCH_RESPONSE_TOKENS})", "N")
+    seed: int = option(0, "random: seed of the uniform scores", "N")
+
+
+@dataclass(kw_only=True)
+class BaselineOptions(RunOptions, _BaselineInputs):
+    """``sqsd-fast baseline``: one baseline score per sample (the methods: sqsd_fast/influence/baselines.py)."""
+
+    COMMAND: ClassVar[str] = "baseline"
+    HELP: ClassVar[str] = "score every sample with a baseline: length, random, self-inf, self-inf-n, gradmatch"
+    DESCRIPTION: ClassVar[str] = (
+        "Score every sample of --data with a baseline of the SQSD paper, our versions in the "
+        "LoRA-parameter space at --state: length (response tokens), random (uniform, --seed), "
+        "self-inf (squared norm of the LoRA gradient), self-inf-n (log(self-inf + 1) + "
+        "log(response tokens + 1)), gradmatch (cosine to the mean normalized gradient of "
+        "--harmful-anchors, minus that of --safe-anchors). Output rows, in input order: index, "
+        "score, rank (1 = highest), n_tokens, n_response_tokens, status.")
+    EPILOG: ClassVar[str] = (
+        "Example:\n  sqsd-fast baseline --method gradmatch --model BASE --state lora_initial "
+        "\\\n      --harmful-anchors harmful.jsonl --safe-anchors safe.jsonl --data train.jsonl "
+        "--out gradmatch.jsonl")
+    metric: str = option("cosine", "gradmatch only: cosine (He et al.), dot = <g, m> or projection "
+                         "= <g, m>/||m||, with m the anchors' mean normalized gradient",
+                         choices=METRICS)
+
+    ADAPTER_FIELDS: ClassVar[tuple] = ("state",)
+    PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "harmful_anchors", "safe_anchors")
+    SCORE_COLUMN: ClassVar[str] = "score"
+    CHECKS: ClassVar[dict] = {
+        "method": lambda n, v: check_choice(n, v, METHODS),
+        "response_tokens": lambda n, v: check_positive_int(n, v, optional=True),
+        "seed": _seed,
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        method, gradient = self.method, self.method in GRADIENT_METHODS
+        # Each message starts with the field name: the CLI turns it into the option.
+        if gradient and self.state is None:
+            raise OptionError("state", f"state: --method {method} needs it (the LoRA adapter "
+                                       "the gradients are taken at)")
+        if not gradient and self.state is not None:
+            raise OptionError("state", f"state: --method {method} takes no gradient; leave it out")
+        if method == "gradmatch" and self.harmful_anchors is None:
+            raise OptionError("harmful_anchors", "harmful_anchors: --method gradmatch needs a data "
+                                                 "file of harmful anchor samples")
+        for name in ("harmful_anchors", "safe_anchors", "response_tokens"):
+            if method != "gradmatch" and getattr(self, name) is not None:
+                raise OptionError(name, f"{name}: only --method gradmatch uses it")
+        if method != "gradmatch" and self.metric != "cosine":
+            raise OptionError("metric", "metric: only --method gradmatch uses it")
+
+    def columns(self) -> dict[str, str]:
+        return dict(BASELINE_COLUMNS)
+
+    @property
+    def loss_response_tokens(self) -> int | None:
+        """How many response tokens each loss covers (None: all)."""
+        if self.method != "gradmatch":
+            return None
+        return self.response_tokens or GRADMATCH_RESPONSE_TOKENS

@@ -22,14 +22,16 @@ holds the rows.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqsd_fast.options import ProjectOptions, RunOptions, ScoreOptions
+from sqsd_fast.checks import (check_adapter_path, check_device_available, check_model_path,
+                              check_output_path)
+from sqsd_fast.options import BaselineOptions, ProjectOptions, RunOptions, ScoreOptions
+from sqsd_fast.run_scorer import RunScorer, SQSDRun
 
 
 @dataclass
@@ -75,20 +77,16 @@ def project_file(options: ProjectOptions | None = None, /, **kwargs) -> RunResul
     return run(options if options is not None else ProjectOptions(**kwargs))
 
 
+def baseline_file(options: BaselineOptions | None = None, /, **kwargs) -> RunResult:
+    """One baseline score per record of ``data`` written to ``out`` (see :class:`BaselineOptions`
+    and ``sqsd_fast.influence.baselines``); same checks, sidecars, lock and run record as
+    :func:`score_file`."""
+    return run(options if options is not None else BaselineOptions(**kwargs))
+
+
 def output_columns(options: RunOptions) -> dict[str, str]:
-    from sqsd_fast.io.writers import PROJECT_COLUMNS, SCORE_COLUMNS
-    own = getattr(options, "COLUMNS", None)   # a command with its own table (baseline)
-    if own is not None:
-        return own
-    if not isinstance(options, ScoreOptions):
-        return PROJECT_COLUMNS
-    columns = {}
-    for name, kind in SCORE_COLUMNS.items():
-        columns[name] = kind
-        if name == "sqsd":     # one pair per further danger direction, after the main one
-            for extra in options.more_danger_directions():
-                columns[f"danger_proj_{extra}"] = columns[f"sqsd_{extra}"] = "float"
-    return columns
+    """The columns ``options``' run writes (known before any model is loaded)."""
+    return options.columns()
 
 
 def run(options: RunOptions) -> RunResult:
@@ -208,7 +206,7 @@ def _score_into(checkpoint, options: RunOptions, columns: dict, samples, rows_by
     """Score the ``samples`` not in ``rows_by_index`` into it, each batch appended durably
     to ``checkpoint`` (sidecars already checked) before it counts."""
     from sqsd_fast.io.writers import select_columns
-    scorer = load_scorer(options)
+    scorer = run_scorer(options, load_scorer(options))
     checkpoint.open()
     try:
         for batch_rows in _iterate(scorer, options, samples, frozenset(rows_by_index)):
@@ -267,16 +265,12 @@ def _option_labels(options: RunOptions) -> dict[str, str]:
     return labels
 
 
-def _iterate(scorer, options: RunOptions, samples, skip):
-    from sqsd_fast.scoring.token_budget import resolve_max_tokens
-    holder = getattr(scorer, "engine", None) or getattr(scorer, "stats", None)
-    model = getattr(holder, "model", None)     # for a GPU's default budget (none: CPU's)
-    max_tokens = resolve_max_tokens(options.max_tokens, model, options.device, samples)
-    common = dict(metric=options.metric, batch_size=options.batch_size, max_tokens=max_tokens,
-                  skip_indices=skip, progress=options.progress)
-    if isinstance(options, ScoreOptions):
-        return scorer.iter_score(samples, **common)
-    return scorer.iter_project(samples, state="danger_state", direction="danger", **common)
+def _iterate(scorer: RunScorer, options: RunOptions, samples, skip):
+    from sqsd_fast.engine.token_budget import resolve_max_tokens
+    # The model (None: no model) sets a GPU's default budget; the CPU's is fixed.
+    max_tokens = resolve_max_tokens(options.max_tokens, scorer.model, options.device, samples)
+    return scorer.iter_rows(samples, batch_size=options.batch_size, max_tokens=max_tokens,
+                            skip_indices=skip, progress=options.progress)
 
 
 # ------------------------------------------------------------------------- checks
@@ -293,90 +287,6 @@ def check_paths(options: RunOptions) -> None:
         if name not in ("model", "tokenizer") and path is not None and not Path(path).exists():
             raise ValueError(f"--{name.replace('_', '-')} {path}: file not found")
     check_model_path(options.model)
-
-
-def check_device_available(device: str) -> None:
-    import torch
-    if not device.startswith("cuda"):
-        return
-    if not torch.cuda.is_available():
-        build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
-        raise ValueError(f"--device {device}: CUDA is not available here ({build}); use --device cpu")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) "
-                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
-
-
-def check_output_path(out: str, data: str) -> None:
-    from sqsd_fast.io.writers import output_format
-    output_format(out)
-    p = Path(out)
-    if p.is_dir():
-        raise ValueError(f"--out {out} is a directory; give a file name such as "
-                         f"{p / 'scores.jsonl'}")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"--out {out}: the directory {p.parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: the directory {parent} is not writable")
-    if Path(data).exists() and p.exists() and p.resolve() == Path(data).resolve():
-        raise ValueError(f"--out {out} is the input data file; choose another output name")
-
-
-def check_adapter_path(option: str, path: str) -> None:
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{option} {path}: directory not found")
-    if not p.is_dir() or not (p / "adapter_config.json").is_file():
-        raise ValueError(f"{option} {path}: not a LoRA adapter directory (no "
-                         f"adapter_config.json; save one with peft's save_pretrained)")
-
-
-def check_model_path(path: str) -> None:
-    from sqsd_fast.data.records import looks_like_local_path
-    p = Path(path)
-    if p.is_file() and p.suffix.lower() == ".gguf":
-        return  # converted (once, cached) when the model is loaded
-    if p.exists():
-        if not p.is_dir() or not (p / "config.json").is_file():
-            raise ValueError(f"--model {path}: not a model directory (no config.json) or .gguf file")
-    elif looks_like_local_path(path):
-        raise ValueError(f"--model {path}: directory not found")
-    else:
-        check_hub_reachable(path)
-
-
-def check_hub_reachable(model_id: str, timeout: float = 3.0) -> None:
-    """A hub id that is not in the local cache needs the hub: say at once when it cannot be
-    reached, instead of after a minute of retries blamed on the tokenizer."""
-    from huggingface_hub import constants, try_to_load_from_cache
-    cached = try_to_load_from_cache(model_id, "config.json")
-    if isinstance(cached, str):
-        return
-    if constants.HF_HUB_OFFLINE:
-        raise ValueError(f"--model {model_id}: not a local directory, not in the Hugging Face "
-                         f"cache, and HF_HUB_OFFLINE is set; give a local model directory")
-    import socket
-    import threading
-    from urllib.parse import urlparse
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    reached = []
-
-    def probe():  # in a thread: a DNS lookup has no timeout of its own
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            reached.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not reached:
-        raise ValueError(f"--model {model_id}: not a local directory, and the Hugging Face hub "
-                         f"({host}) cannot be reached to download it; give a local model "
-                         f"directory (or check the network)")
 
 
 # --------------------------------------------------------------------- preparation
@@ -408,33 +318,14 @@ def fingerprint(options: RunOptions, prep: Prepared) -> dict:
 # ------------------------------------------------------------------------- loading
 
 
-@contextmanager
-def quiet_libraries():
-    """Silence loading progress bars and deprecation chatter from transformers/peft, so
-    the user sees our progress bar and summary; restores the previous settings."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_scorer(options: RunOptions):
-    """The scorer for ``options``: an SQSDScorer, or what the options' own ``load_scorer``
-    gives (baseline); tests replace this to avoid a real model."""
-    own = getattr(options, "load_scorer", None)
-    if own is not None:
-        return own()
+    """The library scorer of ``options``' command: an ``SQSDScorer`` for score and project,
+    a ``BaselineScorer`` for baseline. The one place a model is loaded; tests replace it
+    (with an SQSDScorer-shaped stand-in, ``sqsd_fast.testing.FakeScorer``)."""
+    if isinstance(options, BaselineOptions):
+        from sqsd_fast.influence.baselines import load_baseline_scorer
+        return load_baseline_scorer(options)
+    from sqsd_fast.quiet import quiet_libraries
     from sqsd_fast.scoring.scorer import SQSDScorer
     common = dict(dtype=options.dtype, device=options.device, backend=options.backend)
     with quiet_libraries():
@@ -448,3 +339,10 @@ def load_scorer(options: RunOptions):
                 more_danger_directions=options.more_danger_directions(), **common)
         return SQSDScorer.from_pretrained(options.model, danger_state=options.state,
                                           danger_direction=options.direction, **common)
+
+
+def run_scorer(options: RunOptions, scorer) -> RunScorer:
+    """``scorer`` (what :func:`load_scorer` gave) behind the :class:`RunScorer` protocol."""
+    if isinstance(options, BaselineOptions):
+        return scorer                  # BaselineScorer is a RunScorer
+    return SQSDRun(scorer, options)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sqsd_fast.scoring.batch_pass as batch_pass
+import sqsd_fast.engine.batch_pass as batch_pass
 from sqsd_fast.data.tokenize import TokenizedSample
-from sqsd_fast.scoring.batch_pass import LossHead, loss_head, pack_batch, response_loss
+from sqsd_fast.engine.batch_pass import LossHead, loss_head, pack_batch, response_loss
 from sqsd_fast.testing.toy_model import build_random_lora, build_toy_model, build_toy_tokenizer
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sqsd_fast.testing.assertions import require_module
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 
@@ -45,7 +47,7 @@ def test_bench_kernels_smoke(tmp_path):
 
 
 def test_bench_e2e_smoke(tmp_path):
-    pytest.importorskip("peft")
+    require_module("peft")
     proc = run_script("bench_e2e.py", tmp_path)
     out = rows(tmp_path / "bench_e2e.csv")
     methods = {(r["phase"], r["method"], r["backend"]) for r in out}
@@ -57,7 +59,7 @@ def test_bench_e2e_smoke(tmp_path):
 
 
 def test_bench_e2e_smoke_token_budgets(tmp_path):
-    pytest.importorskip("peft")
+    require_module("peft")
     proc = run_script("bench_e2e.py", tmp_path, "--max-tokens-list", "8,256,512", "--skip-reference")
     out = rows(tmp_path / "bench_e2e.csv")
     # 8 is below the longest sample: dropped from the sweep, not an error.
@@ -67,7 +69,7 @@ def test_bench_e2e_smoke_token_budgets(tmp_path):
 
 
 def test_bench_per_sample_smoke(tmp_path):
-    pytest.importorskip("peft")
+    require_module("peft")
     run_script("bench_per_sample.py", tmp_path)
     out = rows(tmp_path / "bench_per_sample.csv")
     by_method = {r["method"].split()[0]: r for r in out}
@@ -91,6 +93,7 @@ def check_opacus_row(opacus_rows: list[dict]) -> None:
         assert float(row["rel_err"]) <= float(row["tol"]), row
 
 
+@pytest.mark.slow
 def test_bench_scaling_smoke(tmp_path):
     pytest.importorskip("matplotlib")
     run_script("bench_scaling.py", tmp_path)
@@ -99,9 +102,10 @@ def test_bench_scaling_smoke(tmp_path):
     assert (tmp_path / "bench_scaling.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bench_scaling_smoke_budgets_and_processes(tmp_path):
     """The token-budget axis, and the processes axis: `sqsd-fast score` under real torchrun."""
-    pytest.importorskip("peft")
+    require_module("peft")
     run_script("bench_scaling.py", tmp_path, "--max-tokens-list", "128", "--processes", "2",
                "--sample-counts", "", "--seq-lens", "", "--batch-sizes", "", timeout=300)
     out = rows(tmp_path / "bench_scaling.csv")
@@ -133,7 +137,7 @@ def test_make_report_renders_from_csvs(tmp_path):
 
 
 def test_bench_influence_smoke(tmp_path):
-    pytest.importorskip("peft")
+    require_module("peft")
     run_script("bench_influence.py", tmp_path)
     out = rows(tmp_path / "bench_influence.csv")
     assert {r["method"] for r in out} >= {"less", "query", "sketch"}

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from sqsd_fast.testing.assertions import require_module
+
 from sqsd_fast.io.writers import read_rows
 
-pytest.importorskip("peft")
+require_module("peft")
 
 WINDOWS, WINDOW = 5, 6   # the demo cuts S1..S5 of 6 samples each
 

@@ -6,12 +6,15 @@ import math
 
 import pytest
 
+from sqsd_fast.testing.assertions import require_module
+
 import sqsd_fast.cli as cli
 import sqsd_fast.pipeline as pipeline
+from sqsd_fast.quiet import quiet_libraries
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
 
-pytest.importorskip("peft")
+require_module("peft")
 
 RECORDS = [
     {"instruction": "Name a color.", "context": "", "response": "Blue."},
@@ -43,7 +46,7 @@ def one_thread():
 def assets(tmp_path_factory, one_thread):
     from sqsd_fast.testing.toy_model import build_toy_assets
     root = tmp_path_factory.mktemp("toy")
-    with pipeline.quiet_libraries():
+    with quiet_libraries():
         toy = build_toy_assets(root, hidden_size=32, intermediate_size=48, num_layers=1,
                                num_heads=2, r=2, alpha=4,
                                target_modules=("q_proj", "v_proj", "down_proj"))
@@ -145,6 +148,7 @@ def test_killed_mid_run_then_resumed(assets, reference_rows, tmp_path, monkeypat
     class StopsAfterOneBatch:
         def __init__(self, scorer):
             self.scorer = scorer
+            self.model = scorer.model
 
         def iter_score(self, *a, **kw):
             for k, rows in enumerate(self.scorer.iter_score(*a, **kw)):

@@ -23,6 +23,7 @@ import pytest
 import sqsd_fast.cli as cli
 import sqsd_fast.distributed as distributed
 import sqsd_fast.pipeline as pipeline
+from sqsd_fast.quiet import quiet_libraries
 from sqsd_fast.io.checkpoint import rank_part, sidecar_parts, sidecar_paths
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.options import ScoreOptions
@@ -308,7 +309,7 @@ def test_only_rank_0_prints_an_error_everyone_hit(ws, tmp_path, monkeypatch, cap
 def toy(tmp_path_factory):
     from sqsd_fast.testing.toy_model import build_toy_assets
     root = tmp_path_factory.mktemp("dist_toy")
-    with pipeline.quiet_libraries():
+    with quiet_libraries():
         return build_toy_assets(root, hidden_size=32, intermediate_size=48, num_layers=1,
                                 num_heads=2, r=2, alpha=4,
                                 target_modules=("q_proj", "v_proj", "down_proj"))
@@ -359,6 +360,7 @@ def _assert_same_rows(rows, want):
                 assert math.isclose(got[key], ref[key], rel_tol=0, abs_tol=1e-6), (key, got, ref)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_write_the_one_process_rows(toy, one_process_rows, tmp_path):
     out = tmp_path / "scores.jsonl"
     proc = _torchrun(_toy_argv(toy, out))
@@ -387,6 +389,7 @@ if os.environ.get("RANK") == "1":
 """
 
 
+@pytest.mark.slow
 def test_torchrun_rank_killed_mid_run_then_resumed(toy, one_process_rows, tmp_path):
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -422,6 +425,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_python_api_in_the_callers_group_with_a_rank_left_without_samples(toy, tmp_path):
     script = tmp_path / "api.py"
     script.write_text(PYTHON_API)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import sqsd_fast.cli as cli
-from sqsd_fast.scoring.adapters import LoraFactors, read_adapter
+from sqsd_fast.models.adapters import LoraFactors, read_adapter
 from sqsd_fast.testing.toy_model import (TOY_CORPUS, TOY_REFUSAL_TEXTS, TOY_UNSAFE_TEXTS,
                                          build_toy_adapter, build_toy_model,
                                          build_toy_tokenizer)
@@ -89,7 +89,7 @@ def _odd_peft(seed, **lora):
 
 
 def _live(model, adapter="default"):
-    from sqsd_fast.scoring.adapters import state_factors, state_modules
+    from sqsd_fast.models.adapters import state_factors, state_modules
     factors = {n: LoraFactors(f.A.detach().clone(), f.B.detach().clone())
                for n, f in state_factors(model, adapter).items()}
     scaling = {n: float(m.scaling[adapter]) for n, m in state_modules(model, adapter).items()}

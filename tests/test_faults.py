@@ -18,10 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
+
+from sqsd_fast.testing.assertions import require_module
 import torch
 
+import sqsd_fast.checks as checks
 import sqsd_fast.cli as cli
 import sqsd_fast.pipeline as pipeline
+from sqsd_fast.quiet import quiet_libraries
 from sqsd_fast.data.records import read_records
 from sqsd_fast.data.tokenize import TokenizedSample, tokenize_records
 from sqsd_fast.io.atomic import current_umask
@@ -31,14 +35,14 @@ from sqsd_fast.io.writers import read_rows, write_rows
 from sqsd_fast.scoring import SQSDScorer
 from sqsd_fast.testing.fake_scorer import RECORDS, FakeScorer, make_workspace, score_args
 
-pytest.importorskip("peft")
+require_module("peft")
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     from sqsd_fast.testing.toy_model import build_toy_assets
     root = tmp_path_factory.mktemp("faults_toy")
-    with pipeline.quiet_libraries():
+    with quiet_libraries():
         return build_toy_assets(root, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2)
 
 
@@ -51,7 +55,7 @@ def _scorer(toy, **kwargs):
     args = dict(danger_state=toy.danger_state, danger_direction=toy.danger_direction,
                 safety_direction=toy.safety_direction, backend="reference")
     args.update(kwargs)
-    with pipeline.quiet_libraries():
+    with quiet_libraries():
         return SQSDScorer.from_pretrained(toy.model_dir, **args)
 
 
@@ -238,7 +242,7 @@ def test_unwritable_output_is_found_first_and_named(ws, tmp_path, monkeypatch, c
         raise AssertionError("the model was loaded before --out was checked")
     monkeypatch.setattr(pipeline, "load_scorer", no_load)
     real_access = os.access
-    monkeypatch.setattr(pipeline.os, "access",
+    monkeypatch.setattr(checks.os, "access",
                         lambda p, mode: False if Path(p) == tmp_path / "ro" else real_access(p, mode))
     (tmp_path / "ro").mkdir()
     _one_line_error(capsys, 1, score_args(ws, tmp_path / "ro" / "s.jsonl"), "is not writable")
@@ -291,6 +295,7 @@ def test_hub_id_without_network_fails_fast(ws, tmp_path, capsys, monkeypatch):
 
 KILL_SCRIPT = """
 import sys
+import sqsd_fast.checks as checks
 import sqsd_fast.cli as cli
 import sqsd_fast.pipeline as pipeline
 from sqsd_fast.testing.fake_scorer import FakeScorer

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 from sqsd_fast.influence import GradientStats, QueryGradients, sketch_maps
-from sqsd_fast.influence.baselines import BaselineOptions, run_baseline
+from sqsd_fast.options import BaselineOptions
+from sqsd_fast.pipeline import baseline_file as run_baseline
 from sqsd_fast.options import OptionError
 from sqsd_fast.testing.toy_model import (build_random_lora, build_toy_model, build_toy_tokenizer,
                                          save_lora_adapters)
@@ -211,6 +212,25 @@ def test_directions_from_an_adapter_factors_and_an_anchor_set(pm, tok):
     close("direction_dot", res.direction_dot[ok], dot)
     close("direction_cosine (sum over modules)", res.direction_cosine[ok], cos)
     close("direction_global_cosine", res.direction_global_cosine[ok], gcos)
+
+
+def test_both_faces_of_the_engine_agree_on_an_in_memory_direction(pm, tok):
+    """SQSDScorer with the anchors' mean induced update as an in-memory danger direction gives
+    GradientStats' direction cosine: two faces, one engine, one direction map."""
+    from sqsd_fast.scoring import SQSDScorer
+    train = random_samples(tok, SHAPES, seed=8)
+    anchors = random_samples(tok, [(9, 3), (8, 5)], seed=9, start=70)
+    stats = GradientStats(pm, adapter=STATE, backend="reference", batch_size=3)
+    direction = stats.mean_update(anchors)
+    expected = stats.direction_scores(train, [direction]).direction_cosine[:, 0]
+    scorer = SQSDScorer.from_peft_model(pm, danger_state=STATE, danger_direction=direction, backend="reference")
+    rows = scorer.project(train, batch_size=2, progress=False)
+    got = torch.tensor([float("nan") if r["proj"] is None else r["proj"] for r in rows], dtype=torch.float64)
+    assert [r["status"] for r in rows] == ["ok" if e == e else "no_response_tokens" for e in expected.tolist()]
+    ok = ~torch.isnan(expected)
+    assert ok.sum() >= 3
+    # the scorer's statistics come back in float32 (the reference backend), the direction in float32
+    close("SQSD projection = GradientStats direction cosine", got[ok], expected[ok], tol=1e-5)
 
 
 def test_sketches_equal_the_explicit_kronecker_projection(pm, tok):

@@ -11,7 +11,7 @@ from sqsd_fast.data.records import looks_like_local_path
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.evaluation.options import EvaluateOptions
-from sqsd_fast.influence.baselines import BaselineOptions
+from sqsd_fast.options import BaselineOptions
 from sqsd_fast.options import OptionError, ProjectOptions, ScoreOptions, SubsetsOptions
 from sqsd_fast.training.options import TrainAdapterOptions
 from sqsd_fast.ranking import add_ranks, sort_scored
@@ -170,7 +170,7 @@ def test_token_budget_batches_the_run_and_a_too_small_one_is_refused_before_load
 
 def test_default_token_budget_on_a_cpu_never_refuses_a_sample():
     from sqsd_fast.data.tokenize import TokenizedSample
-    from sqsd_fast.scoring.token_budget import CPU_MAX_TOKENS, resolve_max_tokens
+    from sqsd_fast.engine.token_budget import CPU_MAX_TOKENS, resolve_max_tokens
 
     def make_samples(lengths):
         return [TokenizedSample(i, [3] * n, [-100] + [3] * (n - 1), False, n, n - 1)

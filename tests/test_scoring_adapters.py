@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sqsd_fast.data.tokenize import TokenizedSample
 from sqsd_fast.scoring import SQSDScorer
-from sqsd_fast.scoring.adapters import read_adapter
+from sqsd_fast.models.adapters import read_adapter
 from sqsd_fast.testing.toy_model import (
     ALL_PROJECTIONS,
     TOY_BENIGN_TEXTS,

@@ -292,6 +292,7 @@ def test_lora_dropout_is_off_while_scoring(assets, scorer, samples, tmp_path):
     assert_scores_close("dropout state", [r["proj"] for r in got], [r["proj"] for r in want], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_model_runs_and_stays_close(assets, scorer, samples):
     low = SQSDScorer.from_pretrained(
         assets.model_dir, danger_state=assets.danger_state, danger_direction=assets.danger_direction,
@@ -304,6 +305,7 @@ def test_bfloat16_model_runs_and_stays_close(assets, scorer, samples):
     assert_scores_close("bf16 sqsd", [r["sqsd"] for r in got], [r["sqsd"] for r in want], atol=0.15)
 
 
+@pytest.mark.slow
 def test_several_danger_directions_in_one_pass_match_the_dense_oracle(assets, samples, oracle):
     """More danger directions (of another rank and scaling than the first) at the danger
     state, and a safety state that is the danger state's adapter: every column equals the

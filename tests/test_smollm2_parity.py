@@ -68,6 +68,7 @@ def _dense(reference, samples):
     return {"danger": danger, "safety": safety}
 
 
+@pytest.mark.network
 def test_setup_is_the_real_model_with_lora_everywhere(setup):
     scorer, reference, samples = setup
     template = scorer.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
@@ -81,6 +82,8 @@ def test_setup_is_the_real_model_with_lora_everywhere(setup):
     assert max(s.n_tokens for s in samples) == MAX_LENGTH
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_scorer_matches_dense_batch1_authors_algorithm(setup):
     scorer, reference, samples = setup
     dense = _dense(reference, samples)

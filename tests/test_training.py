@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sqsd_fast.options import OptionError
-from sqsd_fast.scoring.adapters import read_adapter, state_factors
+from sqsd_fast.models.adapters import read_adapter, state_factors
 from sqsd_fast.testing.toy_model import TOY_CORPUS, build_toy_model, build_toy_tokenizer
 from sqsd_fast.training import TrainAdapterOptions, format_summary, train_adapter
 

@@ -27,6 +27,7 @@ def _run(work: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_smoke_run_covers_every_stage_and_reruns_from_cache(tmp_path):
     out = _run(tmp_path)
     results = tmp_path / "results"

@@ -57,6 +57,18 @@ def check_token_budget(samples: Sequence[TokenizedSample], max_tokens: int | Non
                          f"more, or --max-length {max_tokens} to cut the samples to the budget")
 
 
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad id, else its eos id (Llama has no
+    pad token), else 0. Any id is correct (padding is masked in attention and -100 in the
+    labels); a real token only avoids surprises. The one rule for scoring, influence and
+    training (``tokenizer`` may be None: 0)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return 0
+
+
 def collate(batch: Sequence[TokenizedSample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch into (B, L) int64 tensors.
 

@@ -60,7 +60,8 @@ def run(out_dir: Path, *, quiet_progress: bool = True) -> int:
 
 
 def _run(out_dir: Path, *, quiet_progress: bool) -> int:
-    from sqsd_fast import cli, pipeline
+    from sqsd_fast import cli
+    from sqsd_fast.quiet import quiet_libraries
     from sqsd_fast.demo.demo_data import DEMO_RECORDS
     from sqsd_fast.io.writers import SCORE_COLUMNS, read_rows, write_rows
 
@@ -75,7 +76,7 @@ def _run(out_dir: Path, *, quiet_progress: bool) -> int:
         stale.unlink()                                        # sidecars of a killed run
 
     print(f"\n[1/3] building the toy model, tokenizer and adapters in {out_dir}/ ...")
-    with pipeline.quiet_libraries():
+    with quiet_libraries():
         paths = build_assets(out_dir)
     data = out_dir / "demo_data.jsonl"
     write_rows(data, DEMO_RECORDS)

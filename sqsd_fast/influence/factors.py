@@ -15,13 +15,12 @@ with anchor samples instead of a trained direction adapter.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
 
-from sqsd_fast.scoring.adapters import LoraFactors, check_direction_is_usable, check_direction_matches_state, load_direction
+from sqsd_fast.models.adapters import LoraFactors, check_direction_matches_state
 
 
 @dataclass
@@ -90,36 +89,6 @@ class QueryGradients:
             if tuple(G_A.shape[1:]) != (r, d_in) or tuple(G_B.shape[1:]) != (d_out, r):
                 raise ValueError(f"query {self.labels[0]}: module {name} has G_A {tuple(G_A.shape[1:])} and G_B "
                                  f"{tuple(G_B.shape[1:])}, but state {state} has A {r} x {d_in} and B {d_out} x {r}")
-
-
-def resolve_direction(spec, peft_model, shapes: Mapping[str, tuple[int, int, int]], *, label: str,
-                      state: str) -> dict[str, LoraFactors]:
-    """A direction from an adapter directory, the name of an adapter on ``peft_model``, or
-    ``{module: LoraFactors or (A_d, B_d)}`` in memory; checked against the state's modules."""
-    if isinstance(spec, (str, os.PathLike)):
-        factors = load_direction(spec, peft_model)
-    elif isinstance(spec, Mapping):
-        factors = {}
-        for name, pair in spec.items():
-            if not isinstance(pair, LoraFactors):
-                if len(pair) != 2:
-                    raise ValueError(f"direction {label}: module {name} must map to LoraFactors or a pair (A, B)")
-                pair = LoraFactors(*(torch.as_tensor(t).detach() for t in pair))
-            factors[name] = pair
-    else:
-        raise TypeError(f"direction {label}: expected an adapter directory, an adapter name or a dict "
-                        f"{{module: (A, B)}}; got {type(spec).__name__}")
-    try:
-        check_direction_is_usable(factors)
-    except ValueError as exc:
-        raise ValueError(f"direction {label}: {exc}") from None
-    check_direction_matches_state(factors, shapes, direction_name=label, state_name=state)
-    for name, (r, d_in, d_out) in shapes.items():
-        A, B = factors[name].A, factors[name].B
-        if A.dim() != 2 or B.dim() != 2 or A.shape[1] != d_in or B.shape[0] != d_out or A.shape[0] != B.shape[1]:
-            raise ValueError(f"direction {label}: module {name} has A {tuple(A.shape)} and B {tuple(B.shape)}; "
-                             f"expected (r_d, {d_in}) and ({d_out}, r_d)")
-    return factors
 
 
 def mean_update_direction(A: torch.Tensor, B: torch.Tensor, G_A: torch.Tensor, G_B: torch.Tensor) -> LoraFactors:

@@ -1,7 +1,7 @@
 """Samples for the influence API: the scorer's accepted inputs, checked and named by role.
 
 Every verb takes what ``SQSDScorer.score`` takes (a data file path, ``Record``s,
-``TokenizedSample``s, dicts with ``input_ids`` and ``labels``; sqsd_fast/scoring/samples.py).
+``TokenizedSample``s, dicts with ``input_ids`` and ``labels``; sqsd_fast/engine/samples.py).
 Errors name the role of the set ("training samples", "query 'harmful'", ...), since one
 call can involve several sets. ``limit_response_tokens`` keeps the loss on the first N
 response tokens only (He et al. 2024 take gradients on the first 10).
@@ -9,7 +9,7 @@ response tokens only (He et al. 2024 take gradients on the first 10).
 from __future__ import annotations
 
 from sqsd_fast.data.tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX, count_response_tokens
-from sqsd_fast.scoring.samples import DictSample, as_samples, check_fits_model
+from sqsd_fast.engine.samples import DictSample, as_samples, check_fits_model
 
 
 def prepare_samples(samples, tokenizer, model, *, role: str, max_length: int = DEFAULT_MAX_LENGTH) -> list:

@@ -8,11 +8,11 @@
     stats.sketch(train, size=(4, 32), seed=0).sketch       # (S, D) Kronecker sketches
     stats.compute(train, queries=q, directions=[...], sketch_size=32)   # all in one pass
 
-One forward + backward per batch, as the scoring engine (sqsd_fast/scoring/engine.py): the
-loss is the sum over samples of each sample's mean response-token cross-entropy, so each
-sample gets exactly its batch-1 gradient, and the capture hooks reduce x, h, u, e inside
-the backward (reducers.py); no per-sample gradient is formed on the training side. The
-caller's model is borrowed per pass and given back unchanged (scoring/model_state.py).
+A face on the engine (sqsd_fast/engine/), as ``SQSDScorer`` is: the same batch runner (one
+forward + backward per batch; each sample gets exactly its batch-1 gradient) with the
+:class:`~sqsd_fast.engine.reducers.GradientMoments` and ``KroneckerSketch`` reducers on the
+training side and ``GradientSum`` on the query side; no per-sample gradient is formed on
+the training side. The caller's model is borrowed per pass and given back unchanged.
 """
 from __future__ import annotations
 
@@ -24,15 +24,20 @@ import torch
 
 from sqsd_fast.choices import check_positive_int
 from sqsd_fast.data.tokenize import DEFAULT_MAX_LENGTH, count_response_tokens
-from sqsd_fast.influence.factors import QueryGradients, mean_update_direction, resolve_direction
+from sqsd_fast.data.batching import pad_id
+from sqsd_fast.engine.loading import load_model_and_tokenizer, use_or_attach_state
+from sqsd_fast.engine.modules import lora_modules
+from sqsd_fast.engine.reducers import GradientMoments, GradientSum, KroneckerSketch, Reducers
+from sqsd_fast.engine.runner import BatchRunner
+from sqsd_fast.engine.sketch import sketch_maps
+from sqsd_fast.engine.status import NO_RESPONSE_TOKENS, ZERO_GRADIENT, sample_status
+from sqsd_fast.engine.directions import resolve_direction
+from sqsd_fast.influence.factors import QueryGradients, mean_update_direction
 from sqsd_fast.influence.inputs import limit_response_tokens, prepare_samples
-from sqsd_fast.influence.passes import BatchRunner, batches
-from sqsd_fast.influence.reducers import ModuleSpec, PerSampleReducer, SumReducer
 from sqsd_fast.influence.results import GradientResult
-from sqsd_fast.influence.sketch import sketch_maps
+from sqsd_fast.models.adapters import LoraFactors
 from sqsd_fast.ops import direction_sqnorm, project_directions, resolve_backend
-from sqsd_fast.scoring.adapters import LoraFactors, attach_state, load_base_model, state_modules
-from sqsd_fast.scoring.model_state import ModelSettings
+from sqsd_fast.engine.batch_pass import progress_batches
 
 
 class GradientStats:
@@ -66,16 +71,14 @@ class GradientStats:
                     raise ValueError(f"the model has {len(adapter)} active adapters; name one with adapter=")
                 adapter = adapter[0]
         self.model, self.adapter, self.tokenizer = peft_model, adapter, tokenizer
-        self.modules = state_modules(peft_model, adapter)   # refuses embeddings, DoRA, ...
-        self.device = next(peft_model.parameters()).device
-        self.backend = resolve_backend(backend, self.device)
+        self.modules = lora_modules(peft_model, adapter)   # refuses embeddings, DoRA, ...
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.max_tokens = check_positive_int("max_tokens", max_tokens, optional=True)
         self.max_length = check_positive_int("max_length", max_length)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        pad = pad if pad is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
-        settings = ModelSettings(peft_model, {adapter: float(scaling)} if scaling is not None else None)
-        self.runner = BatchRunner(peft_model, adapter, self.modules, settings, pad)
+        self.runner = BatchRunner(peft_model, pad_token_id=pad_id(tokenizer),
+                                  scalings={adapter: float(scaling)} if scaling is not None else None)
+        self.device = self.runner.device
+        self.backend = resolve_backend(backend, self.device)
 
     @classmethod
     def from_pretrained(cls, model, adapter, *, tokenizer=None, dtype="float32", device=None, **kwargs):
@@ -84,18 +87,8 @@ class GradientStats:
         the tokenizer comes from ``model`` when it is a path. An adapter directory given with
         an in-memory PeftModel is loaded onto it as an extra adapter, which stays (as
         ``SQSDScorer.from_peft_model`` does). Other keywords: as ``__init__``."""
-        from peft import PeftModel
-
-        from sqsd_fast.scoring.scorer import _free_name, _load_tokenizer
-
-        base = load_base_model(model, dtype=dtype, device=device)
-        if tokenizer is None and isinstance(model, (str, os.PathLike)):
-            from sqsd_fast.models import resolve_model
-            tokenizer = _load_tokenizer(resolve_model(model))
-        if isinstance(base, PeftModel) and isinstance(adapter, str) and adapter in base.peft_config:
-            return cls(base, adapter=adapter, tokenizer=tokenizer, **kwargs)
-        name = _free_name(base, "influence_state")
-        peft_model = attach_state(base, adapter, name)
+        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device, tokenizer=tokenizer)
+        peft_model, name = use_or_attach_state(base, adapter, "influence_state")
         peft_model.to(next(base.parameters()).device)
         return cls(peft_model, adapter=name, tokenizer=tokenizer, **kwargs)
 
@@ -146,32 +139,32 @@ class GradientStats:
         q = self._queries(queries, response_tokens)
         dirs, dir_labels = self._directions(directions)
         maps = sketch_maps(sketch_size, shapes, seed) if sketch_size is not None else {}
-        specs, dir_sq = self._specs(q, dirs, maps)
-        reducer = PerSampleReducer(specs, self.backend)
+        modules, queries_A, queries_B, dir_sq = self._queries_and_directions(q, dirs)
+        dtype = self._dtype()
+        reducer = Reducers(
+            GradientMoments(modules, self.backend, queries_A, queries_B),
+            KroneckerSketch(modules, [maps[m.name].to(self.device, dtype) for m in modules]) if maps else None)
         todo = [s for s in samples if s.index not in skip_indices]
         n_q = 0 if q is None else q.k
-        for batch in batches(todo, batch_size or self.batch_size, progress, max_tokens or self.max_tokens):
+        k = n_q + len(dir_labels)
+        sketch_width = sum(2 * p.P_u.shape[0] * p.P_x.shape[0] for p in maps.values())
+        for batch in self._batches(todo, batch_size, progress, max_tokens):
             used = [limit_response_tokens(s, response_tokens) for s in batch]
-            scored = [i for i, s in enumerate(used) if count_response_tokens(s.labels) > 0]
-            n, m, k = len(batch), len(specs), n_q + len(dir_labels)
-            grad_sq, upd_sq = torch.zeros(n, m, dtype=torch.float64), torch.zeros(n, m, dtype=torch.float64)
-            proj = torch.zeros(n, m, k, dtype=torch.float64)
-            sketch = torch.zeros(n, sum(2 * p.P_u.shape[0] * p.P_x.shape[0] for p in maps.values()),
-                                 dtype=torch.float64) if maps else None
-            status = ["no_response_tokens"] * n
-            if scored:
-                finite = self.runner.run([used[i] for i in scored], reducer)
-                out = {key: v.cpu() for key, v in reducer.results(self.device).items()}
-                rows = torch.tensor(scored, dtype=torch.long)
-                grad_sq[rows], upd_sq[rows], proj[rows] = out["grad_sq"], out["update_sq"], out["proj"]
-                if maps:
-                    sketch[rows] = out["sketch"]
-                for j, i in enumerate(scored):
-                    values = [grad_sq[i], upd_sq[i], proj[i]] + ([sketch[i]] if maps else [])
-                    if not finite[j] or not all(bool(torch.isfinite(v).all()) for v in values):
-                        status[i] = "non_finite_gradient"
-                    else:
-                        status[i] = "zero_gradient" if float(grad_sq[i].sum()) == 0.0 else "ok"
+            out = self.runner.run(used, self.adapter, modules, reducer)
+            n, m = len(batch), len(modules)
+            grad_sq = out.values.get("grad_sq", torch.zeros(n, m, dtype=torch.float64))
+            upd_sq = out.values.get("update_sq", torch.zeros(n, m, dtype=torch.float64))
+            proj = out.values.get("proj", torch.zeros(n, m, k, dtype=torch.float64))
+            sketch = out.values.get("sketch", torch.zeros(n, sketch_width, dtype=torch.float64)) if maps else None
+            status = []
+            for i in range(n):
+                if not out.ran[i]:
+                    status.append(NO_RESPONSE_TOKENS)
+                    continue
+                values = [grad_sq[i], upd_sq[i], proj[i]] + ([sketch[i]] if maps else [])
+                finite = out.finite_loss[i] and all(bool(torch.isfinite(v).all()) for v in values)
+                status.append(sample_status(finite=finite,
+                                            zero=ZERO_GRADIENT if float(grad_sq[i].sum()) == 0.0 else None))
             yield GradientResult(
                 indices=[s.index for s in batch], module_names=list(shapes), status=status,
                 n_tokens=[len(s.input_ids) for s in batch],
@@ -210,27 +203,26 @@ class GradientStats:
                 weights[index] = sq ** -0.5
         if reduce == "mean":
             weights = {i: w / len(usable) for i, w in weights.items()}
-        specs, _ = self._specs(None, [], {})
-        reducer = SumReducer(specs)
-        for batch in batches(usable, batch_size or self.batch_size, False, self.max_tokens):
-            finite = self.runner.run(batch, reducer, [weights[s.index] for s in batch])
-            if not all(finite):
-                bad = next(s.index for s, ok in zip(batch, finite) if not ok)
+        modules = lora_modules(self.model, self.adapter)
+        reducer = GradientSum(modules)
+        for batch in self._batches(usable, batch_size, False, self.max_tokens):
+            out = self.runner.run(batch, self.adapter, modules, reducer, [weights[s.index] for s in batch])
+            if not all(out.finite_loss):
+                bad = next(s.index for s, ok in zip(batch, out.finite_loss) if not ok)
                 raise ValueError(f"{role}: sample {bad} has a non-finite loss")
-        return QueryGradients({s.name: (G_A.unsqueeze(0), G_B.unsqueeze(0))
-                               for s, G_A, G_B in zip(specs, reducer.G_A, reducer.G_B)}, [label])
+        return QueryGradients({m.name: (G_A.unsqueeze(0), G_B.unsqueeze(0))
+                               for m, G_A, G_B in zip(modules, reducer.G_A, reducer.G_B)}, [label])
 
     def mean_update(self, samples, *, label: str = "anchors", **kwargs) -> dict[str, LoraFactors]:
         """The mean induced update ``-(mean G_B A + B mean G_A)`` of an anchor set, as a
         rank-2r direction ``{module: LoraFactors}`` for :meth:`direction_scores`."""
         q = self.query_gradient(samples, reduce="mean", label=label, **kwargs)
-        return {s.name: mean_update_direction(s.A, s.B, q.modules[s.name][0][0], q.modules[s.name][1][0])
-                for s in self._specs(None, [], {})[0]}
+        return {m.name: mean_update_direction(m.A, m.B, q.modules[m.name][0][0], q.modules[m.name][1][0])
+                for m in lora_modules(self.model, self.adapter)}
 
     def shapes(self) -> dict[str, tuple[int, int, int]]:
         """``{module: (r, d_in, d_out)}`` of the state, in model order."""
-        return {n: (l.lora_A[self.adapter].weight.shape[0], l.lora_A[self.adapter].weight.shape[1],
-                    l.lora_B[self.adapter].weight.shape[0]) for n, l in self.modules.items()}
+        return {m.name: m.shape for m in self.modules}
 
     # ------------------------------------------------------------------ internals
 
@@ -261,26 +253,38 @@ class GradientStats:
             directions = [directions]
         labels = [d if isinstance(d, str) else os.fspath(d) if isinstance(d, os.PathLike) else f"direction {i}"
                   for i, d in enumerate(directions)]
-        return [resolve_direction(d, self.model, self.shapes(), label=label, state=repr(self.adapter))
+        return [resolve_direction(d, self.model, self.shapes(), where=f"direction {label}", state=repr(self.adapter))
                 for d, label in zip(directions, labels)], labels
 
-    def _specs(self, q, dirs, maps):
-        dtype = torch.promote_types(next(self.model.parameters()).dtype, torch.float32)
-        specs, dir_sq = [], torch.zeros(len(self.modules), len(dirs), dtype=torch.float64)
-        for m, (name, layer) in enumerate(self.modules.items()):
-            A, B = layer.lora_A[self.adapter].weight.detach(), layer.lora_B[self.adapter].weight.detach()
-            parts_A = [q.modules[name][0]] if q is not None else []
-            parts_B = [q.modules[name][1]] if q is not None else []
+    def _batches(self, samples, batch_size, progress, max_tokens):
+        """Length-bucketed batches (longest first) with this call's or the constructor's sizes."""
+        return progress_batches(samples, check_positive_int("batch_size", batch_size or self.batch_size),
+                                progress, "gradients", max_tokens or self.max_tokens)
+
+    def _dtype(self) -> torch.dtype:
+        return torch.promote_types(next(self.model.parameters()).dtype, torch.float32)
+
+    def _queries_and_directions(self, q, dirs):
+        """The state's modules (live weights) and, per module, the K = queries + directions
+        parameter-space vectors ``GradientMoments`` takes inner products with: the query
+        gradients as they are, each direction as its V_A, V_B (docs/METHOD.md §3); and
+        ||D_m||^2 (M, J) of the directions."""
+        modules, dtype = lora_modules(self.model, self.adapter), self._dtype()
+        dir_sq = torch.zeros(len(modules), len(dirs), dtype=torch.float64)
+        queries_A, queries_B = [], []
+        for m, module in enumerate(modules):
+            parts_A = [q.modules[module.name][0]] if q is not None else []
+            parts_B = [q.modules[module.name][1]] if q is not None else []
             for j, d in enumerate(dirs):
-                dA, dB = d[name].A.to(self.device)[None], d[name].B.to(self.device)[None]
-                V_A, V_B = project_directions(A, B, dA, dB)
+                dA, dB = d[module.name].A.to(self.device)[None], d[module.name].B.to(self.device)[None]
+                V_A, V_B = project_directions(module.A, module.B, dA, dB)
                 parts_A.append(V_A)
                 parts_B.append(V_B)
                 dir_sq[m, j] = float(direction_sqnorm(dA.double(), dB.double())[0])
-            cat = (lambda parts: torch.cat([p.to(self.device, dtype) for p in parts]) if parts else None)
-            specs.append(ModuleSpec(name, layer, A, B, cat(parts_A), cat(parts_B),
-                                    maps[name].to(self.device, dtype) if name in maps else None))
-        return specs, dir_sq
+            queries_A.append(torch.cat([p.to(self.device, dtype) for p in parts_A]) if parts_A else None)
+            queries_B.append(torch.cat([p.to(self.device, dtype) for p in parts_B]) if parts_B else None)
+        return modules, queries_A, queries_B, dir_sq
+
 
 def _is_sample(obj) -> bool:
     return isinstance(obj, dict) or all(hasattr(obj, a) for a in ("input_ids", "labels")) or hasattr(obj, "kind")

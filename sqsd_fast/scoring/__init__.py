@@ -1,4 +1,6 @@
-"""Scoring: adapters (states and directions), capture hooks, the engine and the SQSDScorer API."""
+"""SQSD scoring, a face on the engine (sqsd_fast/engine/): the projection engine (``engine.py``:
+the UpdateProjection reducer's precomputed directions and per-batch results) and the
+``SQSDScorer`` API (``scorer.py``: loading states and directions, danger - safety)."""
 
 from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
 from sqsd_fast.scoring.scorer import SQSDScorer

@@ -17,20 +17,18 @@ import math
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterator, Mapping
 
-from sqsd_fast.scoring.adapters import (
-    attach_state,
-    check_direction_is_usable,
-    load_base_model,
-    load_direction,
-    state_modules,
-)
-from sqsd_fast.data.tokenize import count_response_tokens
 from sqsd_fast.choices import METRICS, check_choice
-from sqsd_fast.scoring.batch_pass import progress_batches
+from sqsd_fast.data.tokenize import count_response_tokens
+from sqsd_fast.engine.directions import resolve_direction
+from sqsd_fast.data.batching import pad_id
+from sqsd_fast.engine.loading import adapter_names, load_model_and_tokenizer, use_or_attach_state
+from sqsd_fast.engine.samples import as_samples, check_fits_model
+from sqsd_fast.engine.status import NON_FINITE_GRADIENT, OK
+from sqsd_fast.models.adapters import LoraFactors
+from sqsd_fast.engine.batch_pass import progress_batches
 from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
-from sqsd_fast.scoring.samples import as_samples, check_fits_model
 
 DANGER_STATE, SAFETY_STATE = "danger_state", "safety_state"
 DANGER, SAFETY = "danger", "safety"
@@ -64,7 +62,9 @@ class SQSDScorer:
                 ``PeftModel``, a state or direction may also name an adapter it holds.
             danger_state: LoRA adapter directory of the state danger projections are taken
                 at (the authors' "initial" LoRA).
-            danger_direction: LoRA adapter directory of the danger direction (read only).
+            danger_direction: LoRA adapter directory of the danger direction (read only),
+                or ``{module: (A_d, B_d)}`` factors in memory (any direction option; e.g.
+                ``GradientStats.mean_update(anchors)``: the anchors' mean induced update).
             safety_state: adapter directory of the safety state; defaults to
                 ``safety_direction`` (the authors use the safety adapter as its own state).
             safety_direction: LoRA adapter directory of the safety direction. Without it,
@@ -88,19 +88,12 @@ class SQSDScorer:
             embeddings or unsupported layers, an adapter for another base model, or a
             direction whose LoRA modules differ from its state's.
         """
-        from peft import PeftModel
-
         if safety_state is None:
             safety_state = safety_direction
         if safety_state is not None and safety_direction is None:
             raise ValueError("safety_state was given without safety_direction; give both (or neither)")
-        base = load_base_model(model, dtype=dtype, device=device)
-        if tokenizer is None and isinstance(model, (str, os.PathLike)):
-            from sqsd_fast.models import resolve_model
-
-            tokenizer = _load_tokenizer(resolve_model(model))  # a .gguf: the converted directory's
-
-        existing = set(base.peft_config) if isinstance(base, PeftModel) else set()
+        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device, tokenizer=tokenizer)
+        held = adapter_names(base)    # a state named by one of these is used, not loaded
         states, scalings, labels = {}, {}, {}
         peft_model = base
         for logical, source, scaling in ((DANGER_STATE, danger_state, danger_state_scaling),
@@ -109,12 +102,7 @@ class SQSDScorer:
                 continue
             labels[logical] = _label(logical, source)
             with _named(labels[logical]):
-                if isinstance(source, str) and source in existing:
-                    adapter = source
-                    state_modules(peft_model, adapter)
-                else:
-                    adapter = _free_name(peft_model, logical)
-                    peft_model = attach_state(peft_model, source, adapter)
+                peft_model, adapter = use_or_attach_state(peft_model, source, logical, held=held)
             if scaling is not None:
                 if adapter in scalings and scalings[adapter] != float(scaling):
                     raise ValueError("the danger and safety states are the same loaded adapter but need different "
@@ -133,18 +121,21 @@ class SQSDScorer:
                 continue
             labels[logical] = _label(option, source)
             with _named(labels[logical]):
-                directions[logical] = load_direction(source, peft_model)
-                check_direction_is_usable(directions[logical])
-        pad = getattr(tokenizer, "pad_token_id", None)
-        if pad is None:
-            pad = getattr(tokenizer, "eos_token_id", None)
-        engine = ProjectionEngine(peft_model, directions, pad_token_id=pad or 0, backend=backend,
+                # float32 as a direction read from disk is, whatever an in-memory one holds
+                directions[logical] = {name: LoraFactors(f.A.float(), f.B.float()) for name, f in
+                                       resolve_direction(source, peft_model, where=labels[logical]).items()}
+        engine = ProjectionEngine(peft_model, directions, pad_token_id=pad_id(tokenizer), backend=backend,
                                   scalings=scalings, labels=labels)
         scorer = cls(engine, states=states, tokenizer=tokenizer, labels=labels)
         for logical, dirs in ((DANGER_STATE, scorer.danger_directions), (SAFETY_STATE, (SAFETY,))):
             if logical in states:
                 engine.prepare(states[logical], dirs)  # fail now on mismatched modules
         return scorer
+
+    @property
+    def model(self):
+        """The ``PeftModel`` the scorer runs (its states are adapters on it)."""
+        return self.engine.model
 
     @property
     def danger_directions(self) -> tuple[str, ...]:
@@ -326,6 +317,8 @@ def _in_input_order(samples: list, batches) -> list[dict]:
 
 def _label(option: str, source) -> str:
     """How an error message names a state or direction: the option and what was given."""
+    if isinstance(source, Mapping):
+        return f"{option} (factors in memory)"
     return f"{option} {os.fspath(source) if isinstance(source, os.PathLike) else source}"
 
 
@@ -356,17 +349,8 @@ def _named_directions(directions) -> dict:
     return dict(directions)
 
 
-def _free_name(peft_model, name: str) -> str:
-    taken = set(getattr(peft_model, "peft_config", {}))
-    candidate, k = name, 1
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}_{k}"
-    return candidate
-
-
 def _number(value: float, status: str):
-    return float(value) if status == "ok" and math.isfinite(value) else None
+    return float(value) if status == OK and math.isfinite(value) else None
 
 
 def _text(value) -> str:
@@ -381,7 +365,7 @@ class _NonFiniteReport:
         self.bad: dict[str, list] = {}
 
     def add(self, result: BatchProjection, state_label: str) -> None:
-        bad = [i for i, st in zip(result.indices, result.status) if st == "non_finite_gradient"]
+        bad = [i for i, st in zip(result.indices, result.status) if st == NON_FINITE_GRADIENT]
         if bad:
             self.bad.setdefault(state_label, []).extend(bad)
 
@@ -391,12 +375,3 @@ class _NonFiniteReport:
             warnings.warn(f"non-finite loss or gradient at {state_label} for {len(bad)} sample(s) ({shown}); "
                           "they get no score (status non_finite_gradient)", RuntimeWarning, stacklevel=2)
         self.bad.clear()
-
-
-def _load_tokenizer(path: str):
-    from sqsd_fast.data.tokenize import load_tokenizer
-
-    try:
-        return load_tokenizer(path)
-    except ValueError:
-        return None  # scoring works without one: padding ids are masked out

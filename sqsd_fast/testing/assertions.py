@@ -57,19 +57,44 @@ def extension_required() -> bool:
 def _missing_backend(name: str, device: str | torch.device) -> tuple[str, bool]:
     """("", False) when ``backend=name`` runs on ``device``; else (why not, whether that fails).
 
-    Only a missing compiled extension fails (under :func:`extension_required`); a missing GPU,
-    a build without CUDA or a missing Triton stay skips.
+    Under :func:`extension_required` a missing compiled extension fails, and so does a Triton
+    backend that cannot run on the CPU (the interpreter: ``make test`` installs triton, so
+    its tests must run there); a missing GPU or a build without CUDA stay skips.
     """
     from sqsd_fast.ops import backend_available, backend_unavailable_reason, build_info
 
     if backend_available(name, device):
         return "", False
     reason = backend_unavailable_reason(name, device)
-    fails = extension_required() and name == "cpp" and not build_info()["built"]
+    missing_cpp = name == "cpp" and not build_info()["built"]
+    missing_interpreter = name == "triton" and torch.device(device).type == "cpu"
+    fails = extension_required() and (missing_cpp or missing_interpreter)
     if fails:
-        reason = (f"{REQUIRE_EXTENSION_ENV}=1 (set by `make test`) but the compiled extension is "
-                  f"missing, so this test fails instead of skipping: {reason}")
+        what = "the compiled extension is missing" if missing_cpp else "Triton cannot run on the CPU"
+        reason = (f"{REQUIRE_EXTENSION_ENV}=1 (set by `make test`) but {what}, so this test fails "
+                  f"instead of skipping: {reason}")
     return reason, fails
+
+
+def missing_backend(name: str, device: str | torch.device = "cpu") -> tuple[str, bool]:
+    """(why ``backend=name`` cannot run on ``device`` or "", whether that must fail)."""
+    return _missing_backend(name, device)
+
+
+def require_module(name: str):
+    """``pytest.importorskip(name)``, except under :func:`extension_required` (``make test``,
+    which installs every dependency), where a missing module fails the test instead."""
+    import importlib
+
+    import pytest
+
+    if not extension_required():
+        return pytest.importorskip(name)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        pytest.fail(f"{REQUIRE_EXTENSION_ENV}=1 (set by `make test`) but {name} cannot be imported "
+                    f"({exc}); `make deps` installs it", pytrace=False)
 
 
 def require_backend(name: str, device: str | torch.device = "cpu") -> None:

@@ -35,6 +35,8 @@ RECORDS = [
 class FakeScorer:
     """Contract-shaped stand-in. fail_after: raise `error` after that many batches."""
 
+    model = None   # no model: the pipeline takes the CPU's default token budget
+
     def __init__(self, fail_after=None, error=KeyboardInterrupt, sleep_after_first=0.0):
         self.fail_after, self.error, self.sleep = fail_after, error, sleep_after_first
         self.seen_skip = None

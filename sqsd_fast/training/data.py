@@ -50,16 +50,6 @@ def prepare_train_data(options, raw, records, model_source: str) -> TrainData:
                      tokenizer, raw)
 
 
-def pad_id(tokenizer) -> int:
-    """Any id works for padding (masked in attention, -100 in labels); models without a
-    pad token (Llama) pad with eos."""
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int) and value >= 0:
-            return value
-    return 0
-
-
 @dataclass
 class ResponseOnlyCollator:
     """Trainer data collator: right-padded batches by the scoring engine's ``collate``."""

@@ -110,7 +110,7 @@ class DriftMonitor(TrainerCallback):
     def bind(self, model) -> None:
         """Resolve the directions against ``model``'s trained LoRA (its active adapter):
         same modules and shapes required, else a ``ValueError`` naming the direction."""
-        from sqsd_fast.influence.factors import resolve_direction
+        from sqsd_fast.engine.directions import resolve_direction
         self._adapter, self._modules = _trained_modules(model)
         self._scaling = {n: float(m.scaling[self._adapter]) for n, m in self._modules.items()}
         shapes = {}     # {module: (r, d_in, d_out)}, what resolve_direction checks against
@@ -121,7 +121,7 @@ class DriftMonitor(TrainerCallback):
         state = f"{self._adapter!r} (the adapter being trained)"
         self._dirs, self._dir_sqnorm = {}, {}
         for name, spec in self.directions.items():
-            factors = resolve_direction(spec, model, shapes, label=name, state=state)
+            factors = resolve_direction(spec, model, shapes, where=f"direction {name}", state=state)
             scalings = _direction_scalings(spec, model, factors)
             per_module, sqnorm = {}, 0.0
             for module, f in factors.items():
@@ -339,7 +339,7 @@ def _inner(B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tenso
 
 def _trained_modules(model) -> tuple[str, dict]:
     """The active adapter of a ``PeftModel`` and its LoRA layers ``{module name: layer}``."""
-    from sqsd_fast.scoring.adapters import state_modules
+    from sqsd_fast.models.adapters import state_modules
     if not hasattr(model, "peft_config") or not hasattr(model, "active_adapter"):
         raise ValueError(f"DriftMonitor needs a peft LoRA model (PeftModel); got "
                          f"{type(model).__name__}")
@@ -359,7 +359,7 @@ def _direction_scalings(spec, model, factors) -> dict[str, float]:
     if isinstance(spec, Mapping):
         return {name: 1.0 for name in factors}
     if isinstance(spec, str) and spec in getattr(model, "peft_config", {}):
-        from sqsd_fast.scoring.adapters import state_modules
+        from sqsd_fast.models.adapters import state_modules
         return {n: float(m.scaling[spec]) for n, m in state_modules(model, spec).items()}
     import json
 
@@ -400,7 +400,7 @@ def _check_directions(directions) -> dict:
                 os.path.exists(spec) or "/" in spec or os.sep in spec)):
             # A directory is checked now, before any training; a plain word that is not
             # a path may name an adapter on the model, resolved when training begins.
-            from sqsd_fast.scoring.adapters import check_direction_is_usable, read_adapter
+            from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter
             try:
                 check_direction_is_usable(read_adapter(spec))
             except ValueError as exc:

@@ -12,9 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Mapping, Optional
 
-from sqsd_fast.choices import (check_choice, check_device, check_finite_float, check_named_directions,
-                               check_positive_int, name_value_pairs)
-from sqsd_fast.options import OptionError, RecordFieldOptions, RunOptions, option, required_option
+from sqsd_fast.choices import (check_choice, check_device, check_finite_float, check_positive_int,
+                               name_value_pairs)
+from sqsd_fast.options import (OptionError, RecordFieldOptions, RunOptions, check_named_directions, option,
+                               required_option)
 
 # LoRA settings used when neither the caller nor --init-adapter gives them. All linear
 # modules: the SQSD authors train their LoRA states and directions on every linear layer.

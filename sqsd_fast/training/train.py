@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sqsd_fast.training import outdir
-from sqsd_fast.training.data import (ResponseOnlyCollator, pad_id, prepare_train_data,
+from sqsd_fast.data.batching import pad_id
+from sqsd_fast.training.data import (ResponseOnlyCollator, prepare_train_data,
                                      read_train_records)
 from sqsd_fast.training.options import TrainAdapterOptions
 from sqsd_fast.training.result import TrainResult, epoch_losses, summary_dict
@@ -45,7 +46,7 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
     ``callbacks``: extra ``transformers.TrainerCallback``s (e.g. to stop early).
     """
     from sqsd_fast.io.lock import output_lock
-    from sqsd_fast.pipeline import check_model_path
+    from sqsd_fast.checks import check_model_path
     if options is None:
         options = TrainAdapterOptions(**kwargs)
     elif kwargs:
@@ -60,7 +61,7 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
 
 
 def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
-    from sqsd_fast.pipeline import quiet_libraries
+    from sqsd_fast.quiet import quiet_libraries
     say = _printer(options)
     # Again under the lock: another run may have finished or started meanwhile.
     state = outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
@@ -184,7 +185,7 @@ def _read_init_config(options: TrainAdapterOptions) -> dict | None:
     """The init adapter's config, after checking it is a plain LoRA adapter directory."""
     if options.init_adapter is None:
         return None
-    from sqsd_fast.scoring.adapters import read_adapter
+    from sqsd_fast.models.adapters import read_adapter
     read_adapter(options.init_adapter)
     with open(Path(options.init_adapter) / "adapter_config.json", encoding="utf-8") as f:
         return json.load(f)
@@ -194,7 +195,7 @@ def _check_fits_model(options: TrainAdapterOptions, lora: dict, model_source: st
     """The init adapter, the monitored directions and the --target-modules names must fit
     the base model: checked against an empty skeleton of the model, so no weights are
     loaded for it."""
-    from sqsd_fast.scoring.adapters import check_against_model, read_adapter
+    from sqsd_fast.models.adapters import check_against_model, read_adapter
     targets = lora["target_modules"]
     if options.init_adapter is None and targets == "all-linear" \
             and not options.monitor_direction:
@@ -272,8 +273,8 @@ def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import set_seed
 
-    from sqsd_fast.pipeline import quiet_libraries
-    from sqsd_fast.scoring.adapters import check_against_model, load_base_model, read_adapter
+    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
     set_seed(options.seed)       # the LoRA A init draws from the global RNG
     with quiet_libraries():
         base = load_base_model(model_source, dtype=options.dtype, device=options.device)

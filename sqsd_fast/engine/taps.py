@@ -4,7 +4,7 @@ The capture points (docs/METHOD.md §3): x = input of ``lora_A`` (after LoRA dro
 h = input of ``lora_B``, e = gradient at the output of ``lora_B`` (it includes the LoRA
 scaling: peft multiplies lora_B's output by it), u = gradient at the output of ``lora_A``
 (= B^T e). The reduction is a callback: the SQSD engine projects on precomputed directions
-(capture.py), the influence verbs take Gram statistics, query gradients or sketches.
+(reducers.py: UpdateProjection), the influence verbs take Gram statistics, query gradients or sketches.
 Autograd reaches lora_B's output before lora_A's, so the callback runs in u's hook, the
 moment all four exist, and the activations are dropped there: those of all modules are
 never held at once (docs/METHOD.md §5).

@@ -1,9 +1,8 @@
 """One batch through the model: packing, the response-token loss, and the batch loop.
 
-Shared by the SQSD engine (``engine.py``) and the influence passes
-(``sqsd_fast/influence/passes.py``): both take each sample's mean cross-entropy over its
-response tokens (causal shift, -100 labels masked) and need the packing of the batch's
-real tokens for the kernels (docs/METHOD.md §1, §5).
+Used by the batch runner (runner.py): each sample's mean cross-entropy over its response
+tokens (causal shift, -100 labels masked) and the packing of the batch's real tokens for
+the kernels (docs/METHOD.md §1, §5).
 """
 from __future__ import annotations
 
@@ -61,7 +60,9 @@ def pack_batch(samples, pad_token_id: int, device) -> PackedBatch:
 # Causal LMs whose logits are exactly lm_head(last hidden state): no soft-capping, logit
 # scaling or other post-processing, so the loss can be taken from the hidden states in
 # chunks. Other architectures take the plain path.
-CHUNKED_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+# gemma3_text (Gemma3ForCausalLM): logits = lm_head(last hidden state), soft-capped only when
+# config.final_logit_softcapping is set (None in Gemma 3; loss_head checks it per model).
+CHUNKED_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"})
 # Logits of one chunk of the response-token loss (64M: 256 MiB in float32): a chunk holds
 # LOSS_CHUNK_LOGITS // vocabulary rows (samples x positions), so the largest logits tensor
 # alive is bounded whatever the vocabulary, batch or response length. Above glibc's largest
