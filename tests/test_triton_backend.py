@@ -19,11 +19,15 @@ import torch
 from sqsd_fast.ops import backend_available, backend_unavailable_reason, factor_grad_stats
 from sqsd_fast.ops.constants import MAX_GRAM_SIDE
 from sqsd_fast.ops.reference import factor_grad_stats_reference
-from sqsd_fast.testing.assertions import assert_relative_close, non_contiguous, random_cu_seqlens
+from sqsd_fast.testing.assertions import (assert_relative_close, missing_backend, non_contiguous,
+                                         random_cu_seqlens)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-if not backend_available("triton", DEVICE):
-    pytest.skip(backend_unavailable_reason("triton", DEVICE), allow_module_level=True)
+_REASON, _FAILS = missing_backend("triton", DEVICE)
+if _FAILS:   # SQSD_FAST_REQUIRE_EXTENSION=1: the interpreter must work here
+    pytest.fail(_REASON, pytrace=False)
+if _REASON:
+    pytest.skip(_REASON, allow_module_level=True)
 
 
 def triton_stats(a, b, cu, dirs, gram):

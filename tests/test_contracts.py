@@ -1,0 +1,205 @@
+"""docs/CONTRACTS.md, enforced: the import rules between layers, no import circles, and the
+test stand-in scorer keeping SQSDScorer's signatures.
+
+The import graph is read with ``ast`` from the source (every import statement, including
+those inside functions: a lazy import is still a dependency), so a rule broken anywhere
+fails here, naming the file and the import.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "sqsd_fast"
+
+# layer -> the layers it may import (docs/CONTRACTS.md, "Imports go one way"). A layer is a
+# subpackage or a top-level module of sqsd_fast; "__init__" is the package's lazy API.
+EVERYTHING_BELOW_APP = {"ops", "choices", "data", "io", "models", "quiet", "checks", "distributed", "engine",
+                        "scoring", "influence", "options", "run_scorer", "ranking", "subsets", "training",
+                        "evaluation"}
+ALLOWED = {
+    "ops": set(),
+    "choices": {"ops"},
+    "data": {"choices"},
+    "io": {"data"},
+    "quiet": set(),
+    "distributed": set(),
+    "ranking": set(),
+    "checks": {"data", "io"},
+    "models": {"choices", "data", "io"},
+    "engine": {"ops", "choices", "data", "models"},
+    "scoring": {"engine", "ops", "choices", "data", "models", "ranking"},
+    "options": {"choices", "data", "io", "models"},
+    "influence": {"engine", "ops", "choices", "data", "models", "options", "quiet"},
+    "run_scorer": {"options"},
+    "subsets": {"data", "io", "ranking"},
+    "training": {"influence", "engine", "choices", "data", "io", "models", "options", "checks", "quiet"},
+    "evaluation": {"choices", "data", "io", "models", "options", "checks", "quiet"},
+    "pipeline": EVERYTHING_BELOW_APP,
+    "cli": EVERYTHING_BELOW_APP | {"pipeline"},
+    "__init__": {"ops", "scoring", "influence", "training", "pipeline"},
+    "testing": EVERYTHING_BELOW_APP | {"pipeline", "cli"},
+    "demo": EVERYTHING_BELOW_APP | {"pipeline", "cli", "testing"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path):
+    """(imported name, line) of every sqsd_fast import in ``path``."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name == "sqsd_fast" or name.startswith("sqsd_fast."):
+                yield name, node.lineno
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return "__init__" if len(parts) == 1 else parts[1]
+
+
+def _resolve(name: str, modules) -> str:
+    """The module an imported name lives in (``a.b.func`` -> ``a.b``)."""
+    while name not in modules:
+        name = name.rpartition(".")[0]
+    return name
+
+
+def test_every_module_belongs_to_a_layer_of_the_table():
+    layers = {_layer(m) for m in _modules()}
+    assert layers <= set(ALLOWED), f"layers missing from the table (and docs/CONTRACTS.md): {layers - set(ALLOWED)}"
+
+
+def test_imports_go_one_way():
+    modules = _modules()
+    broken = []
+    for module, path in modules.items():
+        source = _layer(module)
+        for name, line in _imports(path):
+            if name == "sqsd_fast.__version__":
+                continue        # metadata, importable from anywhere
+            # The compiled extension sqsd_fast._C is the ops layer's native half.
+            target = "ops" if name.startswith("sqsd_fast._C") else _layer(_resolve(name, modules))
+            if target != source and target not in ALLOWED[source]:
+                broken.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({source}) imports {name} ({target})")
+    assert not broken, "imports that break docs/CONTRACTS.md:\n" + "\n".join(broken)
+
+
+def test_no_import_circles():
+    """No two modules import each other, directly or through others (importing a submodule
+    also runs its packages' __init__, so those count as imported too)."""
+    modules = _modules()
+    graph = defaultdict(set)
+    for module, path in modules.items():
+        for name, _ in _imports(path):
+            target = _resolve(name, modules)
+            while target not in ("sqsd_fast", "") and not module.startswith(target + "."):
+                if target != module:
+                    graph[module].add(target)
+                target = target.rpartition(".")[0]
+    circles, index, low, stack, on_stack = [], {}, {}, [], set()
+
+    def visit(v):   # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(modules):
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+
+
+def test_the_rule_checker_sees_a_planted_violation(tmp_path, monkeypatch):
+    """The checker itself can fail: an ops module importing the pipeline is caught."""
+    bad = tmp_path / "sqsd_fast" / "ops"
+    bad.mkdir(parents=True)
+    (tmp_path / "sqsd_fast" / "__init__.py").write_text("")
+    (bad / "__init__.py").write_text("")
+    (bad / "leak.py").write_text("def f():\n    from sqsd_fast.pipeline import run\n")
+    (tmp_path / "sqsd_fast" / "pipeline.py").write_text("from sqsd_fast.ops.leak import f\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "sqsd_fast")
+    with pytest.raises(AssertionError, match=r"ops/leak.py:2 \(ops\) imports sqsd_fast.pipeline.run"):
+        test_imports_go_one_way()
+    with pytest.raises(AssertionError, match="import circles"):
+        test_no_import_circles()
+
+
+@pytest.mark.parametrize("method", ["iter_score", "iter_project"])
+def test_fake_scorer_keeps_the_scorers_signatures(method):
+    """The pipeline's tests run on FakeScorer; if SQSDScorer's keywords change, the fake
+    must follow, or those tests would pass against an interface that no longer exists."""
+    from sqsd_fast.scoring.scorer import SQSDScorer
+    from sqsd_fast.testing.fake_scorer import FakeScorer
+
+    real = inspect.signature(getattr(SQSDScorer, method))
+    fake = inspect.signature(getattr(FakeScorer, method))
+    shape = lambda sig: [(p.name, p.kind, p.default) for p in sig.parameters.values()]  # noqa: E731
+    assert shape(fake) == shape(real)
+    assert hasattr(FakeScorer, "model") and hasattr(SQSDScorer, "model")
+
+
+def test_run_scorers_follow_the_protocol(tmp_path):
+    from sqsd_fast.influence.baselines import BaselineScorer
+    from sqsd_fast.options import BaselineOptions, ScoreOptions
+    from sqsd_fast.run_scorer import RunScorer, SQSDRun
+    from sqsd_fast.testing.fake_scorer import FakeScorer, make_workspace
+
+    ws = make_workspace(tmp_path)
+    score = ScoreOptions(model=str(ws["model"]), danger_state=str(ws["danger_state"]),
+                         danger_direction=str(ws["danger_direction"]), safety_direction=str(ws["safety"]),
+                         data=str(ws["data"]), out=str(tmp_path / "s.jsonl"))
+    baseline = BaselineOptions(model=str(ws["model"]), method="length", data=str(ws["data"]),
+                               out=str(tmp_path / "b.jsonl"))
+    for scorer in (SQSDRun(FakeScorer(), score), BaselineScorer(baseline)):
+        assert isinstance(scorer, RunScorer)
+        assert scorer.score_column in scorer.columns
+    with pytest.raises(TypeError, match="SQSDRun runs score or project"):
+        SQSDRun(FakeScorer(), baseline)
+
+
+def test_require_extension_turns_dependency_and_interpreter_skips_into_failures(monkeypatch):
+    from sqsd_fast.testing.assertions import REQUIRE_EXTENSION_ENV, missing_backend, require_module
+
+    monkeypatch.setenv(REQUIRE_EXTENSION_ENV, "0")
+    with pytest.raises(pytest.skip.Exception):
+        require_module("sqsd_fast_no_such_module")
+    monkeypatch.setenv(REQUIRE_EXTENSION_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="cannot be imported"):
+        require_module("sqsd_fast_no_such_module")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # Triton then cannot run on the CPU
+    reason, fails = missing_backend("triton", "cpu")
+    assert fails and "Triton cannot run on the CPU" in reason
