@@ -295,9 +295,27 @@ def vocab_memory_section(results: Path) -> str:
     return "\n\n".join(parts)
 
 
+def vocab_memory_gemma3_section(results: Path) -> str:
+    runs = latest_runs(read(results / "bench_vocab_memory_gemma3.csv"), ("device",))
+    if not runs:
+        return "_No full run recorded yet (`python benchmarks/bench_vocab_memory_gemma3.py`)._"
+    parts = []
+    for run in runs:
+        r0 = run[0]
+        parts.append(provenance(run) + f" One scoring pass of {r0['samples']} samples ({r0['tokens']} tokens, "
+                     f"{r0['response_tokens']} response tokens) on Gemma 3 270M (float32, vocabulary "
+                     f"{int(r0['vocab']):,}); the batch's logits alone would take {num(r0['logits_mb'])} MB.")
+        parts.append(table(run, [("loss", "loss"), ("rows per chunk", "chunk_rows"),
+                                 ("extra peak MB", "extra_peak_mb"), ("peak RSS MB", "peak_mb"),
+                                 ("seconds", "seconds"),
+                                 ("max abs. diff of the scores", "max_abs_diff_vs_chunked"),
+                                 ("max rel. diff", "max_rel_diff_vs_chunked")]))
+    return "\n\n".join(parts)
+
+
 SECTIONS = {"kernels": kernels_section, "e2e": e2e_section, "per_sample": per_sample_section,
             "scaling": scaling_section, "influence": influence_section,
-            "vocab_memory": vocab_memory_section}
+            "vocab_memory": vocab_memory_section, "vocab_memory_gemma3": vocab_memory_gemma3_section}
 
 
 def render(doc: str, results: Path) -> str:
