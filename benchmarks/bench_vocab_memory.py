@@ -48,13 +48,14 @@ def build(vocab: int, hidden: int, layers: int):
 
 
 def samples(vocab: int, n: int, length: int, prompt: int):
-    from sqsd_fast.data.tokenize import TokenizedSample
+    """``n`` samples of random ids, ``length``, ``length - 3``, ... tokens, the first ``prompt`` of them prompt."""
+    from sqsd_fast.data.tokenize import TokenizedSample, count_response_tokens
     g = torch.Generator().manual_seed(7)
     out = []
     for i in range(n):
         ids = torch.randint(3, vocab, (length - 3 * i,), generator=g).tolist()
         labels = [-100] * prompt + ids[prompt:]
-        out.append(TokenizedSample(i, ids, labels, False, len(ids), len(ids) - prompt - 1))
+        out.append(TokenizedSample(i, ids, labels, False, len(ids), count_response_tokens(labels)))
     return out
 
 

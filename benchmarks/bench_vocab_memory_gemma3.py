@@ -34,6 +34,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from bench_vocab_memory import samples  # noqa: E402  (the same random samples as the toy sweep)
 from common import base_parser, env_facts, measure_peak_memory, print_table, setup, write_results  # noqa: E402
 
 SCRIPT = "bench_vocab_memory_gemma3"
@@ -73,18 +74,6 @@ def plain_loss():
         yield
     finally:
         batch_pass.CHUNKED_HEAD_MODEL_TYPES = types
-
-
-def samples(vocab: int, n: int, length: int, prompt: int):
-    """``n`` samples of random ids, ``length``, ``length - 3``, ... tokens, the first ``prompt`` of them prompt."""
-    from sqsd_fast.data.tokenize import TokenizedSample, count_response_tokens
-    g = torch.Generator().manual_seed(7)
-    out = []
-    for i in range(n):
-        ids = torch.randint(3, vocab, (length - 3 * i,), generator=g).tolist()
-        labels = [-100] * prompt + ids[prompt:]
-        out.append(TokenizedSample(i, ids, labels, False, len(ids), count_response_tokens(labels)))
-    return out
 
 
 def measure(scorer, batch, warmup, device):

@@ -273,6 +273,7 @@ def smollm2_or_skip():
         pytest.skip(f"SmolLM2 GGUF cannot be fetched here: {exc}")
 
 
+@pytest.mark.network
 def test_smollm2_is_fetched_once_and_converts(monkeypatch):
     from transformers import AutoConfig, AutoTokenizer
 
