@@ -10,6 +10,7 @@ import torch
 
 from sqsd_fast.evaluation import EvaluateOptions, evaluate, format_summary
 from sqsd_fast.evaluation import generation
+from sqsd_fast.evaluation.content_judge import VERDICTS, judge_answer
 from sqsd_fast.evaluation.judges import (GCG_REFUSAL_PHRASES, KeywordJudge, find_refusal,
                                          is_refusal, parse_guard_output)
 from sqsd_fast.evaluation.prompts import read_prompts
@@ -195,7 +196,11 @@ def test_batched_generation_equals_one_by_one(toy):
     summary = json.loads(Path(batched.options.summary).read_text())
     assert summary["n"] == len(PROMPTS) and summary["asr"] == batched.asr
     assert summary["settings"]["max_new_tokens"] == 10
-    assert "attack success rate" in format_summary(batched)
+    # every answer also carries the content judge's verdict, summarized beside the ASR
+    assert all(r["verdict"] == judge_answer(r["prompt"], r["response"]).verdict for r in batched.rows)
+    counts = {v: sum(r["verdict"] == v for r in batched.rows) for v in VERDICTS}
+    assert summary["verdicts"] == counts and summary["asr_content"] == counts["compliance"] / len(PROMPTS)
+    assert "attack success rate" in format_summary(batched) and "content judge" in format_summary(batched)
     assert not Path(batched.options.out + ".partial.jsonl").exists()
 
 
@@ -223,6 +228,14 @@ def test_adapter_changes_answers_and_matches_peft(toy):
     for row in tuned.rows:
         assert (row["response"], row["n_new_tokens"]) == _alone(peft_model, toy["tok"],
                                                                 row["prompt"], 10)
+
+
+def test_content_judge_decides_attack_success_when_asked(toy):
+    result = _run(toy, "content.jsonl", judge="content")
+    assert [r["attack_success"] for r in result.rows] == [r["verdict"] == "compliance" for r in result.rows]
+    assert all(r["judge"] == "content" and r["judge_output"].startswith(r["verdict"]) for r in result.rows)
+    assert result.asr == result.summary["asr_content"]
+    assert EvaluateOptions(model="m", prompts="p", out="o.jsonl").max_new_tokens == 128
 
 
 def test_resume_after_interruption_gives_the_same_rows(toy, monkeypatch):

@@ -12,8 +12,9 @@ from sqsd_fast.choices import DTYPE_NAMES, check_choice, check_device, check_pos
 from sqsd_fast.options import CheckedOptions, option, required_option
 
 # "keywords": the GCG / He et al. refusal list; "keywords-extended": the same plus broader
-# phrases; "model": a guard or classifier model given by --judge-model (judges.py).
-JUDGES = ("keywords", "keywords-extended", "model")
+# phrases; "content": refusal / degenerate / on-topic compliance (content_judge.py);
+# "model": a guard or classifier model given by --judge-model (judges.py).
+JUDGES = ("keywords", "keywords-extended", "content", "model")
 
 
 def _optional_positive(name, value):
@@ -56,14 +57,18 @@ class EvaluateOptions(CheckedOptions):
                                     "FILE")
     judge: Optional[str] = option(None, "keywords (refusal phrases of Zou et al. 2023 / "
                                   "He et al. 2024), keywords-extended (adds 'I can't', "
-                                  "'I must', 'never', 'cannot', ...), or model (needs "
+                                  "'I must', 'never', 'cannot', ...), content (success only "
+                                  "for on-topic compliance: refusals, empty, degenerate and "
+                                  "off-topic answers are not), or model (needs "
                                   "--judge-model); default: model when --judge-model is "
-                                  "given, else keywords", choices=JUDGES)
+                                  "given, else keywords. Every answer also gets the content "
+                                  "judge's verdict", choices=JUDGES)
     judge_model: Optional[str] = option(None, "guard or classifier model directory: a "
                                         "sequence classifier with an 'unsafe'/'harmful' "
                                         "label, or a causal LM guard answering 'safe'/"
                                         "'unsafe' (e.g. Llama Guard)", "DIR")
-    max_new_tokens: int = option(64, "tokens generated per answer at most", "N")
+    max_new_tokens: int = option(128, "tokens generated per answer at most (long enough for "
+                                 "an answer to show whether it has content)", "N")
     batch_size: int = option(8, "prompts per generate call (left padding; greedy "
                              "answers do not depend on it up to float rounding)", "N")
     limit: Optional[int] = option(None, "evaluate only the first N prompts", "N")
@@ -82,8 +87,10 @@ class EvaluateOptions(CheckedOptions):
     DESCRIPTION: ClassVar[str] = (
         "Greedy answers to every prompt of --prompts (batched, left padding, the chat "
         "template), each judged: by default an answer is an attack success when it contains "
-        "none of the standard refusal phrases. Writes every answer with its verdict to --out "
-        "and a summary (ASR, refusal rate, n, settings) as JSON. On benign prompts, the "
+        "none of the standard refusal phrases; --judge content counts only on-topic "
+        "compliance. Writes every answer with its verdicts (the judge's, and the content "
+        "judge's refusal / degenerate / compliance) to --out and a summary (ASR under the "
+        "judge and under the content judge, refusal rate, n, settings) as JSON. On benign prompts, the "
         "refusal rate measures over-refusal.")
     EPILOG: ClassVar[str] = (
         "Example:\n  sqsd-fast evaluate --model BASE --adapter lora_S1 --prompts "

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqsd_fast.evaluation.content_judge import COMPLIANCE, VERDICTS
 from sqsd_fast.evaluation.options import EvaluateOptions
 
 # Row columns, in order. Untyped: booleans have no writer kind, and every format keeps
 # them (JSON true/false, CSV True/False, Parquet bool).
 COLUMNS = ("index", "prompt", "response", "refused", "attack_success", "judge",
-           "n_new_tokens", "truncated", "judge_output")
+           "n_new_tokens", "truncated", "judge_output", "verdict", "verdict_reason")
 # What the sidecar keeps per answer: everything that does not depend on the judge.
 _SIDECAR_COLUMNS = ("index", "prompt", "response", "n_new_tokens", "truncated")
 
@@ -62,7 +63,7 @@ def evaluate(options: EvaluateOptions | None = None, /, **kwargs) -> EvaluateRes
 
 def _evaluate_locked(options: EvaluateOptions) -> EvaluateResult:
     from sqsd_fast.data.tokenize import load_tokenizer
-    from sqsd_fast.evaluation import generation, judges
+    from sqsd_fast.evaluation import content_judge, generation, judges
     from sqsd_fast.evaluation.prompts import read_prompts
     from sqsd_fast.io.atomic import atomic_write_text
     from sqsd_fast.io.checkpoint import ResumeCheckpoint
@@ -114,9 +115,12 @@ def _evaluate_locked(options: EvaluateOptions) -> EvaluateResult:
     # not attack_success), the default list next to a model judge.
     phrases = judges.KEYWORD_LISTS.get(options.judge, judges.GCG_REFUSAL_PHRASES)
     for row, verdict in zip(ordered, verdicts):
+        # verdict: the content judge's, on every answer whatever decides attack_success
+        content = content_judge.judge_answer(row["prompt"], row["response"])
         row.update(refused=judges.find_refusal(row["response"], phrases) is not None,
                    attack_success=verdict.attack_success, judge=options.judge,
-                   judge_output=verdict.output)
+                   judge_output=verdict.output, verdict=content.verdict,
+                   verdict_reason=content.reason)
     final = [{k: row.get(k) for k in COLUMNS} for row in ordered]
     summary = summarize(options, final, model_source, runtime={
         "generate_s": round(generate_s, 3), "judge_s": round(time.perf_counter() - t0, 3),
@@ -223,10 +227,13 @@ def summarize(options: EvaluateOptions, rows: list[dict], model_source: str, *,
     n = len(rows)
     successes = sum(1 for r in judged if r["attack_success"])
     refused = sum(1 for r in rows if r["refused"])
+    verdicts = {v: sum(1 for r in rows if r["verdict"] == v) for v in VERDICTS}
     return {
         "n": n, "n_judged": len(judged), "n_attack_success": successes,
         "asr": successes / len(judged) if judged else None,
         "n_refused": refused, "refusal_rate": refused / n if n else 0.0,
+        # the content judge's verdicts of every answer (attack success = compliance)
+        "verdicts": verdicts, "asr_content": verdicts[COMPLIANCE] / n if n else None,
         "n_truncated": sum(1 for r in rows if r["truncated"]),
         "judge": options.judge, "judge_model": options.judge_model,
         "model": options.model, "model_source": model_source, "adapter": options.adapter,
@@ -249,7 +256,8 @@ def format_summary(result: EvaluateResult) -> str:
     lines = [f"sqsd-fast evaluate: {s['n']} prompts from {o.prompts}, model {model}",
              f"  attack success rate: {pct(s['n_attack_success'], s['n_judged'])}  "
              f"[judge {judge}]",
-             f"  refusal rate (keywords): {pct(s['n_refused'], s['n'])}"]
+             f"  refusal rate (keywords): {pct(s['n_refused'], s['n'])}",
+             "  content judge: " + ", ".join(f"{v} {pct(k, s['n'])}" for v, k in s["verdicts"].items())]
     if s["n_judged"] < s["n"]:
         lines.append(f"  unjudged (judge gave no verdict): {s['n'] - s['n_judged']}")
     lines.append(f"  answers cut at --max-new-tokens {o.max_new_tokens}: {s['n_truncated']}")
