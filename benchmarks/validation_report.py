@@ -202,6 +202,34 @@ def _controls_section(asr_rows: list[dict], num_windows: int) -> list[str]:
     return lines + _table(["number", "measured", "reading"], rows) + [""]
 
 
+def _content_judge_section(results: Path, num_windows: int) -> list[str]:
+    """v1's answers under the content judge (validation_rejudge.py): post hoc, labelled so."""
+    rows = _rows(results / "v1_content_judge.csv")
+    if not rows:
+        return []
+    lines = ["## v1's answers under the content judge (post hoc, issue #17)", "",
+             "Not a pre-registered test: `benchmarks/validation_rejudge.py` judged the answers above "
+             "again with `evaluate --judge content` (refusal / degenerate / on-topic compliance; "
+             "`sqsd_fast/evaluation/content_judge.py`), written after these results were known. "
+             "The answers are cut at 32 tokens and there is one fine-tune per window. The "
+             "pre-registered test with 128-token answers and three seeds per window is v2 "
+             "(`benchmarks/results/validation/preregistration_v2.md`).", ""]
+    table = [[r["label"], r["ranking"], r["window"], _fmt(float(r["asr_keywords"])),
+              _fmt(float(r["asr_content"])), r["n_refusal"], r["n_degenerate"], r["n_compliance"]]
+             for r in rows]
+    lines += _table(["fine-tuned on", "ranking", "window", "ASR keywords", "ASR content",
+                     "refusal", "degenerate", "compliance"], table) + [""]
+    by = {(r["ranking"], r["window"]): float(r["asr_content"]) for r in rows}
+    for name, key in (("SQSD", lambda k: ("sqsd", f"S{k}")),
+                      ("gradient matching", lambda k: ("gradmatch", "S1") if k == 1 else
+                       ("gradmatch-windows", f"S{k}"))):
+        asr = [by.get(key(k)) for k in range(1, num_windows + 1)]
+        if None not in asr:
+            lines.append(f"- {name}, content judge: ASR(S1) − ASR(S5) = {_fmt(asr[0] - asr[-1])}, "
+                         f"Spearman(window, ASR) = {_fmt(spearman(list(range(1, num_windows + 1)), asr))}.")
+    return lines + [""]
+
+
 def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = False) -> None:
     results = Path(results)
     lines = ["# Validation: does the SQSD ranking predict safety loss?", ""]
@@ -255,6 +283,7 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
         if _plot_asr(asr_rows, num_windows, results / "asr_by_window.png"):
             lines += ["![ASR by window](../benchmarks/results/validation/asr_by_window.png)", ""]
     lines += _controls_section(asr_rows, num_windows)
+    lines += _content_judge_section(results, num_windows)
     if _plot_drift(results / "drift", results / "drift.png"):
         lines += ["## Drift while fine-tuning (DriftMonitor)", "",
                   "Projection of the LoRA update so far (BA minus its start) on the danger and "
