@@ -1,11 +1,12 @@
-"""The `sqsd-fast` command line: score, project, baseline, subsets, train-adapter, evaluate.
+"""The `sqsd-fast` command line: score, project, baseline, anchor-direction, subsets,
+train-adapter, evaluate.
 
     sqsd-fast score --model BASE --danger-state A0 --danger-direction AD \\
                     --safety-direction AS --data train.jsonl --out scores.jsonl
 
 Argument parsing and printing only: each command's options are a dataclass (registered in
 _OPTIONS; the parser is built from it) and the work is done by a module Python users call
-too (pipeline, subsets, training, evaluation). Every error prints one
+too (pipeline, subsets, training, evaluation, influence.anchor_direction). Every error prints one
 line to stderr with a non-zero exit code (the README lists them).
 """
 from __future__ import annotations
@@ -18,9 +19,8 @@ import textwrap
 from typing import Sequence
 
 from sqsd_fast.evaluation.options import EvaluateOptions
-from sqsd_fast.options import BaselineOptions
-from sqsd_fast.options import (OptionError, ProjectOptions, RecordFieldOptions, ScoreOptions,
-                               SubsetsOptions)
+from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, OptionError, ProjectOptions,
+                               RecordFieldOptions, ScoreOptions, SubsetsOptions)
 from sqsd_fast.training.options import TrainAdapterOptions
 
 PROG = "sqsd-fast"
@@ -30,8 +30,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 _OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions,
-            "baseline": BaselineOptions, "train-adapter": TrainAdapterOptions,
-            "evaluate": EvaluateOptions}
+            "baseline": BaselineOptions, "anchor-direction": AnchorDirectionOptions,
+            "train-adapter": TrainAdapterOptions, "evaluate": EvaluateOptions}
 FIELD_NAMES_NOTE = (
     "Records are instruction form (instruction, optional context/input, response/output), "
     "chat form (messages; the last assistant turn is the response) or pre-tokenized "
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     commands = {"score": run_scoring, "project": run_scoring, "baseline": run_scoring,
                 "subsets": run_subsets, "train-adapter": run_train_adapter,
-                "evaluate": run_evaluate}
+                "evaluate": run_evaluate, "anchor-direction": run_anchor_direction}
     previous = _install_handlers()
     try:
         return commands[options.COMMAND](options)
@@ -268,6 +268,14 @@ def _summary_line(row: dict, column: str, by_index: dict, n: int) -> str:
 def run_train_adapter(options) -> int:
     from sqsd_fast.training import format_summary, train_adapter
     result = train_adapter(options)
+    if not options.quiet:
+        print(format_summary(result))
+    return 0
+
+
+def run_anchor_direction(options) -> int:
+    from sqsd_fast.influence.anchor_direction import anchor_direction, format_summary
+    result = anchor_direction(options)
     if not options.quiet:
         print(format_summary(result))
     return 0

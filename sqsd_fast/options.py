@@ -407,3 +407,50 @@ class BaselineOptions(RunOptions, _BaselineInputs):
         if self.method != "gradmatch":
             return None
         return self.response_tokens or GRADMATCH_RESPONSE_TOKENS
+
+
+# --------------------------------------------------------------- anchor-direction
+
+
+@dataclass(kw_only=True)
+class AnchorDirectionOptions(RecordFieldOptions):
+    """``sqsd-fast anchor-direction``: a danger (or safety) direction from anchor samples
+    (sqsd_fast/influence/anchor_direction.py)."""
+
+    model: str = required_option("base model (directory, hub id or .gguf file); its tokenizer "
+                                 "tokenizes --anchors", "DIR")
+    state: str = required_option("LoRA adapter directory the anchors' gradients are taken at "
+                                 "(the state SQSD projects at, e.g. --danger-state)", "DIR")
+    anchors: str = required_option("anchor samples (e.g. harmful prompts with compliant "
+                                   "answers): .json, .jsonl, .csv, .parquet", "FILE")
+    out: str = required_option("new directory for the direction (a LoRA adapter directory "
+                               "that --danger-direction reads)", "DIR")
+    response_tokens: Optional[int] = option(None, "each anchor's loss covers its first N "
+                                            "response tokens only (gradient matching uses 10; "
+                                            "default: all)", "N")
+    batch_size: int = option(8, "anchors per forward/backward pass at most", "N")
+    max_length: int = option(1024, "tokens kept per anchor", "N")
+    dtype: str = option("float32", "model weights dtype", choices=DTYPE_NAMES)
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    backend: str = option("auto", "statistics kernel backend", choices=BACKENDS)
+    tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
+    quiet: bool = option(False, "no progress bar and no summary")
+
+    COMMAND: ClassVar[str] = "anchor-direction"
+    HELP: ClassVar[str] = "a direction from anchor samples: their mean induced update at a state"
+    DESCRIPTION: ClassVar[str] = (
+        "Compute the mean induced LoRA update of --anchors at --state, dW = -(mean G_B A + B "
+        "mean G_A) per module (a rank-2r direction, no training), and write it to --out as a "
+        "LoRA adapter directory, usable as --danger-direction (or --safety-direction) of "
+        "score and project: SQSD with a direction taken from examples instead of a trained "
+        "adapter, as gradient matching takes its from anchors. direction.json beside it "
+        "records the inputs.")
+    EPILOG: ClassVar[str] = (
+        "Example:\n  sqsd-fast anchor-direction --model BASE --state lora_initial --anchors "
+        "harmful.jsonl \\\n      --response-tokens 10 --out dir_anchors\n  sqsd-fast score "
+        "... --danger-direction dir_anchors ...")
+    CHECKS: ClassVar[dict] = {
+        "response_tokens": lambda n, v: check_positive_int(n, v, optional=True),
+        "batch_size": check_positive_int, "max_length": check_positive_int,
+        "device": check_device,
+    }

@@ -34,7 +34,7 @@ ALLOWED = {
     "engine": {"ops", "choices", "data", "models"},
     "scoring": {"engine", "ops", "choices", "data", "models", "ranking"},
     "options": {"choices", "data", "io", "models"},
-    "influence": {"engine", "ops", "choices", "data", "models", "options", "quiet"},
+    "influence": {"engine", "ops", "choices", "data", "models", "options", "quiet", "checks"},
     "run_scorer": {"options"},
     "subsets": {"data", "io", "ranking"},
     "training": {"influence", "engine", "choices", "data", "io", "models", "options", "checks", "quiet"},

@@ -341,3 +341,39 @@ def check_direction_matches_state(direction: Mapping[str, LoraFactors], state_na
 def _few(names, limit: int = 4) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def save_direction(factors: Mapping[str, LoraFactors], path, *, base_model: str | None = None,
+                   about: dict | None = None) -> None:
+    """Writes a direction ``{module: LoraFactors}`` as a LoRA adapter directory that every
+    ``--*-direction`` option (and peft) reads: ``adapter_config.json`` (r = the factors' rank,
+    lora_alpha = r, so the alpha/r scaling a direction drops is 1 anyway) and
+    ``adapter_model.safetensors`` (float32). ``about`` (JSON) goes to ``direction.json``:
+    where the direction came from. The directory appears whole or not at all; an existing
+    ``path`` is refused."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from sqsd_fast.models.cache import atomic_directory
+    path = Path(path)
+    if path.exists():
+        raise ValueError(f"{path} already exists; give a new directory for the direction")
+    check_direction_is_usable(factors)
+    ranks = {name: int(f.A.shape[0]) for name, f in factors.items()}
+    r = max(set(ranks.values()), key=list(ranks.values()).count)   # the most common rank
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": r,
+              "lora_dropout": 0.0, "bias": "none", "use_dora": False, "use_rslora": False,
+              "target_modules": sorted({name.rsplit(".", 1)[-1] for name in factors}),
+              "rank_pattern": {name: k for name, k in ranks.items() if k != r},
+              "alpha_pattern": {name: k for name, k in ranks.items() if k != r},
+              "base_model_name_or_path": base_model, "inference_mode": True}
+    state = {}
+    for name, f in factors.items():
+        state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = f.A.detach().float().cpu().contiguous()
+        state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = f.B.detach().float().cpu().contiguous()
+    with atomic_directory(path) as tmp:
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=1) + "\n")
+        save_file(state, str(tmp / "adapter_model.safetensors"))
+        if about is not None:
+            (tmp / "direction.json").write_text(json.dumps(about, indent=1, default=str) + "\n")
