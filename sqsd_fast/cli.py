@@ -1,13 +1,13 @@
 """The `sqsd-fast` command line: score, project, baseline, anchor-direction, subsets,
-train-adapter, evaluate.
+train-adapter, merge-adapter, evaluate.
 
     sqsd-fast score --model BASE --danger-state A0 --danger-direction AD \\
                     --safety-direction AS --data train.jsonl --out scores.jsonl
 
 Argument parsing and printing only: each command's options are a dataclass (registered in
 _OPTIONS; the parser is built from it) and the work is done by a module Python users call
-too (pipeline, subsets, training, evaluation, influence.anchor_direction). Every error prints one
-line to stderr with a non-zero exit code (the README lists them).
+too (pipeline, subsets, training, training.merge, evaluation, influence.anchor_direction).
+Every error prints one line to stderr with a non-zero exit code (the README lists them).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Sequence
 from sqsd_fast.evaluation.options import EvaluateOptions
 from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, OptionError, ProjectOptions,
                                RecordFieldOptions, ScoreOptions, SubsetsOptions)
-from sqsd_fast.training.options import TrainAdapterOptions
+from sqsd_fast.training.options import MergeAdapterOptions, TrainAdapterOptions
 
 PROG = "sqsd-fast"
 RECORD_FIELDS = {f.name for f in dataclasses.fields(RecordFieldOptions)}
@@ -31,7 +31,8 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 _OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions,
             "baseline": BaselineOptions, "anchor-direction": AnchorDirectionOptions,
-            "train-adapter": TrainAdapterOptions, "evaluate": EvaluateOptions}
+            "train-adapter": TrainAdapterOptions, "merge-adapter": MergeAdapterOptions,
+            "evaluate": EvaluateOptions}
 FIELD_NAMES_NOTE = (
     "Records are instruction form (instruction, optional context/input, response/output), "
     "chat form (messages; the last assistant turn is the response) or pre-tokenized "
@@ -137,8 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     commands = {"score": run_scoring, "project": run_scoring, "baseline": run_scoring,
-                "subsets": run_subsets, "train-adapter": run_train_adapter,
-                "evaluate": run_evaluate, "anchor-direction": run_anchor_direction}
+                "subsets": run_subsets, **dict.fromkeys(_MODULE_COMMANDS, run_module_command)}
     previous = _install_handlers()
     try:
         return commands[options.COMMAND](options)
@@ -265,27 +265,21 @@ def _summary_line(row: dict, column: str, by_index: dict, n: int) -> str:
     return f"    {rank_text}{row[column]:+.4f}  [index {row['index']}]  {snippet}"
 
 
-def run_train_adapter(options) -> int:
-    from sqsd_fast.training import format_summary, train_adapter
-    result = train_adapter(options)
+# Commands that are one call of a module Python users call too: (module, function); each
+# module's format_summary(result) describes the result.
+_MODULE_COMMANDS = {"train-adapter": ("sqsd_fast.training", "train_adapter"),
+                    "merge-adapter": ("sqsd_fast.training.merge", "merge_adapter"),
+                    "anchor-direction": ("sqsd_fast.influence.anchor_direction", "anchor_direction"),
+                    "evaluate": ("sqsd_fast.evaluation", "evaluate")}
+
+
+def run_module_command(options) -> int:
+    import importlib
+    module_name, function = _MODULE_COMMANDS[options.COMMAND]
+    module = importlib.import_module(module_name)
+    result = getattr(module, function)(options)
     if not options.quiet:
-        print(format_summary(result))
-    return 0
-
-
-def run_anchor_direction(options) -> int:
-    from sqsd_fast.influence.anchor_direction import anchor_direction, format_summary
-    result = anchor_direction(options)
-    if not options.quiet:
-        print(format_summary(result))
-    return 0
-
-
-def run_evaluate(options) -> int:
-    from sqsd_fast.evaluation import evaluate, format_summary
-    result = evaluate(options)
-    if not options.quiet:
-        print(format_summary(result))
+        print(module.format_summary(result))
     return 0
 
 

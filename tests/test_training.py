@@ -328,3 +328,74 @@ def test_options_build_a_command_line_parser():
     assert (opts.r, opts.resume, opts.target_modules, opts.lr_scheduler_type) == \
         (16, True, "q_proj,v_proj", "linear")
     assert opts.lora_settings()["lora_alpha"] == 16.0 and opts.num_epochs == 3
+
+
+# ------------------------------------------------------------------ merge-adapter
+
+
+def _weights(directory) -> dict:
+    from safetensors.torch import load_file
+    return {k: v for f in sorted(Path(directory).glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_merge_adapter_gives_merge_to_weights_bit_for_bit(toy, trained, tmp_path):
+    from sqsd_fast.training.merge import MERGE_RECORD, merge_adapter
+    _, lora, merged = trained
+    out = tmp_path / "merged_later"
+    result = merge_adapter(model=toy["model"], adapter=str(lora), out=str(out), quiet=True)
+    assert result.n_modules == len(read_adapter(lora)) > 0
+    expected, got = _weights(merged), _weights(out)
+    assert set(got) == set(expected) and not any(".lora_" in k for k in got)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+    record = json.loads((out / MERGE_RECORD).read_text())
+    assert record["options"]["adapter"] == str(lora)
+
+
+def test_merge_adapter_is_w_plus_scaled_ba(toy, trained, tmp_path):
+    """Against the formula itself, computed in float64: W + (alpha / r) B A per adapted
+    module (the merge runs in float32: float32 rounding is the tolerance); nothing else moves."""
+    from sqsd_fast.training.merge import merge_adapter
+    _, lora, _ = trained
+    out = tmp_path / "merged_formula"
+    merge_adapter(model=toy["model"], adapter=str(lora), out=str(out), quiet=True)
+    base = _weights(toy["model"])
+    config = json.loads((lora / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    got = _weights(out)
+    factors = read_adapter(lora)
+    assert any(f.B.abs().max() > 0 for f in factors.values())      # trained: B is not zero
+    for name, f in factors.items():
+        key = f"{name}.weight"
+        expected = base[key].double() + scale * (f.B.double() @ f.A.double())
+        assert torch.allclose(got[key].double(), expected, rtol=0, atol=1e-6), key
+    untouched = set(base) - {f"{n}.weight" for n in factors}
+    assert untouched and all(torch.equal(got[k], base[k]) for k in untouched)
+
+
+def test_merge_adapter_refuses_bad_input_before_loading(toy, trained, tmp_path, capsys):
+    from sqsd_fast.cli import main
+    from sqsd_fast.training.merge import merge_adapter
+    _, lora, _ = trained
+    other = tmp_path / "other_lora"
+    train_adapter(model=toy["other"], data=toy["data"], out=str(other), **{**FAST, "num_epochs": 1})
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x.bin").write_text("x")
+    cases = [(dict(out=str(full)), "--out .*full exists and is not an empty directory"),
+             (dict(out=str(tmp_path / "no" / "such")), "--out .*parent directory .* does not exist"),
+             (dict(adapter=str(tmp_path / "missing")), "--adapter .*missing: directory not found"),
+             (dict(adapter=str(tmp_path)), "--adapter .*not a LoRA adapter directory"),
+             (dict(adapter=str(other)), "--adapter .*other_lora does not fit --model"),
+             (dict(model=str(tmp_path / "nomodel")), "--model .*not found")]
+    for i, (kwargs, message) in enumerate(cases):
+        args = {"model": toy["model"], "adapter": str(lora), "out": str(tmp_path / f"out{i}"),
+                "quiet": True, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            merge_adapter(**args)
+        assert not (tmp_path / f"out{i}").exists()
+    code = main(["merge-adapter", "--model", toy["model"], "--adapter", str(other), "--out",
+                 str(tmp_path / "cli_out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "does not fit --model" in err

@@ -76,15 +76,15 @@ def check_out(out: str, *, resume: bool, overwrite: bool) -> OutState:
     return state
 
 
-def check_merge_to(merge_to: str | None) -> None:
+def check_merge_to(merge_to: str | None, *, option: str = "--merge-to") -> None:
     if merge_to is None:
         return
     path = Path(merge_to).expanduser()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ValueError(f"--merge-to {merge_to} exists and is not an empty directory; give a "
+        raise ValueError(f"{option} {merge_to} exists and is not an empty directory; give a "
                          f"new directory for the merged model")
     if not path.parent.is_dir():
-        raise ValueError(f"--merge-to {merge_to}: the parent directory {path.parent} does "
+        raise ValueError(f"{option} {merge_to}: the parent directory {path.parent} does "
                          f"not exist")
 
 
@@ -143,9 +143,10 @@ def finish_out(state: OutState, peft_model, summary: dict, *, keep_checkpoints: 
         shutil.rmtree(state.path / CHECKPOINTS, ignore_errors=True)
 
 
-def write_merged(peft_model, tokenizer, merge_to: str) -> None:
-    """The base model with the LoRA merged in, plus the tokenizer, written to a temporary
-    directory beside ``merge_to`` and renamed into place (``merge_to`` is new or empty)."""
+def write_merged(peft_model, tokenizer, merge_to: str, *, extra_files: dict[str, str] | None = None) -> None:
+    """The base model with the LoRA merged in, plus the tokenizer (and ``extra_files``,
+    {name: text}), written to a temporary directory beside ``merge_to`` and renamed into
+    place (``merge_to`` is new or empty)."""
     import tempfile
     target = Path(merge_to).expanduser()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -153,6 +154,8 @@ def write_merged(peft_model, tokenizer, merge_to: str) -> None:
         merged = peft_model.merge_and_unload()
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if target.is_dir():
             target.rmdir()          # checked empty before training
         os.replace(tmp, target)
