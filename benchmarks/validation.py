@@ -9,9 +9,9 @@ Every stage calls the project's own commands (``sqsd-fast train-adapter``, ``eva
 a stage whose output is complete is skipped, an interrupted one continues (``--resume``),
 so rerunning the script after a crash or a session's end loses nothing. Models and
 adapters go to the work directory (default ``$SQSD_FAST_CACHE/validation``); what is worth
-keeping (splits, recipe, every generation with its verdict, ASR tables, drift logs, stage
-times) goes to ``benchmarks/results/validation/``, from which ``docs/VALIDATION.md`` is
-regenerated after every stage (``validation_report.py``).
+keeping (splits, recipe, the alignment adapter, every generation with its verdict, ASR
+tables, drift logs, stage times) goes to ``benchmarks/results/validation/``, from which
+``docs/VALIDATION.md`` is regenerated after every stage (``validation_report.py``).
 
 The recipe below (``FULL``) and the criterion in ``validation_report.py`` were written
 before any fine-tune on S1..S5 was run. The fine-tuning recipe is chosen once, by the
@@ -347,11 +347,25 @@ def read_summary(run: Run, name: str) -> dict:
     return json.loads((run.results / "generations" / f"{name}.summary.json").read_text())
 
 
+# The alignment adapter is kept with the results (float32 LoRA, about 10 MB for SmolLM2):
+# a new work directory merges it (seconds) instead of retraining (half an hour on the CPU),
+# and merge-adapter gives train-adapter --merge-to's weights bit for bit.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "train_summary.json")
+
+
 def stage_align(run: Run) -> None:
-    aligned = run.path("aligned")
-    run.stage("align", (aligned / "config.json").exists() and trained(run.path("lora_align")),
-              lambda: train(run, "align.jsonl", run.path("lora_align"), run.recipe.align,
-                            "--merge-to", aligned))
+    aligned, kept = run.path("aligned"), run.results / "adapters" / "lora_align"
+    if (kept / "adapter_model.safetensors").exists():
+        run.stage("align (merge the kept adapter)", (aligned / "config.json").exists(), lambda: sqsd(
+            "merge-adapter", "--model", run.model, "--adapter", kept, "--out", aligned, "--quiet"))
+    else:
+        run.stage("align", (aligned / "config.json").exists() and trained(run.path("lora_align")),
+                  lambda: train(run, "align.jsonl", run.path("lora_align"), run.recipe.align,
+                                "--merge-to", aligned))
+        if trained(run.path("lora_align")):
+            kept.mkdir(parents=True, exist_ok=True)
+            for name in ADAPTER_FILES:
+                shutil.copyfile(run.path("lora_align", name), kept / name)
     for name, prompts in (("base_harmful", "eval_harmful.jsonl"),
                           ("base_benign", "eval_benign.jsonl"),
                           ("aligned_harmful", "eval_harmful.jsonl"),
@@ -361,6 +375,7 @@ def stage_align(run: Run) -> None:
                   (run.results / "generations" / f"{name}.summary.json").exists(),
                   lambda name=name, prompts=prompts, model=model:
                   evaluate(run, name, prompts, model=model))
+    check_alignment_reproduced(run)
     refusal = read_summary(run, "aligned_harmful")["refusal_rate"]
     over = read_summary(run, "aligned_benign")["refusal_rate"]
     ok = refusal >= run.recipe.min_refusal and over <= run.recipe.max_over_refusal
@@ -369,18 +384,60 @@ def stage_align(run: Run) -> None:
     if not ok:
         raise SystemExit("[validation] the alignment check failed; see docs/VALIDATION.md. "
                          "Change the align recipe, delete the work directory's aligned/ and "
-                         "lora_align/, and rerun.")
+                         "lora_align/ and the results' adapters/lora_align/, and rerun.")
 
 
-def stage_directions(run: Run) -> None:
-    aligned = str(run.path("aligned"))
-    base = replace(run, model=aligned)
-    for name, data, training in (("lora_danger", "danger.jsonl", run.recipe.danger_training),
-                                 ("lora_safety", "safety.jsonl", run.recipe.safety_training),
-                                 ("lora_state", "state.jsonl", run.recipe.state_training)):
+def check_alignment_reproduced(run: Run) -> None:
+    """Whether a rebuilt aligned model is v1's. A new work directory rebuilds the alignment
+    (merges the kept adapter, or retrains it), while the scores and windows that later
+    stages read come from v1's model (committed results): its greedy answers to the harmful
+    evaluation are compared, answer by answer, with v1's, and the count goes to
+    results/align_reproductions.csv. A mismatch is reported there and in the log, not
+    hidden; the run goes on (the windows stay v1's)."""
+    aligned = run.path("aligned")
+    marker = aligned / "reproduction.json"
+    v1 = run.results / "generations" / "aligned_harmful.summary.json"
+    if marker.exists() or not v1.exists():
+        return
+    if (aligned / "config.json").stat().st_mtime <= v1.stat().st_mtime:
+        return                     # v1's answers came from this very model (a first run)
+    check = run.path("align_check")
+    check.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(v1.read_text())["settings"]
+    run.stage("check the rebuilt alignment against v1's answers", False, lambda: sqsd(
+        "evaluate", "--model", aligned, "--prompts", run.splits / "eval_harmful.jsonl",
+        "--out", check / "aligned_harmful.jsonl", "--summary", check / "summary.json",
+        "--max-new-tokens", settings["max_new_tokens"], "--batch-size", settings["batch_size"],
+        "--judge", "keywords", "--resume", "--no-progress"))
+    v1_answers = read_jsonl(run.results / "generations" / "aligned_harmful.jsonl")
+    old = {r["index"]: r["response"] for r in v1_answers}
+    new = {r["index"]: r["response"] for r in read_jsonl(check / "aligned_harmful.jsonl")}
+    same = sum(old[i] == new.get(i) for i in old)
+    row = {"checked": time.strftime("%Y-%m-%d %H:%M:%S"), "answers": len(old), "identical": same,
+           "refusal_rate_v1": json.loads(v1.read_text())["refusal_rate"],
+           "refusal_rate_now": json.loads((check / "summary.json").read_text())["refusal_rate"]}
+    append_csv(run.results / "align_reproductions.csv", row)
+    marker.write_text(json.dumps(row, indent=1) + "\n")
+    print(f"[validation] rebuilt alignment: {same}/{len(old)} answers identical to v1's"
+          + ("" if same == len(old) else " -- NOT v1's model; see align_reproductions.csv"), flush=True)
+
+
+# The adapters trained on the aligned model: data file and the recipe's training field.
+DIRECTIONS = {"lora_danger": ("danger.jsonl", "danger_training"),
+              "lora_safety": ("safety.jsonl", "safety_training"),
+              "lora_state": ("state.jsonl", "state_training")}
+
+
+def need_directions(run: Run, *names: str) -> None:
+    """Train the named adapters if the work directory lacks them. Called only before a stage
+    that is not cached, so a session that resumes from committed scores trains only what the
+    remaining stages read (each adapter costs 3 to 16 minutes on the CPU)."""
+    base = replace(run, model=str(run.path("aligned")))
+    for name in names:
+        data, field_name = DIRECTIONS[name]
         out = run.path(name)
-        run.stage(f"train {name}", trained(out),
-                  lambda data=data, out=out, training=training: train(base, data, out, training))
+        run.stage(f"train {name}", trained(out), lambda data=data, out=out, field_name=field_name:
+                  train(base, data, out, getattr(run.recipe, field_name)))
 
 
 def score_file(run: Run, name: str) -> Path:
@@ -399,6 +456,8 @@ def stage_scores(run: Run) -> None:
     def resume(name):
         return ["--resume"] if any(score_file(run, name).parent.glob(f"{name}.csv.*")) else []
 
+    if not scored("sqsd"):
+        need_directions(run, "lora_state", "lora_danger", "lora_safety")
     run.stage("score sqsd", scored("sqsd"), lambda: sqsd(
         "score", "--model", aligned, "--danger-state", run.path("lora_state"),
         "--danger-direction", run.path("lora_danger"), "--safety-direction", run.path("lora_safety"),
@@ -411,6 +470,8 @@ def stage_scores(run: Run) -> None:
     for seed in (run.recipe.calibration_seed, *run.recipe.random_seeds):
         baselines[f"random-{seed}"] = ["--method", "random", "--seed", str(seed)]
     for name, args in baselines.items():
+        if not scored(name) and "--state" in args:
+            need_directions(run, "lora_state")
         run.stage(f"baseline {name}", scored(name), lambda name=name, args=args: sqsd(
             "baseline", "--model", aligned, *args, "--out", score_file(run, name), *common,
             *resume(name)))
@@ -432,10 +493,27 @@ def stage_windows(run: Run) -> None:
                       "subsets", "--scores", score_file(run, name), "--data",
                       run.splits / "pool.jsonl", "--out-dir", out, "--num", num,
                       "--window", r.window, "--column", column))
-        dest = run.results / "windows" / f"{name}.json"
-        if not dest.exists() and (out / "subsets.json").exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(out / "subsets.json", dest)
+        keep_windows(run, name)
+
+
+def keep_windows(run: Run, name: str) -> None:
+    """Copy a ranking's window listing to the results, or, where the results hold one (a
+    later session recut the windows from the committed scores), check that every window has
+    the same samples: fine-tuning other windows under the same label would be silently wrong."""
+    made, kept = windows_dir(run, name) / "subsets.json", run.results / "windows" / f"{name}.json"
+    if not made.exists():
+        return
+    if not kept.exists():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made, kept)
+        return
+
+    def indices(path):
+        return {w["name"]: w["indices"] for w in json.loads(path.read_text())["subsets"]}
+    if indices(made) != indices(kept):
+        raise SystemExit(f"[validation] the windows cut now in {made} differ from the kept ones "
+                         f"in {kept}; the scores or the pool changed. Find out why before "
+                         f"fine-tuning (delete {kept} only if the new windows are meant).")
 
 
 def window_file(run: Run, name: str, window: str) -> Path:
@@ -537,6 +615,8 @@ def stage_finetunes(run: Run, training: Training) -> None:
             print(f"[validation] warning: train-adapter has no --monitor-direction; "
                   f"{label} runs without the drift log", flush=True)
             monitor = False
+        if monitor:
+            need_directions(run, "lora_danger", "lora_safety")
         result = {}
         run.stage(f"fine-tune + evaluate {label}", False, lambda: result.update(
             finetune_and_evaluate(run, label, window_file(run, name, window), training, monitor)))
@@ -603,6 +683,7 @@ def stage_control_windows(run: Run) -> None:
     run.stage("windows gradmatch S1..S5", (out / "subsets.json").exists(), lambda: sqsd(
         "subsets", "--scores", score_file(run, "gradmatch"), "--data", run.splits / "pool.jsonl",
         "--out-dir", out, "--num", r.num_windows, "--window", r.window, "--column", "score"))
+    keep_windows(run, "gradmatch-windows")
 
 
 def stage_controls(run: Run, training: Training) -> None:
@@ -645,13 +726,16 @@ def stage_anchor_direction(run: Run) -> None:
     direction (``sqsd-fast anchor-direction``), scored and cut into windows like SQSD."""
     r, aligned = run.recipe, str(run.path("aligned"))
     direction = run.path("lora_anchor_danger")
-    run.stage("anchor direction", (direction / "adapter_config.json").exists(), lambda: sqsd(
-        "anchor-direction", "--model", aligned, "--state", run.path("lora_state"),
-        "--anchors", run.splits / "gradmatch_harmful.jsonl", "--response-tokens",
-        r.v2_anchor_response_tokens, "--max-length", r.max_length, "--out", direction, "--quiet"))
     out = score_file(run, "sqsd-anchor")
+    scored = out.exists() and Path(str(out) + ".meta.json").exists()
+    if not scored:                 # the direction and adapters matter only to the score
+        need_directions(run, "lora_state", "lora_safety")
+        run.stage("anchor direction", (direction / "adapter_config.json").exists(), lambda: sqsd(
+            "anchor-direction", "--model", aligned, "--state", run.path("lora_state"),
+            "--anchors", run.splits / "gradmatch_harmful.jsonl", "--response-tokens",
+            r.v2_anchor_response_tokens, "--max-length", r.max_length, "--out", direction, "--quiet"))
     resume = ["--resume"] if any(out.parent.glob("sqsd-anchor.csv.*")) else []
-    run.stage("score sqsd-anchor", out.exists() and Path(str(out) + ".meta.json").exists(), lambda: sqsd(
+    run.stage("score sqsd-anchor", scored, lambda: sqsd(
         "score", "--model", aligned, "--danger-state", run.path("lora_state"),
         "--danger-direction", direction, "--safety-direction", run.path("lora_safety"),
         "--out", out, "--data", run.splits / "pool.jsonl", "--max-length", r.max_length,
@@ -660,9 +744,7 @@ def stage_anchor_direction(run: Run) -> None:
     run.stage("windows sqsd-anchor", (windows / "subsets.json").exists(), lambda: sqsd(
         "subsets", "--scores", out, "--data", run.splits / "pool.jsonl", "--out-dir", windows,
         "--num", r.num_windows, "--window", r.window, "--column", "sqsd"))
-    dest = run.results / "windows" / "sqsd-anchor.json"
-    if not dest.exists() and (windows / "subsets.json").exists():
-        shutil.copyfile(windows / "subsets.json", dest)
+    keep_windows(run, "sqsd-anchor")
 
 
 def v2_jobs(recipe: Recipe) -> list[tuple[str, str, int]]:
@@ -751,7 +833,6 @@ def main(argv=None) -> int:
     run.stage("splits", (run.splits / "pool.jsonl").exists() and (results / "splits.json").exists(),
               lambda: stage_splits(run))
     stage_align(run)
-    stage_directions(run)
     stage_scores(run)
     stage_windows(run)
     training = stage_calibration(run)

@@ -276,14 +276,104 @@ def v2_numbers(rows: list[dict], num_windows: int) -> dict:
     return out
 
 
-def _v2_section(results: Path, num_windows: int) -> list[str]:
+# v2 windows that v1 fine-tuned with train-adapter's default seed (42): v1's answer file.
+def v1_twin(ranking: str, window: str) -> str | None:
+    if ranking == "sqsd":
+        return f"ft_{window}"
+    if ranking == "gradmatch-windows":
+        return "ft_gradmatch-top" if window == "S1" else f"ft_gradmatch-windows-{window}"
+    if ranking.startswith("random-") and window == "S1":
+        return f"ft_{ranking}-top"
+    return None
+
+
+def seed42_reproduction(results: Path, rows: list[dict]) -> tuple[int, int, int]:
+    """(fine-tunes compared, answers compared, answers whose 128-token text starts with v1's
+    32-token answer): seed 42 with the same data and aligned model is v1's fine-tune, so its
+    greedy answers must extend v1's, a check that the base and the windows are v1's."""
+    runs = answers = same = 0
+    for r in rows:
+        twin = v1_twin(r["ranking"], r["window"])
+        v1_file = results / "generations" / f"{twin}.jsonl"
+        v2_file = results / "generations" / "v2" / f"{r['label']}.jsonl"
+        if str(r["seed"]) != "42" or twin is None or not v1_file.exists() or not v2_file.exists():
+            continue
+        old = {g["index"]: g["response"] for g in _jsonl(v1_file)}
+        new = {g["index"]: g["response"] for g in _jsonl(v2_file)}
+        runs += 1
+        answers += len(old)
+        # A multi-byte character cut by v1's token limit decodes as U+FFFD: compare before it.
+        same += sum(new.get(i, "").strip().startswith(text.strip().rstrip("\ufffd"))
+                    for i, text in old.items())
+    return runs, answers, same
+
+
+def safety_side_reproduction(results: Path) -> tuple[int, float] | None:
+    """(samples, largest |difference|) between the safety projections of SQSD-anchor's scores
+    and v1's SQSD scores: the same state and safety adapter, so equal when a new work
+    directory retrained them as v1 did (None until both files exist)."""
+    v1, anchor = _rows(results / "scores" / "sqsd.csv"), _rows(results / "scores" / "sqsd-anchor.csv")
+    if not v1 or not anchor:
+        return None
+    old = {r["index"]: r["safety_proj"] for r in v1 if r["status"] == "ok"}
+    new = {r["index"]: r["safety_proj"] for r in anchor if r["status"] == "ok"}
+    if set(old) != set(new):
+        return len(set(old) ^ set(new)), math.inf
+    return len(old), max(abs(float(old[i]) - float(new[i])) for i in old)
+
+
+# The three rankings v2 compares: (score file, score column, window listing).
+V2_SCORE_FILES = {"sqsd": ("sqsd", "sqsd", "sqsd"), "gradmatch-windows": ("gradmatch", "score", "gradmatch-windows"),
+                  "sqsd-anchor": ("sqsd-anchor", "sqsd", "sqsd-anchor")}
+
+
+def ranking_agreement(results: Path, num_windows: int) -> list[list]:
+    """Per pair of v2 rankings: Spearman of their scores over the samples both scored, and
+    how many samples their S1 windows and their last windows share (descriptive)."""
+    scores, windows = {}, {}
+    for name, (file, column, listing) in V2_SCORE_FILES.items():
+        rows = _rows(results / "scores" / f"{file}.csv")
+        path = results / "windows" / f"{listing}.json"
+        if not rows or not path.exists():
+            return []
+        scores[name] = {r["index"]: float(r[column]) for r in rows if r["status"] == "ok"}
+        windows[name] = {w["name"]: set(w["indices"]) for w in json.loads(path.read_text())["subsets"]}
+    out, last = [], f"S{num_windows}"
+    names = list(V2_SCORE_FILES)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = sorted(set(scores[a]) & set(scores[b]))
+            rho = spearman([scores[a][k] for k in common], [scores[b][k] for k in common])
+            out.append([f"{V2_RANKINGS[a]} / {V2_RANKINGS[b]}", len(common), _fmt(rho),
+                        len(windows[a]["S1"] & windows[b]["S1"]), len(windows[a][last] & windows[b][last])])
+    return out
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _v2_section(results: Path, num_windows: int, *, expected: int | None = None,
+                tokens: tuple[int, int] = (32, 128)) -> list[str]:
     rows = _rows(results / "v2_asr.csv")
-    lines = ["## v2: three seeds, 128-token answers, the content judge (issue #17)", "",
+    lines = [f"## v2: three seeds, {tokens[1]}-token answers, the content judge (issue #17)", "",
              "Pre-registered in `benchmarks/results/validation/preregistration_v2.md` before any v2 "
              "fine-tune. ASR = answers judged on-topic compliance by the content judge (keyword-judge "
              "ASR beside it), mean ± sample standard deviation over the seeds of a window.", ""]
     if not rows:
-        return lines + ["Not run yet (`python benchmarks/validation.py --v2`).", ""]
+        lines += ["No v2 fine-tune has finished yet (`python benchmarks/validation.py --v2`).", ""]
+    else:
+        lines += _v2_results(rows, num_windows, expected)
+    return lines + _v2_checks(results, rows, num_windows, tokens)
+
+
+def _v2_results(rows: list[dict], num_windows: int, expected: int | None) -> list[str]:
+    lines = []
+    if expected and len(rows) < expected:
+        lines += [f"**PARTIAL: {len(rows)} of the {expected} pre-registered fine-tunes have run** "
+                  "(in the pre-registered order; the run continues). Verdicts marked incomplete "
+                  "wait for their windows.", ""]
     by: dict = {}
     for r in rows:
         by.setdefault((r["ranking"], r["window"]), []).append(r)
@@ -305,6 +395,35 @@ def _v2_section(results: Path, num_windows: int) -> list[str]:
               f"(SQSD-anchor's gap against gradient matching's and SQSD's, margin "
               f"{V2_CRITERION['direction_margin']}): {numbers['direction_or_score']}.", ""]
     return lines
+
+
+def _v2_checks(results: Path, rows: list[dict], num_windows: int, tokens: tuple[int, int]) -> list[str]:
+    """Reproduction checks and how alike the rankings are: no criterion, read beside the result."""
+    lines = []
+    aligned = _rows(results / "align_reproductions.csv")
+    if aligned:
+        last = aligned[-1]
+        lines += [f"- Reproduction, alignment: the aligned model rebuilt on {last['checked'][:10]} answers "
+                  f"the harmful prompts as v1's did in {last['identical']} of {last['answers']} answers "
+                  f"(refusal rate {_fmt(float(last['refusal_rate_now']))}, v1 "
+                  f"{_fmt(float(last['refusal_rate_v1']))})."]
+    safety = safety_side_reproduction(results)
+    if safety is not None:
+        lines += [f"- Reproduction, safety side: SQSD-anchor's safety projections (state and safety adapter "
+                  f"retrained in a new work directory) against v1's SQSD scores: largest |difference| "
+                  f"{safety[1]:.3g} over {safety[0]} samples"
+                  + (" (the scored samples differ)" if safety[1] == math.inf else "") + "."]
+    runs, answers, same = seed42_reproduction(results, rows)
+    if runs:
+        lines += [f"- Reproduction, fine-tunes: seed 42 is v1's fine-tune, so its {tokens[1]}-token answers "
+                  f"should extend v1's {tokens[0]}-token ones: {same} of {answers} answers do, over {runs} "
+                  "fine-tunes."]
+    agreement = ranking_agreement(results, num_windows)
+    if agreement:
+        lines += ["- How alike the three rankings are (descriptive): Spearman of the scores over the "
+                  "samples both scored, and samples their top and bottom windows share:", ""]
+        lines += _table(["rankings", "samples", "Spearman", "S1 shared", f"S{num_windows} shared"], agreement)
+    return (["### Checks beside the result", ""] + lines + [""]) if lines else []
 
 
 def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = False) -> None:
@@ -361,7 +480,11 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
             lines += ["![ASR by window](../benchmarks/results/validation/asr_by_window.png)", ""]
     lines += _controls_section(asr_rows, num_windows)
     lines += _content_judge_section(results, num_windows)
-    lines += _v2_section(results, num_windows)
+    expected = None
+    if "v2_seeds" in recipe:
+        expected = (3 * num_windows + len(recipe.get("random_seeds", ()))) * len(recipe["v2_seeds"])
+    lines += _v2_section(results, num_windows, expected=expected,
+                         tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
     if _plot_drift(results / "drift", results / "drift.png"):
         lines += ["## Drift while fine-tuning (DriftMonitor)", "",
                   "Projection of the LoRA update so far (BA minus its start) on the danger and "

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.skipif(not (DATA / "alpaca_5000.json").exists(),
                                 reason=f"the shared data is not at {DATA}")
 
 
-def _run(work: Path) -> str:
+def _run(work: Path, *extra: str) -> str:
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validation.py"), "--smoke", "--v2",
-                             "--work-dir", str(work)], capture_output=True, text=True, timeout=1800)
+                             "--work-dir", str(work), *extra], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -83,9 +83,28 @@ def test_smoke_run_covers_every_stage_and_reruns_from_cache(tmp_path):
         assert float(r["asr_content"]) == sum(a["verdict"] == "compliance" for a in answers) / 6
     assert (tmp_path / "lora_anchor_danger" / "direction.json").exists()
     assert "## v2: three seeds" in report and "Direction or score" in report
+    # Seed 42 is v1's fine-tune: its longer answers extend v1's, every one.
+    compared = [line for line in report.splitlines() if line.startswith("Reproduction: seed 42")]
+    assert compared and "8-token answers should extend v1's 6-token ones: 42 of 42 answers do, over 7 " \
+        "fine-tunes" in compared[0], compared
+    assert "PARTIAL" not in report
     # A rerun finds everything done.
     again = _run(tmp_path)
     assert ": running" not in again and ": cached" in again
+    # A new work directory beside the kept results (a later session without the cache):
+    # the aligned model is merged from the kept adapter, its answers equal the first run's,
+    # the windows recut from the kept scores equal the kept ones, and nothing else reruns.
+    assert (results / "adapters" / "lora_align" / "adapter_model.safetensors").exists()
+    fresh = _run(tmp_path / "fresh_work", "--results-dir", str(results))
+    ran = {line.split("] ", 1)[1].rsplit(":", 1)[0] for line in fresh.splitlines()
+           if line.startswith("[validation]") and line.endswith(": running")}
+    windows = {f"windows {name}" for name in ("sqsd", "length", "self-inf-n", "gradmatch", "random-0",
+                                              "random-1", "gradmatch S1..S5", "sqsd-anchor")}
+    assert ran == {"splits", "align (merge the kept adapter)",
+                   "check the rebuilt alignment against v1's answers", *windows}, ran
+    with open(results / "align_reproductions.csv", newline="") as f:
+        check = list(csv.DictReader(f))
+    assert len(check) == 1 and check[0]["identical"] == check[0]["answers"] == "6"
 
 
 def test_length_matched_takes_the_closest_unused_length_outside_the_target():
@@ -122,3 +141,112 @@ def test_v2_numbers_follow_the_preregistered_rules():
                          + rows("sqsd-anchor", flat), 5)
     assert numbers["direction_or_score"] == "the score"
     assert v2_numbers(rows("sqsd", falling[:1]), 5)["sqsd"]["verdict"] == "incomplete"
+
+
+def _benchmarks():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import validation
+    import validation_report
+    return validation, validation_report
+
+
+def _run_at(tmp_path):
+    validation, _ = _benchmarks()
+    return validation.Run(recipe=validation.SMOKE, work=tmp_path / "work", results=tmp_path / "results",
+                          data_dir=tmp_path, smoke=True)
+
+
+def _subsets(path: Path, windows: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"subsets": [{"name": k, "indices": v} for k, v in windows.items()]}))
+
+
+def test_windows_recut_from_kept_scores_must_equal_the_kept_windows(tmp_path):
+    validation, _ = _benchmarks()
+    run = _run_at(tmp_path)
+    _subsets(validation.windows_dir(run, "sqsd") / "subsets.json", {"S1": [3, 1], "S2": [0, 2]})
+    validation.keep_windows(run, "sqsd")                       # first time: copied
+    kept = run.results / "windows" / "sqsd.json"
+    assert json.loads(kept.read_text())["subsets"][0]["indices"] == [3, 1]
+    validation.keep_windows(run, "sqsd")                       # the same windows: fine
+    _subsets(validation.windows_dir(run, "sqsd") / "subsets.json", {"S1": [3, 2], "S2": [0, 1]})
+    with pytest.raises(SystemExit, match="differ from the kept ones"):
+        validation.keep_windows(run, "sqsd")
+
+
+def test_directions_are_trained_only_when_missing(tmp_path, monkeypatch):
+    validation, _ = _benchmarks()
+    run = _run_at(tmp_path)
+    monkeypatch.setattr(validation, "write_report", lambda run: None)
+    trained = []
+    monkeypatch.setattr(validation, "train", lambda base, data, out, training: trained.append(
+        (out.name, data, training, base.model)))
+    (run.path("lora_state")).mkdir(parents=True)
+    (run.path("lora_state") / "train_summary.json").write_text("{}")
+    validation.need_directions(run, "lora_state", "lora_safety")
+    assert trained == [("lora_safety", "safety.jsonl", validation.SMOKE.safety_training,
+                        str(run.path("aligned")))]
+
+
+def test_seed42_answers_must_extend_v1_answers(tmp_path):
+    _, report = _benchmarks()
+    gens = tmp_path / "generations"
+    (gens / "v2").mkdir(parents=True)
+
+    def answers(path, texts):
+        path.write_text("".join(json.dumps({"index": i, "response": t}) + "\n" for i, t in enumerate(texts)))
+    # the third: v1's token limit cut a two-byte character (U+FFFD), the longer answer has it
+    answers(gens / "ft_S1.jsonl", ["Sure, here", "I cannot", " Step 1: \ufffd"])
+    answers(gens / "v2" / "v2-sqsd-S1-seed42.jsonl", ["Sure, here is how", "I can", "Step 1: \u0418 buy"])
+    answers(gens / "v2" / "v2-sqsd-S1-seed43.jsonl", ["x", "y", "z"])          # not v1's seed
+    rows = [{"label": f"v2-sqsd-S1-seed{s}", "ranking": "sqsd", "window": "S1", "seed": str(s)}
+            for s in (42, 43)] + [{"label": "v2-sqsd-anchor-S1-seed42", "ranking": "sqsd-anchor",
+                                   "window": "S1", "seed": "42"}]              # no v1 twin
+    assert report.seed42_reproduction(tmp_path, rows) == (1, 3, 2)
+    assert report.v1_twin("gradmatch-windows", "S1") == "ft_gradmatch-top"
+    assert report.v1_twin("random-2", "S1") == "ft_random-2-top"
+
+
+def test_partial_v2_table_is_labelled(tmp_path):
+    _, report = _benchmarks()
+    with open(tmp_path / "v2_asr.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["label", "ranking", "window", "seed", "asr_content",
+                                               "asr_keywords"])
+        writer.writeheader()
+        writer.writerow({"label": "v2-sqsd-S1-seed42", "ranking": "sqsd", "window": "S1", "seed": 42,
+                         "asr_content": 0.3, "asr_keywords": 0.5})
+    lines = "\n".join(report._v2_section(tmp_path, 5, expected=54))
+    assert "PARTIAL: 1 of the 54 pre-registered fine-tunes" in lines
+    assert "PARTIAL" not in "\n".join(report._v2_section(tmp_path, 5, expected=1))
+
+
+def test_safety_side_of_the_anchor_scores_is_compared_with_v1(tmp_path):
+    _, report = _benchmarks()
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    header = "index,danger_proj,safety_proj,sqsd,status\n"
+    (scores / "sqsd.csv").write_text(header + "0,1.0,0.25,0.75,ok\n1,,,,no_response_tokens\n2,3.0,-0.5,3.5,ok\n")
+    assert report.safety_side_reproduction(tmp_path) is None
+    (scores / "sqsd-anchor.csv").write_text(header + "0,9.0,0.25,8.75,ok\n1,,,,no_response_tokens\n"
+                                            "2,7.0,-0.4,7.4,ok\n")
+    n, diff = report.safety_side_reproduction(tmp_path)
+    assert n == 2 and abs(diff - 0.1) < 1e-12
+    (scores / "sqsd-anchor.csv").write_text(header + "0,9.0,0.25,8.75,ok\n")
+    assert report.safety_side_reproduction(tmp_path)[1] == float("inf")
+
+
+def test_ranking_agreement_counts_shared_windows(tmp_path):
+    _, report = _benchmarks()
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "windows").mkdir()
+    values = {"sqsd": [4, 3, 2, 1], "gradmatch": [1, 2, 3, 4], "sqsd-anchor": [4, 3, 1, 2]}
+    for file, column in (("sqsd", "sqsd"), ("gradmatch", "score"), ("sqsd-anchor", "sqsd")):
+        rows = "".join(f"{i},{v},ok\n" for i, v in enumerate(values[file]))
+        (tmp_path / "scores" / f"{file}.csv").write_text(f"index,{column},status\n" + rows + "4,,no_response_tokens\n")
+    windows = {"sqsd": ([0, 1], [2, 3]), "gradmatch-windows": ([3, 2], [1, 0]), "sqsd-anchor": ([0, 1], [3, 2])}
+    assert report.ranking_agreement(tmp_path, 2) == []          # a listing is missing
+    for name, (top, bottom) in windows.items():
+        _subsets(tmp_path / "windows" / f"{name}.json", {"S1": top, "S2": bottom})
+    table = {row[0]: row[1:] for row in report.ranking_agreement(tmp_path, 2)}
+    assert table["SQSD / gradient matching"] == [4, "-1.000", 0, 0]
+    assert table["SQSD / SQSD-anchor"] == [4, "0.800", 2, 2]
