@@ -84,7 +84,7 @@ def test_smoke_run_covers_every_stage_and_reruns_from_cache(tmp_path):
     assert (tmp_path / "lora_anchor_danger" / "direction.json").exists()
     assert "## v2: three seeds" in report and "Direction or score" in report
     # Seed 42 is v1's fine-tune: its longer answers extend v1's, every one.
-    compared = [line for line in report.splitlines() if line.startswith("Reproduction: seed 42")]
+    compared = [line for line in report.splitlines() if line.startswith("- Reproduction, fine-tunes")]
     assert compared and "8-token answers should extend v1's 6-token ones: 42 of 42 answers do, over 7 " \
         "fine-tunes" in compared[0], compared
     assert "PARTIAL" not in report
