@@ -770,10 +770,14 @@ def stage_v2(run: Run, training: Training) -> None:
     table = run.results / V2_TABLE
     done = {row["label"] for row in read_csv(table)}
     aligned = replace(run, model=str(run.path("aligned")))
-    for name, window, seed in v2_jobs(r):
+    jobs = v2_jobs(r)
+    for name, window, seed in jobs:
         label = v2_label(name, window, seed)
         if label in done:
             continue
+        print(f"[validation] v2: {len(done)} of {len(jobs)} fine-tunes done"
+              + time_left(read_csv(run.results / "stages.csv"), "v2 fine-tune", len(jobs) - len(done)),
+              flush=True)
 
         def job(name=name, window=window, seed=seed, label=label):
             out = run.path("finetunes", label)
@@ -789,6 +793,17 @@ def stage_v2(run: Run, training: Training) -> None:
                                "final_loss": final_loss})
 
         run.stage(f"v2 fine-tune + evaluate {label}", False, job)
+        done.add(label)
+
+
+def time_left(stages: list[dict], prefix: str, remaining: int) -> str:
+    """", about H hours left" at the median time of the finished stages named ``prefix...``
+    (the median: a stage slowed by a paused or shared machine does not skew it), or ""."""
+    from statistics import median
+    seconds = [float(row["seconds"]) for row in stages if row["stage"].startswith(prefix)]
+    if not seconds or remaining <= 0:
+        return ""
+    return f", about {remaining * median(seconds) / 3600:.1f} h left at {median(seconds) / 60:.1f} min each"
 
 
 # ------------------------------------------------------------------------ main

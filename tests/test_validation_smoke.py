@@ -250,3 +250,14 @@ def test_ranking_agreement_counts_shared_windows(tmp_path):
     table = {row[0]: row[1:] for row in report.ranking_agreement(tmp_path, 2)}
     assert table["SQSD / gradient matching"] == [4, "-1.000", 0, 0]
     assert table["SQSD / SQSD-anchor"] == [4, "0.800", 2, 2]
+
+
+def test_time_left_uses_the_median_of_finished_jobs():
+    validation, _ = _benchmarks()
+    stages = [{"stage": "v2 fine-tune + evaluate a", "seconds": "2541.1"},     # a paused run
+              {"stage": "v2 fine-tune + evaluate b", "seconds": "569.2"},
+              {"stage": "v2 fine-tune + evaluate c", "seconds": "600.8"},
+              {"stage": "score sqsd-anchor", "seconds": "1238.5"}]
+    assert validation.time_left(stages, "v2 fine-tune", 12) == ", about 2.0 h left at 10.0 min each"
+    assert validation.time_left(stages[3:], "v2 fine-tune", 12) == ""
+    assert validation.time_left(stages, "v2 fine-tune", 0) == ""
