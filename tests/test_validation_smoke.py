@@ -141,6 +141,15 @@ def test_v2_numbers_follow_the_preregistered_rules():
                          + rows("sqsd-anchor", flat), 5)
     assert numbers["direction_or_score"] == "the score"
     assert v2_numbers(rows("sqsd", falling[:1]), 5)["sqsd"]["verdict"] == "incomplete"
+    # a partial run (S5 of the anchor ranking has one seed of three) reads no verdict off it
+    partial = (rows("gradmatch-windows", falling) + rows("sqsd", flat)
+               + rows("sqsd-anchor", falling[:4] + [falling[4][:1]]))
+    numbers = v2_numbers(partial, 5, seeds=3)
+    assert numbers["sqsd-anchor"]["provisional"] and numbers["sqsd-anchor"]["verdict"] == "incomplete"
+    assert numbers["sqsd-anchor"]["gap"] is not None and numbers["sqsd-anchor"]["spearman"] is None
+    assert numbers["direction_or_score"].startswith("provisional (the direction")
+    assert numbers["gradmatch-windows"]["verdict"] == "met" and not numbers["gradmatch-windows"]["provisional"]
+    assert v2_numbers(partial, 5)["direction_or_score"] == "the direction"   # no seed count: as before
 
 
 def _benchmarks():
@@ -215,7 +224,7 @@ def test_partial_v2_table_is_labelled(tmp_path):
         writer.writeheader()
         writer.writerow({"label": "v2-sqsd-S1-seed42", "ranking": "sqsd", "window": "S1", "seed": 42,
                          "asr_content": 0.3, "asr_keywords": 0.5})
-    lines = "\n".join(report._v2_section(tmp_path, 5, expected=54))
+    lines = "\n".join(report._v2_section(tmp_path, 5, expected=54, seeds=3))
     assert "PARTIAL: 1 of the 54 pre-registered fine-tunes" in lines
     assert "PARTIAL" not in "\n".join(report._v2_section(tmp_path, 5, expected=1))
 
