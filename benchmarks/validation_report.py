@@ -266,6 +266,11 @@ def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None) -> 
             met = (entry["gap"] >= V2_CRITERION["gap"] and entry["p"] is not None
                    and entry["p"] < V2_CRITERION["p"] and entry["spearman"] <= V2_CRITERION["spearman"])
             entry["verdict"] = "met" if met else "NOT met"
+        elif seeds is not None and not entry["provisional"] and entry["p"] is not None and (
+                entry["gap"] < V2_CRITERION["gap"] or entry["p"] >= V2_CRITERION["p"]):
+            # all three parts must hold: finished S1/S5 windows that fail the gap or the
+            # test decide it before the middle windows (which only feed the Spearman) run
+            entry["verdict"] = "NOT met (S1/S5 decide it)"
         out[ranking] = entry
     randoms = [mean(v) for (name, _), v in by.items() if name.startswith("random-") and v]
     out["random_mean"] = mean(randoms) if randoms else None

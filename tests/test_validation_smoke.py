@@ -150,6 +150,11 @@ def test_v2_numbers_follow_the_preregistered_rules():
     assert numbers["direction_or_score"].startswith("provisional (the direction")
     assert numbers["gradmatch-windows"]["verdict"] == "met" and not numbers["gradmatch-windows"]["provisional"]
     assert v2_numbers(partial, 5)["direction_or_score"] == "the direction"   # no seed count: as before
+    # finished ends that fail the gap decide the verdict before the middle windows run
+    ends = rows("sqsd", [flat[0]]) + [dict(r, window="S5") for r in rows("sqsd", [flat[4]])]
+    assert v2_numbers(ends, 5, seeds=3)["sqsd"]["verdict"] == "NOT met (S1/S5 decide it)"
+    assert v2_numbers(rows("sqsd", [falling[0]]) + [dict(r, window="S5") for r in rows("sqsd", [falling[4]])],
+                      5, seeds=3)["sqsd"]["verdict"] == "incomplete"   # ends pass: Spearman still to come
 
 
 def _benchmarks():
