@@ -74,6 +74,11 @@ def _fmt(x, digits=3) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _fmt_p(p) -> str:
+    """A p-value: three decimals, or two significant digits below 0.001 (not a bare 0.000)."""
+    return f"{p:.2g}" if p is not None and 0 < p < 0.001 else _fmt(p)
+
+
 def _table(header, rows) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -401,7 +406,7 @@ def _v2_results(rows: list[dict], num_windows: int, expected: int | None, seeds:
 
     def provisional(k, value):
         return value + " (provisional)" if numbers[k]["provisional"] and value != "—" else value
-    crit = [[V2_RANKINGS[k], provisional(k, _fmt(numbers[k]["gap"])), provisional(k, _fmt(numbers[k]["p"])),
+    crit = [[V2_RANKINGS[k], provisional(k, _fmt(numbers[k]["gap"])), provisional(k, _fmt_p(numbers[k]["p"])),
              _fmt(numbers[k]["spearman"]), numbers[k]["verdict"]] for k in V2_RANKINGS]
     lines += [f"Criterion per ranking: gap = mean ASR(S1) − mean ASR(S{num_windows}) ≥ {V2_CRITERION['gap']}, "
               f"Welch one-sided p < {V2_CRITERION['p']}, Spearman(window, mean ASR) ≤ {V2_CRITERION['spearman']}:", ""]
