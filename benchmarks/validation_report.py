@@ -500,10 +500,9 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
             lines += ["![ASR by window](../benchmarks/results/validation/asr_by_window.png)", ""]
     lines += _controls_section(asr_rows, num_windows)
     lines += _content_judge_section(results, num_windows)
-    expected = None
-    if "v2_seeds" in recipe:
-        expected = (3 * num_windows + len(recipe.get("random_seeds", ()))) * len(recipe["v2_seeds"])
-    lines += _v2_section(results, num_windows, expected=expected, seeds=len(recipe.get("v2_seeds", ())) or None,
+    seeds = len(recipe.get("v2_seeds", ())) or None
+    expected = (3 * num_windows + len(recipe.get("random_seeds", ()))) * seeds if seeds else None
+    lines += _v2_section(results, num_windows, expected=expected, seeds=seeds,
                          tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
     if _plot_drift(results / "drift", results / "drift.png"):
         lines += ["## Drift while fine-tuning (DriftMonitor)", "",
