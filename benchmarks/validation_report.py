@@ -240,13 +240,17 @@ V2_CRITERION = {"gap": 0.10, "p": 0.05, "spearman": -0.7, "direction_margin": 0.
 V2_RANKINGS = {"sqsd": "SQSD", "gradmatch-windows": "gradient matching", "sqsd-anchor": "SQSD-anchor"}
 
 
-def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None) -> dict:
+def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None,
+               random_windows: int | None = None) -> dict:
     """Per ranking: window means/sds over seeds, gap, Welch's one-sided p on S1 vs S5 with
     the fine-tune as the unit, Spearman of the window means, and the verdict (content judge).
+    Beside them, no criterion: the mean of the random windows' seed means, and each
+    ranking's S1 mean minus it (``over_random``).
 
     With ``seeds`` (fine-tunes per window), a verdict waits until every window has all of
     them, and a gap or direction-or-score read off unfinished S1/S5 windows is marked
-    provisional: a partial run must not print a verdict the finished one may reverse."""
+    provisional: a partial run must not print a verdict the finished one may reverse. So is
+    the random mean while fewer than ``random_windows`` random windows have all their seeds."""
     from statistics import mean, stdev
 
     from scipy.stats import ttest_ind
@@ -277,8 +281,15 @@ def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None) -> 
             # test decide it before the middle windows (which only feed the Spearman) run
             entry["verdict"] = "NOT met (S1/S5 decide it)"
         out[ranking] = entry
-    randoms = [mean(v) for (name, _), v in by.items() if name.startswith("random-") and v]
-    out["random_mean"] = mean(randoms) if randoms else None
+    randoms = {name: v for (name, _), v in by.items() if name.startswith("random-") and v}
+    out["random_mean"] = mean(mean(v) for v in randoms.values()) if randoms else None
+    out["random_provisional"] = seeds is not None and (
+        (random_windows is not None and len(randoms) < random_windows)
+        or any(len(v) < seeds for v in randoms.values()))
+    for ranking in V2_RANKINGS:
+        s1 = out[ranking]["means"][0]
+        out[ranking]["over_random"] = (None if s1 is None or out["random_mean"] is None
+                                       else s1 - out["random_mean"])
     gaps = {k: out[k]["gap"] for k in V2_RANKINGS}
     if None in gaps.values():
         out["direction_or_score"] = "incomplete"
@@ -372,7 +383,8 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _v2_section(results: Path, num_windows: int, *, expected: int | None = None,
-                seeds: int | None = None, tokens: tuple[int, int] = (32, 128)) -> list[str]:
+                seeds: int | None = None, random_windows: int | None = None,
+                tokens: tuple[int, int] = (32, 128)) -> list[str]:
     rows = _rows(results / "v2_asr.csv")
     lines = [f"## v2: three seeds, {tokens[1]}-token answers, the content judge (issue #17)", "",
              "Pre-registered in `benchmarks/results/validation/preregistration_v2.md` before any v2 "
@@ -381,11 +393,12 @@ def _v2_section(results: Path, num_windows: int, *, expected: int | None = None,
     if not rows:
         lines += ["No v2 fine-tune has finished yet (`python benchmarks/validation.py --v2`).", ""]
     else:
-        lines += _v2_results(rows, num_windows, expected, seeds)
+        lines += _v2_results(rows, num_windows, expected, seeds, random_windows)
     return lines + _v2_checks(results, rows, num_windows, tokens)
 
 
-def _v2_results(rows: list[dict], num_windows: int, expected: int | None, seeds: int | None = None) -> list[str]:
+def _v2_results(rows: list[dict], num_windows: int, expected: int | None, seeds: int | None = None,
+                random_windows: int | None = None) -> list[str]:
     lines = []
     if expected and len(rows) < expected:
         lines += [f"**PARTIAL: {len(rows)} of the {expected} pre-registered fine-tunes have run** "
@@ -402,16 +415,21 @@ def _v2_results(rows: list[dict], num_windows: int, expected: int | None, seeds:
     table = [[ranking, window, len(runs), ms([float(r["asr_content"]) for r in runs]),
               ms([float(r["asr_keywords"]) for r in runs])] for (ranking, window), runs in sorted(by.items())]
     lines += _table(["ranking", "window", "fine-tunes", "ASR content", "ASR keywords"], table) + [""]
-    numbers = v2_numbers(rows, num_windows, seeds)
+    numbers = v2_numbers(rows, num_windows, seeds, random_windows)
 
-    def provisional(k, value):
-        return value + " (provisional)" if numbers[k]["provisional"] and value != "—" else value
-    crit = [[V2_RANKINGS[k], provisional(k, _fmt(numbers[k]["gap"])), provisional(k, _fmt_p(numbers[k]["p"])),
-             _fmt(numbers[k]["spearman"]), numbers[k]["verdict"]] for k in V2_RANKINGS]
+    def provisional(unfinished, value):
+        return value + " (provisional)" if unfinished and value != "—" else value
+    crit = [[V2_RANKINGS[k], provisional(numbers[k]["provisional"], _fmt(numbers[k]["gap"])),
+             provisional(numbers[k]["provisional"], _fmt_p(numbers[k]["p"])),
+             _fmt(numbers[k]["spearman"]), numbers[k]["verdict"],
+             provisional(numbers[k]["provisional"] or numbers["random_provisional"],
+                         _fmt(numbers[k]["over_random"]))] for k in V2_RANKINGS]
     lines += [f"Criterion per ranking: gap = mean ASR(S1) − mean ASR(S{num_windows}) ≥ {V2_CRITERION['gap']}, "
               f"Welch one-sided p < {V2_CRITERION['p']}, Spearman(window, mean ASR) ≤ {V2_CRITERION['spearman']}:", ""]
-    lines += _table(["ranking", "gap", "Welch p", "Spearman", "verdict"], crit) + [""]
-    lines += [f"Mean ASR of the random windows: {_fmt(numbers['random_mean'])}. Direction or score "
+    lines += _table(["ranking", "gap", "Welch p", "Spearman", "verdict", "S1 − random (no criterion)"],
+                    crit) + [""]
+    random_mean = provisional(numbers["random_provisional"], _fmt(numbers["random_mean"]))
+    lines += [f"Mean ASR of the random windows (mean of their seed means): {random_mean}. Direction or score "
               f"(SQSD-anchor's gap against gradient matching's and SQSD's, margin "
               f"{V2_CRITERION['direction_margin']}): {numbers['direction_or_score']}.", ""]
     return lines
@@ -503,6 +521,7 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
     seeds = len(recipe.get("v2_seeds", ())) or None
     expected = (3 * num_windows + len(recipe.get("random_seeds", ()))) * seeds if seeds else None
     lines += _v2_section(results, num_windows, expected=expected, seeds=seeds,
+                         random_windows=len(recipe.get("random_seeds", ())) or None,
                          tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
     if _plot_drift(results / "drift", results / "drift.png"):
         lines += ["## Drift while fine-tuning (DriftMonitor)", "",

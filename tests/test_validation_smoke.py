@@ -155,6 +155,16 @@ def test_v2_numbers_follow_the_preregistered_rules():
     assert v2_numbers(ends, 5, seeds=3)["sqsd"]["verdict"] == "NOT met (S1/S5 decide it)"
     assert v2_numbers(rows("sqsd", [falling[0]]) + [dict(r, window="S5") for r in rows("sqsd", [falling[4]])],
                       5, seeds=3)["sqsd"]["verdict"] == "incomplete"   # ends pass: Spearman still to come
+    # the random windows: the mean of their seed means, provisional until all have all seeds
+    randoms = [{"ranking": f"random-{k}", "window": "S1", "asr_content": a}
+               for k, seeds in ((1, (0.30, 0.20, 0.25)), (2, (0.35, 0.35, 0.35)), (3, (0.20, 0.10, 0.15)))
+               for a in seeds]
+    numbers = v2_numbers(rows("sqsd", falling) + randoms, 5, seeds=3, random_windows=3)
+    assert abs(numbers["random_mean"] - 0.25) < 1e-9 and not numbers["random_provisional"]
+    assert abs(numbers["sqsd"]["over_random"] - (0.60 - 0.25)) < 1e-9
+    assert numbers["gradmatch-windows"]["over_random"] is None
+    assert v2_numbers(randoms[:8], 5, seeds=3, random_windows=3)["random_provisional"]   # random-3: 2 seeds
+    assert v2_numbers(randoms[:3], 5, seeds=3, random_windows=3)["random_provisional"]   # 2 windows missing
 
 
 def _benchmarks():
