@@ -519,9 +519,9 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
     lines += _controls_section(asr_rows, num_windows)
     lines += _content_judge_section(results, num_windows)
     seeds = len(recipe.get("v2_seeds", ())) or None
-    expected = (3 * num_windows + len(recipe.get("random_seeds", ()))) * seeds if seeds else None
-    lines += _v2_section(results, num_windows, expected=expected, seeds=seeds,
-                         random_windows=len(recipe.get("random_seeds", ())) or None,
+    random_windows = len(recipe.get("random_seeds", ())) or None
+    expected = (3 * num_windows + (random_windows or 0)) * seeds if seeds else None
+    lines += _v2_section(results, num_windows, expected=expected, seeds=seeds, random_windows=random_windows,
                          tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
     if _plot_drift(results / "drift", results / "drift.png"):
         lines += ["## Drift while fine-tuning (DriftMonitor)", "",
