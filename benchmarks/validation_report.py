@@ -272,9 +272,12 @@ def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None,
             entry["p"] = float(ttest_ind(s1, s5, equal_var=False, alternative="greater").pvalue)
         if None not in means and (seeds is None or min(entry["n"]) >= seeds):
             entry["spearman"] = spearman(list(range(1, num_windows + 1)), means)
-            met = (entry["gap"] >= V2_CRITERION["gap"] and entry["p"] is not None
-                   and entry["p"] < V2_CRITERION["p"] and entry["spearman"] <= V2_CRITERION["spearman"])
-            entry["verdict"] = "met" if met else "NOT met"
+            # the pre-registration asks the report to say which part failed
+            failed = [part for part, holds in (
+                ("gap", entry["gap"] >= V2_CRITERION["gap"]),
+                ("Welch p", entry["p"] is not None and entry["p"] < V2_CRITERION["p"]),
+                ("Spearman", entry["spearman"] <= V2_CRITERION["spearman"])) if not holds]
+            entry["verdict"] = "met" if not failed else f"NOT met ({', '.join(failed)} failed)"
         elif seeds is not None and not entry["provisional"] and entry["p"] is not None and (
                 entry["gap"] < V2_CRITERION["gap"] or entry["p"] >= V2_CRITERION["p"]):
             # all three parts must hold: finished S1/S5 windows that fail the gap or the

@@ -135,7 +135,10 @@ def test_v2_numbers_follow_the_preregistered_rules():
     gm, sq = numbers["gradmatch-windows"], numbers["sqsd"]
     assert gm["verdict"] == "met" and gm["p"] < 0.001 and abs(gm["spearman"] + 1.0) < 1e-9
     assert abs(gm["gap"] - 0.4) < 1e-9 and gm["sds"][0] > 0
-    assert sq["verdict"] == "NOT met" and sq["p"] > 0.05
+    assert sq["verdict"] == "NOT met (gap, Welch p, Spearman failed)" and sq["p"] > 0.05
+    # clear ends but disordered middle windows: only the Spearman fails, and the verdict says so
+    dip = [(0.60, 0.62, 0.58), (0.20, 0.22, 0.18), (0.25, 0.24, 0.26), (0.50, 0.52, 0.48), (0.18, 0.17, 0.19)]
+    assert v2_numbers(rows("sqsd", dip), 5)["sqsd"]["verdict"] == "NOT met (Spearman failed)"
     assert numbers["direction_or_score"] == "the direction"   # the anchors' direction closes the gap
     numbers = v2_numbers(rows("gradmatch-windows", falling) + rows("sqsd", flat)
                          + rows("sqsd-anchor", flat), 5)
