@@ -238,6 +238,11 @@ def print_summary(result) -> None:
     print(f"{PROG} {options.COMMAND}: {len(rows)} samples from {options.data} -> "
           f"{options.out} (metric {options.metric})")
     print("  status:  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for name, what in (options.sources().items() if hasattr(options, "sources") else ()):
+        print(f"  {name.replace('_', ' ')}: {what}")
+    if result.prepared.anchors_in_data:
+        print(f"  anchors that are also samples of --data: {len(result.prepared.anchors_in_data)} "
+              f"(listed in {options.out}.meta.json)")
     print(f"  truncated to --max-length {options.max_length}: {result.prepared.n_truncated}")
     scored = sort_scored(rows, column)
     if not scored:

@@ -43,6 +43,10 @@ class Prepared:
     samples: list            # list[TokenizedSample]
     n_truncated: int
     tokenizer: Any
+    # {side: anchor samples} of the directions built in the run, read and checked before any
+    # model loads; and (side, anchor index, data index) of anchors that are also scored samples
+    anchors: dict = dataclasses.field(default_factory=dict)
+    anchors_in_data: list = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -242,7 +246,10 @@ def _write_output(options: RunOptions, columns: dict, prep: Prepared, rows_by_in
     if "rank" in columns:
         add_ranks(rows, options.SCORE_COLUMN)
     write_rows(options.out, rows, columns)
-    write_run_record(options.out, fp, len(rows))
+    about = {}
+    if hasattr(options, "sources"):
+        about = {"inputs": options.sources(), "anchors_in_data": prep.anchors_in_data}
+    write_run_record(options.out, fp, len(rows), **about)
     delete_sidecars(options.out)
     return rows
 
@@ -287,6 +294,16 @@ def check_paths(options: RunOptions) -> None:
         if name not in ("model", "tokenizer") and path is not None and not Path(path).exists():
             raise ValueError(f"--{name.replace('_', '-')} {path}: file not found")
     check_model_path(options.model)
+    directions = {"--danger-direction": getattr(options, "danger_direction", None),
+                  "--safety-direction": getattr(options, "safety_direction", None),
+                  "--direction": getattr(options, "direction", None)}
+    if any(directions.values()):   # one made from anchors on another model is refused
+        from sqsd_fast.influence.anchor_direction import check_direction_model
+        from sqsd_fast.influence.anchored import model_digest
+        digest = model_digest(options.model)
+        for option, path in directions.items():
+            if path is not None:
+                check_direction_model(path, digest, option)
 
 
 # --------------------------------------------------------------------- preparation
@@ -305,14 +322,52 @@ def prepare(options: RunOptions) -> Prepared:
     tokenizer = load_tokenizer(source, option="--tokenizer")
     samples = tokenize_records(records, tokenizer, max_length=options.max_length)
     check_token_budget(samples, options.max_tokens)     # before any model is loaded
-    return Prepared(raw, records, samples, count_truncated(samples), tokenizer)
+    prep = Prepared(raw, records, samples, count_truncated(samples), tokenizer)
+    _prepare_anchors(options, prep, source)
+    return prep
+
+
+def _prepare_anchors(options: RunOptions, prep: Prepared, model_dir) -> None:
+    """Read and check the anchor files of the run's directions (before the model loads)
+    and name every anchor that is also a sample of --data."""
+    from sqsd_fast.influence.anchor_direction import (anchors_in_data, model_vocab_size,
+                                                      read_anchor_samples)
+    files = options.anchor_files() if hasattr(options, "anchor_files") else {}
+    option_of = _anchor_options(options)
+    for side, path in files.items():
+        anchors = read_anchor_samples(path, option=option_of[side], fields=options.field_names(),
+                                      tokenizer=prep.tokenizer, max_length=options.max_length,
+                                      response_tokens=options.anchor_response_tokens,
+                                      vocab_size=model_vocab_size(model_dir))
+        prep.anchors[side] = anchors
+        for anchor, sample in anchors_in_data(anchors, prep.samples):
+            prep.anchors_in_data.append({"side": side, "anchor": anchor, "data_index": sample})
+    if prep.anchors_in_data and not options.quiet:
+        first = prep.anchors_in_data[0]
+        print(f"warning: {len(prep.anchors_in_data)} anchor(s) are also samples of --data {options.data} "
+              f"(e.g. {option_of[first['side']]} anchor {first['anchor']} = record {first['data_index']}); "
+              "they are scored against a direction they helped make (listed in the output's .meta.json)",
+              file=sys.stderr)
+
+
+def _anchor_options(options: RunOptions) -> dict[str, str]:
+    """The option that names each side's anchors, for messages ("the shipped set" where none)."""
+    if isinstance(options, ProjectOptions):
+        return {"danger": "--anchors"}
+    return {side: f"--{side}-anchors" if getattr(options, f"{side}_anchors", None) else
+            f"the shipped {side} anchors" for side in ("danger", "safety")}
 
 
 def fingerprint(options: RunOptions, prep: Prepared) -> dict:
     """What identifies a run's results: every option that can change a score (paths by
     content), the command and the number of samples."""
+    from sqsd_fast.io.checkpoint import path_fingerprint
+    extra = {}
+    if hasattr(options, "anchor_files"):   # the shipped sets too: a new package version may change them
+        extra["anchor_files"] = {side: path_fingerprint(path)["digest"]
+                                 for side, path in options.anchor_files().items()}
     return options.fingerprint(whole_file="data", whole_file_is_local=prep.raw.path is not None,
-                               n_samples=len(prep.samples))
+                               n_samples=len(prep.samples), **extra)
 
 
 # ------------------------------------------------------------------------- loading
@@ -327,6 +382,8 @@ def load_scorer(options: RunOptions):
         return load_baseline_scorer(options)
     from sqsd_fast.quiet import quiet_libraries
     from sqsd_fast.scoring.scorer import SQSDScorer
+    if options.anchor_files() or _state_of(options) is None:
+        return _load_anchored_scorer(options)
     common = dict(dtype=options.dtype, device=options.device, backend=options.backend)
     with quiet_libraries():
         if isinstance(options, ScoreOptions):
@@ -339,6 +396,57 @@ def load_scorer(options: RunOptions):
                 more_danger_directions=options.more_danger_directions(), **common)
         return SQSDScorer.from_pretrained(options.model, danger_state=options.state,
                                           danger_direction=options.direction, **common)
+
+
+def _state_of(options: RunOptions):
+    return options.danger_state if isinstance(options, ScoreOptions) else options.state
+
+
+def _load_anchored_scorer(options: RunOptions):
+    """An ``SQSDScorer`` whose state may be the cached fresh initialisation and whose
+    directions may come from anchors (built at that state, cached): the model is loaded
+    once, for both."""
+    from sqsd_fast.influence.anchored import build_anchored_inputs
+    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.scoring.scorer import SQSDScorer
+    with quiet_libraries():
+        inputs = build_anchored_inputs(
+            model=options.model, state=_state_of(options), anchors=_read_anchors_again(options),
+            anchor_files=options.anchor_files(), fields=options.field_names(),
+            max_length=options.max_length, response_tokens=options.anchor_response_tokens,
+            dtype=options.dtype, device=options.device, backend=options.backend,
+            batch_size=options.batch_size, max_tokens=options.max_tokens,
+            tokenizer=options.tokenizer, progress=options.progress)
+        common = dict(backend=options.backend, tokenizer=inputs.tokenizer)
+        if isinstance(options, ProjectOptions):
+            return SQSDScorer.from_pretrained(inputs.model, danger_state=inputs.adapter,
+                                              danger_direction=options.direction or inputs.directions["danger"],
+                                              **common)
+        anchored_safety = options.safety_direction is None
+        return SQSDScorer.from_pretrained(
+            inputs.model, danger_state=inputs.adapter,
+            danger_direction=options.danger_direction or inputs.directions["danger"],
+            safety_state=inputs.adapter if anchored_safety else options.safety_state or options.safety_direction,
+            safety_direction=inputs.directions["safety"] if anchored_safety else options.safety_direction,
+            safety_state_scaling=None if anchored_safety else options.safety_state_scaling,
+            more_danger_directions=options.more_danger_directions(), **common)
+
+
+def _read_anchors_again(options: RunOptions) -> dict:
+    """The run's anchor samples (read again where the scorer is loaded: ``load_scorer`` takes
+    only the options, so that tests can stand in for it)."""
+    from sqsd_fast.data.tokenize import load_tokenizer
+    from sqsd_fast.influence.anchor_direction import read_anchor_samples
+    from sqsd_fast.models import resolve_model
+    files = options.anchor_files()
+    if not files:
+        return {}
+    tokenizer = load_tokenizer(options.tokenizer or resolve_model(options.model, progress=False), option="--tokenizer")
+    option_of = _anchor_options(options)
+    return {side: read_anchor_samples(path, option=option_of[side], fields=options.field_names(),
+                                      tokenizer=tokenizer, max_length=options.max_length,
+                                      response_tokens=options.anchor_response_tokens)
+            for side, path in files.items()}
 
 
 def run_scorer(options: RunOptions, scorer) -> RunScorer:

@@ -18,11 +18,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sqsd_fast"
 
 # layer -> the layers it may import (docs/CONTRACTS.md, "Imports go one way"). A layer is a
 # subpackage or a top-level module of sqsd_fast; "__init__" is the package's lazy API.
-EVERYTHING_BELOW_APP = {"ops", "choices", "data", "io", "models", "quiet", "checks", "distributed", "engine",
+EVERYTHING_BELOW_APP = {"ops", "anchors", "choices", "data", "io", "models", "quiet", "checks", "distributed", "engine",
                         "scoring", "influence", "options", "run_scorer", "ranking", "subsets", "training",
                         "evaluation"}
 ALLOWED = {
     "ops": set(),
+    "anchors": set(),
     "choices": {"ops"},
     "data": {"choices"},
     "io": {"data"},
@@ -33,8 +34,8 @@ ALLOWED = {
     "models": {"choices", "data", "io"},
     "engine": {"ops", "choices", "data", "models"},
     "scoring": {"engine", "ops", "choices", "data", "models", "ranking"},
-    "options": {"choices", "data", "io", "models"},
-    "influence": {"engine", "ops", "choices", "data", "models", "options", "quiet", "checks"},
+    "options": {"anchors", "choices", "data", "io", "models"},
+    "influence": {"engine", "ops", "choices", "data", "io", "models", "options", "quiet", "checks"},
     "run_scorer": {"options"},
     "subsets": {"data", "io", "ranking"},
     "training": {"influence", "engine", "choices", "data", "io", "models", "options", "checks", "quiet"},

@@ -75,7 +75,8 @@ def test_every_option_is_in_the_fingerprint_unless_it_cannot_change_a_score(ws, 
                                  direction=str(ws["danger_direction"]), data=str(ws["data"]),
                                  out=str(tmp_path / "p.jsonl"))
     fp = pipeline.fingerprint(options, pipeline.prepare(options))
-    assert set(fp) == (names - cls.NOT_FINGERPRINTED) | {"command", "n_samples"}
+    # anchor_files: the digest of every anchor set a direction is built from, shipped ones too
+    assert set(fp) == (names - cls.NOT_FINGERPRINTED) | {"command", "n_samples", "anchor_files"}
     for name in cls.ADAPTER_FIELDS + ("model", "data"):   # by content, not by name
         if getattr(options, name) is not None:
             assert fp[name]["digest"], name

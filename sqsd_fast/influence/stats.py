@@ -176,12 +176,14 @@ class GradientStats:
                 direction_labels=dir_labels)
 
     def query_gradient(self, samples, *, reduce: str = "mean", normalize: bool = False, label: str = "query",
-                       batch_size: int | None = None, response_tokens: int | None = None) -> QueryGradients:
+                       batch_size: int | None = None, response_tokens: int | None = None,
+                       progress: bool = False) -> QueryGradients:
         """The LoRA-parameter gradient of a set of query samples, summed (``reduce="sum"``)
         or averaged (``"mean"``) over them; ``normalize=True`` L2-normalizes each sample's
         gradient first (in the global space) as gradient matching does. Small r x d matrices
         per module are formed: this is the query side. Samples without a response token are
-        left out with a warning; a set with none is refused."""
+        left out with a warning; a set with none is refused. ``progress``: a bar over the
+        samples (an anchor set of hundreds takes minutes on a CPU)."""
         if reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
         role = f"query {label!r}"
@@ -205,7 +207,7 @@ class GradientStats:
             weights = {i: w / len(usable) for i, w in weights.items()}
         modules = lora_modules(self.model, self.adapter)
         reducer = GradientSum(modules)
-        for batch in self._batches(usable, batch_size, False, self.max_tokens):
+        for batch in self._batches(usable, batch_size, progress, self.max_tokens):
             out = self.runner.run(batch, self.adapter, modules, reducer, [weights[s.index] for s in batch])
             if not all(out.finite_loss):
                 bad = next(s.index for s, ok in zip(batch, out.finite_loss) if not ok)

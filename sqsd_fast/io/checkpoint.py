@@ -157,12 +157,13 @@ def run_record_path(out_path: str | os.PathLike) -> Path:
 
 
 def write_run_record(out_path: str | os.PathLike, fingerprint: Mapping[str, Any],
-                     n_rows: int) -> None:
+                     n_rows: int, **about: Any) -> None:
     """Record beside a finished output which inputs and options produced it, so a later
-    step (``subsets``) can check it is given the same data file."""
+    step (``subsets``) can check it is given the same data file; ``about``: more to say
+    (e.g. which directions and state a score used, in words)."""
     from sqsd_fast import __version__
     record = {"version": MANIFEST_VERSION, "sqsd_fast": __version__, "output": str(out_path),
-              "n_rows": n_rows, "fingerprint": fingerprint}
+              "n_rows": n_rows, **about, "fingerprint": fingerprint}
     atomic_write_text(run_record_path(out_path), json.dumps(record, indent=1) + "\n")
 
 
