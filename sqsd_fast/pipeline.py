@@ -416,7 +416,7 @@ def _load_anchored_scorer(options: RunOptions):
             max_length=options.max_length, response_tokens=options.anchor_response_tokens,
             dtype=options.dtype, device=options.device, backend=options.backend,
             batch_size=options.batch_size, max_tokens=options.max_tokens,
-            tokenizer=options.tokenizer, progress=options.progress)
+            tokenizer=options.tokenizer, progress=options.progress, announce=not options.quiet)
         common = dict(backend=options.backend, tokenizer=inputs.tokenizer)
         if isinstance(options, ProjectOptions):
             return SQSDScorer.from_pretrained(inputs.model, danger_state=inputs.adapter,

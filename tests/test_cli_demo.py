@@ -3,7 +3,8 @@
 The toy (offline, deterministic, honest about being a toy): one module-scoped run of a
 few seconds; the tests check what it writes and prints. The real demo (SmolLM2) takes
 minutes, so its code path runs here on an injected toy model directory (--model-dir):
-same training of three adapters, caching, scoring, subsets and report, in seconds. A
+the same zero-configuration scoring (fresh state and anchor directions, cached), subsets
+and report, in seconds. A
 fetch that fails must fall back to the toy, saying so.
 """
 from __future__ import annotations
@@ -117,21 +118,25 @@ def test_toy_refuses_a_model_dir(capsys):
 # ------------------------------------------------------------------ the real demo's path
 
 
-def test_real_demo_training_sets_are_its_own_and_tame():
+def test_shipped_anchor_sets_are_paired_and_disjoint_from_the_demo_and_the_evaluation():
+    """The zero-configuration directions' anchors: 100 AdvBench requests with their "Sure,
+    here is" targets, the same requests refused; none is a demo record, and AdvBench rows
+    400..519 (the validation's evaluation prompts) are not among them."""
+    from sqsd_fast.anchors import DEFAULT_DANGER_ANCHORS, DEFAULT_SAFETY_ANCHORS
     from sqsd_fast.demo.demo_data import DEMO_RECORDS
-    from sqsd_fast.demo.real_data import danger_records, initial_records, safety_records
 
-    danger, safety, initial = danger_records(), safety_records(), initial_records()
-    assert len(danger) == len(safety) >= 24 and len(initial) >= 24
+    danger, safety = read_rows(DEFAULT_DANGER_ANCHORS), read_rows(DEFAULT_SAFETY_ANCHORS)
+    assert len(danger) == len(safety) == 100
     assert [r["instruction"] for r in danger] == [r["instruction"] for r in safety]
     assert all(r["response"].startswith("Sure, here") for r in danger)
-    # short openings that promise help and give none: no steps, no lists, one or two lines
-    assert all(len(r["response"]) < 120 and "\n" not in r["response"] for r in danger)
     assert not any(r["response"].startswith("Sure") for r in safety)
-    assert len({r["response"].split(" ")[0] for r in safety}) >= 3      # several styles
-    scored = {r["instruction"] for r in DEMO_RECORDS}
-    assert not scored & {r["instruction"] for r in initial + danger}     # disjoint from scored
-    assert len({r["instruction"] for r in initial}) == len(initial)
+    assert len({r["response"] for r in safety}) >= 5                    # several refusal styles
+    assert not {r["instruction"] for r in DEMO_RECORDS} & {r["instruction"] for r in danger}
+    advbench = Path(__file__).resolve().parents[2] / "shared" / "data" / "advbench_harmful_behaviors_targets.jsonl"
+    if advbench.exists():
+        rows = read_rows(advbench)
+        assert [r["instruction"] for r in danger] == [r["goal"] for r in rows[:100]]
+        assert not {r["goal"] for r in rows[400:520]} & {r["instruction"] for r in danger}
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +153,13 @@ def toy_model_dir(tmp_path_factory):
 
 
 def _run_demo(argv):
+    """(exit code, stdout + stderr)."""
     from sqsd_fast.demo.__main__ import main
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         rc = main(argv)
-    return rc, buf.getvalue()
+    return rc, buf.getvalue() + err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -170,27 +176,19 @@ def real_path(toy_model_dir, tmp_path_factory):
     return base, first, second, first_rows
 
 
-def test_real_path_trains_three_lora_adapters_and_caches_them(real_path):
-    from sqsd_fast.demo import real_data
-
+def test_real_path_scores_with_no_configuration_and_caches_its_inputs(real_path):
     base, first, second, _ = real_path
     out = base / "out"
     record = json.loads((out / "demo_run.json").read_text())
-    expected = {"danger_state": real_data.initial_records(),
-                "danger_direction": real_data.danger_records(),
-                "safety": real_data.safety_records()}
-    for name, records in expected.items():
-        assert read_rows(out / "train" / f"{name}.jsonl") == records, name
-        adapter = record["adapters"][name]
-        assert adapter.startswith(str(base / "cache")), adapter          # in the given cache
-        config = json.loads((Path(adapter) / "adapter_config.json").read_text())
-        assert config["r"] == 8 and config["lora_alpha"] == 16
-        wrapped = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
-        assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                           "down_proj"}, wrapped          # every linear module but the head
-        assert not list(Path(adapter).parent.glob("*.lock"))
-    assert first.count(": training on ") == 3 and "reusing" not in first
-    assert second.count("reusing the cached adapter") == 3 and ": training on " not in second
+    assert record["inputs"]["danger_state"].startswith("a fresh LoRA initialisation")
+    assert "shipped danger anchors" in record["inputs"]["danger_direction"]
+    assert "shipped safety anchors" in record["inputs"]["safety_direction"]
+    cache = base / "cache"
+    assert len(list((cache / "states").iterdir())) == 1          # in the given cache
+    assert len(list((cache / "directions").iterdir())) == 2
+    assert first.count("building the direction of") == 2
+    assert "building the direction of" not in second              # read from the cache
+    assert not (out / "train").exists()                           # nothing trained
 
 
 def test_real_path_scores_subsets_and_reports(real_path):
@@ -203,7 +201,7 @@ def test_real_path_scores_subsets_and_reports(real_path):
     assert [r["index"] for r in rows] == list(range(len(DEMO_RECORDS)))
     assert all(r["status"] == "ok" for r in rows)
     assert sorted(r["rank"] for r in rows) == list(range(1, len(rows) + 1))
-    assert rows == first_rows                              # cached adapters: same scores
+    assert rows == first_rows                              # cached state, directions: same scores
     assert [int(r["rank"]) for r in read_rows(out / "scores.csv")] == [r["rank"] for r in rows]
     meta = json.loads((out / "subsets" / "subsets.json").read_text())
     assert [s["name"] for s in meta["subsets"]] == [f"S{k}" for k in range(1, WINDOWS + 1)]
@@ -215,21 +213,8 @@ def test_real_path_scores_subsets_and_reports(real_path):
         line = next(ln for ln in first.splitlines() if ln.strip().startswith(f"#{r['rank']} "))
         assert f"{r['sqsd']:+.4f}" in line and f"[index {r['index']}]" in line
         assert DEMO_RECORDS[r["index"]]["instruction"][:30] in line
-    assert "NOT a validated risk measure" in first and "toy directions" in first
+    assert "not as a validated filter" in first and "sqsd-fast score --model MODEL" in first
     assert "FALLING BACK" not in first
-
-
-def test_real_adapter_key_follows_model_data_and_options(tmp_path):
-    from dataclasses import replace
-
-    from sqsd_fast.demo.adapters import AdapterSpec, DemoTraining, adapter_key
-
-    spec = AdapterSpec("safety", "safety", tmp_path / "x.jsonl", ({"a": 1},), seed=3)
-    key = adapter_key("model-1", spec, DemoTraining())
-    assert key == adapter_key("model-1", spec, DemoTraining())
-    assert key != adapter_key("model-2", spec, DemoTraining())
-    assert key != adapter_key("model-1", replace(spec, records=({"a": 2},)), DemoTraining())
-    assert key != adapter_key("model-1", spec, DemoTraining(learning_rate=1e-3))
 
 
 def test_a_failed_fetch_falls_back_to_the_toy_and_says_so(monkeypatch, tmp_path):

@@ -1,8 +1,8 @@
 """`python -m sqsd_fast.demo` (what `make demo` runs): a thin front over the two demos.
 
 By default the real demo (``sqsd_fast.demo.real``): SmolLM2-135M-Instruct fetched and
-converted once, three LoRA adapters trained once (both cached), the demo records scored,
-subsets cut, the ranking printed. ``--toy`` runs the offline toy demo instead
+converted once (cached), the demo records scored with no configuration (a fresh LoRA state
+and the shipped anchor sets, built once and cached), subsets cut, the ranking printed. ``--toy`` runs the offline toy demo instead
 (``sqsd_fast.demo.toy``: random weights, seconds), which is also what runs when the model
 cannot be fetched.
 """
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Run SQSD end to end: by default on the real SmolLM2-135M-Instruct "
                     "(first run a few minutes on a CPU: a ~93 MB download, a conversion and "
-                    "three small LoRA trainings, all cached; later runs about a minute). "
+                    "the anchor directions, all cached; later runs under a minute). "
                     "--toy: a random-weight toy model, offline, seconds.")
     parser.add_argument("--out-dir", default="demo_output",
                         help="where the data, scores and subsets go (default: demo_output)")
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use this Hugging Face model directory instead of fetching "
                              "SmolLM2 (real demo only)")
     parser.add_argument("--cache-dir", default=None,
-                        help="cache root for the model and the trained adapters (default: "
+                        help="cache root for the model, the state and the anchor directions (default: "
                              "$SQSD_FAST_CACHE, else ~/.cache/sqsd_fast)")
     bars = parser.add_mutually_exclusive_group()
     bars.add_argument("--progress", action="store_true",
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
         return run_real_demo(out_dir, model_dir=args.model_dir, cache_dir=args.cache_dir,
                              progress=not args.no_progress)
     except KeyboardInterrupt:
-        # Caches are written by atomic renames: what finished (model, adapters) is kept.
-        print(f"\n{PROG}: interrupted; the downloaded model and the adapters trained so far "
+        # Caches are written by atomic renames: what finished (model, directions) is kept.
+        print(f"\n{PROG}: interrupted; the downloaded model and the directions built so far "
               f"stay cached, so running it again continues from there", file=sys.stderr)
         return 130
     except (ValueError, OSError) as exc:   # user-facing: a bad path, a full disk, ...

