@@ -241,7 +241,7 @@ V2_RANKINGS = {"sqsd": "SQSD", "gradmatch-windows": "gradient matching", "sqsd-a
 
 
 def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None,
-               random_windows: int | None = None) -> dict:
+               random_windows: int | None = None, rankings: dict = V2_RANKINGS) -> dict:
     """Per ranking: window means/sds over seeds, gap, Welch's one-sided p on S1 vs S5 with
     the fine-tune as the unit, Spearman of the window means, and the verdict (content judge).
     Beside them, no criterion: the mean of the random windows' seed means, and each
@@ -250,7 +250,9 @@ def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None,
     With ``seeds`` (fine-tunes per window), a verdict waits until every window has all of
     them, and a gap or direction-or-score read off unfinished S1/S5 windows is marked
     provisional: a partial run must not print a verdict the finished one may reverse. So is
-    the random mean while fewer than ``random_windows`` random windows have all their seeds."""
+    the random mean while fewer than ``random_windows`` random windows have all their seeds.
+    ``rankings``: which rankings to judge (v3 judges its arms with v2's criterion); the
+    direction-or-score question is v2's own."""
     from statistics import mean, stdev
 
     from scipy.stats import ttest_ind
@@ -259,7 +261,7 @@ def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None,
         by.setdefault((r["ranking"], r["window"]), []).append(float(r["asr_content"]))
     out = {}
     last = f"S{num_windows}"
-    for ranking in V2_RANKINGS:
+    for ranking in rankings:
         windows = [by.get((ranking, f"S{k}"), []) for k in range(1, num_windows + 1)]
         means = [mean(w) if w else None for w in windows]
         entry = {"means": means, "sds": [stdev(w) if len(w) > 1 else None for w in windows],
@@ -289,10 +291,12 @@ def v2_numbers(rows: list[dict], num_windows: int, seeds: int | None = None,
     out["random_provisional"] = seeds is not None and (
         (random_windows is not None and len(randoms) < random_windows)
         or any(len(v) < seeds for v in randoms.values()))
-    for ranking in V2_RANKINGS:
+    for ranking in rankings:
         s1 = out[ranking]["means"][0]
         out[ranking]["over_random"] = (None if s1 is None or out["random_mean"] is None
                                        else s1 - out["random_mean"])
+    if rankings is not V2_RANKINGS:
+        return out
     gaps = {k: out[k]["gap"] for k in V2_RANKINGS}
     if None in gaps.values():
         out["direction_or_score"] = "incomplete"
@@ -526,6 +530,8 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
     expected = (3 * num_windows + (random_windows or 0)) * seeds if seeds else None
     lines += _v2_section(results, num_windows, expected=expected, seeds=seeds, random_windows=random_windows,
                          tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
+    from validation_v3_report import v3_section
+    lines += v3_section(results, num_windows, seeds=seeds)
     if _plot_drift(results / "drift", results / "drift.png"):
         lines += ["## Drift while fine-tuning (DriftMonitor)", "",
                   "Projection of the LoRA update so far (BA minus its start) on the danger and "

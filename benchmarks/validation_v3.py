@@ -92,7 +92,7 @@ def _count(values) -> dict:
 
 
 def write_outside_and_harmbench(run: v.Run, p: V3) -> None:
-    d = run.data_dir
+    d, keys = run.data_dir, {}
     for name, files in OUTSIDE.items():
         rows = []
         for group, file in zip(("top", "bottom"), files):
@@ -101,10 +101,14 @@ def write_outside_and_harmbench(run: v.Run, p: V3) -> None:
                              "response": s.get("response", s.get("output", "")), "group": group,
                              "source_index": i})
         v.write_jsonl(run.splits / f"outside_{name}.jsonl", rows)
+        keys[f"outside_{name}"] = [r["group"] for r in rows]
     with open(d / "harmbench_standard_200.csv", newline="", encoding="utf-8") as f:
         behaviours = list(csv.DictReader(f))[:p.n_harmbench]
     v.write_jsonl(run.splits / "harmbench.jsonl",
                   [{"prompt": b["Goal"], "category": b["SemanticCategory"]} for b in behaviours])
+    keys["harmbench_category"] = [b["SemanticCategory"] for b in behaviours]
+    # what the report needs to read the scores and answers by row: kept with the results
+    (run.results / "v3_keys.json").write_text(json.dumps(keys) + "\n")
 
 
 # ------------------------------------------------------------------------ arms

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,95 @@ def test_time_left_uses_the_median_of_finished_jobs():
     assert validation.time_left(stages, "v2 fine-tune", 12) == ", about 2.0 h left at 10.0 min each"
     assert validation.time_left(stages[3:], "v2 fine-tune", 12) == ""
     assert validation.time_left(stages, "v2 fine-tune", 0) == ""
+
+
+@pytest.mark.slow
+def test_v3_smoke_run_covers_every_arm_and_reruns_from_cache(tmp_path):
+    """validation_v3.py (issue #25) on the toy: the base model's answers become the harmful
+    set, the three arms (authors' adapters, anchor directions, the zero-configuration
+    default) are scored on the pool and the outside sets and cut into windows, and each
+    window is fine-tuned per seed, S1/S3 also answered on HarmBench; a rerun finds it done."""
+    def run_v3():
+        result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validation_v3.py"), "--smoke",
+                                 "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+    run_v3()
+    results = tmp_path / "results"
+    sets = json.loads((results / "v3_sets.json").read_text())
+    assert sets["answered"] == 8 and sets["H"] == sets["compliance"] + 6 and sets["R"] == sets["H"]
+    with open(results / "v3_asr.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    arms = ("authors", "anchors-full", "default")
+    expected = {(f"v3-{a}", w, s) for a in arms for w in ("S1", "S2", "S3") for s in ("42", "43")}
+    expected |= {("v3-length-matched", "S1", s) for s in ("42", "43")}
+    assert {(r["ranking"], r["window"], r["seed"]) for r in rows} == expected
+    for r in rows:
+        assert 0.0 <= float(r["asr_content"]) <= 1.0
+        assert bool(r.get("asr_harmbench")) == (r["window"] in ("S1", "S3") and "length" not in r["ranking"])
+    for arm in arms:
+        assert (results / "windows" / f"v3-{arm}.json").exists()
+        for data in ("dolly", "alpaca"):
+            assert (results / "scores" / "v3_outside" / f"{arm}_{data}.csv").exists()
+    default_meta = json.loads((results / "scores" / "v3-default.csv.meta.json").read_text())
+    assert default_meta["inputs"]["danger_state"].startswith("a fresh LoRA initialisation")
+    report = (results / "VALIDATION.md").read_text()
+    assert "## v3: where the danger direction comes from" in report and "Outside check" in report
+    assert "Best arm (the pre-registered rule): " in report and "Length-matched control" in report
+    again = run_v3()
+    assert ": running" not in again
+
+
+def test_v3_report_follows_the_preregistered_rules(tmp_path):
+    """preregistration_v3.md on made-up results: v2's criterion per arm, the best arm, the
+    length-matched control, HarmBench transfer, and the outside check's AUCs."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from validation_v3_report import auc, length_adjusted, v3_section
+
+    assert auc([3, 4], [1, 2]) == 1.0 and auc([1], [1]) == 0.5 and auc([1, 2], [2, 3]) == 0.125
+    lengths = [5, 9, 20, 40, 80, 200]
+    residual = length_adjusted([2.0 * math.log1p(n) + 1.0 for n in lengths], lengths)
+    assert max(abs(x) for x in residual) < 1e-9                  # a pure length effect is removed
+
+    falling = [(0.60, 0.62, 0.58), (0.50, 0.52, 0.47), (0.40, 0.41, 0.44), (0.30, 0.33, 0.29), (0.20, 0.18, 0.22)]
+    steeper = [(0.70, 0.72, 0.68), (0.50, 0.52, 0.47), (0.40, 0.41, 0.44), (0.30, 0.33, 0.29), (0.10, 0.08, 0.12)]
+    flat = [(0.40, 0.30, 0.50), (0.42, 0.38, 0.40), (0.41, 0.39, 0.40), (0.40, 0.44, 0.36), (0.38, 0.45, 0.40)]
+    rows = []
+    for arm, windows in (("authors", flat), ("anchors-full", falling), ("default", steeper)):
+        for k, seeds in enumerate(windows, start=1):
+            for seed, a in zip((42, 43, 44), seeds):
+                hb = {1: 0.5, 5: 0.1}.get(k) if arm != "authors" else {1: 0.3, 5: 0.3}.get(k)
+                rows.append({"label": f"v3-{arm}-S{k}-seed{seed}", "ranking": f"v3-{arm}", "window": f"S{k}",
+                             "seed": seed, "asr_content": a, "asr_keywords": a,
+                             "asr_harmbench": "" if hb is None else hb + seed / 1000})
+    rows += [{"label": f"v3-length-matched-S1-seed{s}", "ranking": "v3-length-matched", "window": "S1",
+              "seed": s, "asr_content": a, "asr_keywords": a, "asr_harmbench": ""}
+             for s, a in zip((42, 43, 44), (0.30, 0.28, 0.33))]
+    _write_csv(tmp_path / "v3_asr.csv", rows)
+    (tmp_path / "windows").mkdir()
+    (tmp_path / "windows" / "v3-length-matched.json").write_text(json.dumps({"arm": "default"}))
+    groups = ["top"] * 3 + ["bottom"] * 3
+    (tmp_path / "v3_keys.json").write_text(json.dumps({"outside_dolly": groups}))
+    (tmp_path / "scores" / "v3_outside").mkdir(parents=True)
+    # longer responses on top, and a score that also separates at equal length
+    _write_csv(tmp_path / "scores" / "v3_outside" / "default_dolly.csv", [
+        {"index": i, "sqsd": s, "n_response_tokens": n, "status": "ok"}
+        for i, (s, n) in enumerate(zip((5.0, 6.0, 9.0, 1.0, 2.0, 3.0), (50, 60, 70, 40, 50, 60)))])
+    text = "\n".join(v3_section(tmp_path, 5, seeds=3))
+    criterion = text.split("v2's criterion per arm")[1].split("Best arm")[0]
+    table = {line.split("|")[1].strip(): line for line in criterion.splitlines() if line.startswith("| ")}
+    assert "NOT met (gap, Welch p, Spearman failed)" in table["a. authors' recipe"]
+    assert "| met |" in table["b. anchors, full answers"] and "| met |" in table["c. zero-configuration default"]
+    assert "Best arm (the pre-registered rule): c. zero-configuration default." in text   # the larger gap
+    assert "length-matched 0.303" in text and "content beyond length." in text
+    assert "does not transfer" in text and text.count("| transfers |") == 2
+    dolly = next(line for line in text.splitlines() if line.startswith("| c. zero-configuration default | dolly"))
+    assert "| 1.000 |" in dolly and "| yes |" in dolly
+    assert "PARTIAL" not in text
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
