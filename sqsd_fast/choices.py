@@ -73,3 +73,21 @@ def name_value_pairs(name, value, form: str) -> list[tuple[str, str]]:
         seen.add(key)
         pairs.append((key, rest))
     return pairs
+
+
+def parse_drop_top(value) -> float | int:
+    """``FRACTION`` (0 < F < 1) or ``N`` (a whole number >= 0) of ``filter --drop-top``."""
+    text = str(value).strip()
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is not None and n >= 0:
+        return n
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = math.nan
+    if 0 < fraction < 1:
+        return fraction
+    raise ValueError(f"drop_top must be a fraction in (0, 1) or a whole number of samples, got {value!r}")

@@ -1,5 +1,5 @@
 """The `sqsd-fast` command line: score, project, baseline, anchor-direction, subsets,
-train-adapter, merge-adapter, evaluate.
+filter, train-adapter, merge-adapter, evaluate.
 
     sqsd-fast score --model BASE --danger-state A0 --danger-direction AD \\
                     --safety-direction AS --data train.jsonl --out scores.jsonl
@@ -19,8 +19,8 @@ import textwrap
 from typing import Sequence
 
 from sqsd_fast.evaluation.options import EvaluateOptions
-from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, OptionError, ProjectOptions,
-                               RecordFieldOptions, ScoreOptions, SubsetsOptions)
+from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, FilterOptions, OptionError,
+                               ProjectOptions, RecordFieldOptions, ScoreOptions, SubsetsOptions)
 from sqsd_fast.training.options import MergeAdapterOptions, TrainAdapterOptions
 
 PROG = "sqsd-fast"
@@ -30,6 +30,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 _OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions,
+            "filter": FilterOptions,
             "baseline": BaselineOptions, "anchor-direction": AnchorDirectionOptions,
             "train-adapter": TrainAdapterOptions, "merge-adapter": MergeAdapterOptions,
             "evaluate": EvaluateOptions}
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     commands = {"score": run_scoring, "project": run_scoring, "baseline": run_scoring,
-                "subsets": run_subsets, **dict.fromkeys(_MODULE_COMMANDS, run_module_command)}
+                "subsets": run_subsets, "filter": run_filter,
+                **dict.fromkeys(_MODULE_COMMANDS, run_module_command)}
     previous = _install_handlers()
     try:
         return commands[options.COMMAND](options)
@@ -301,6 +303,28 @@ def run_subsets(options: SubsetsOptions) -> int:
               f"{s['mean_score']:+.4f}  -> {s['file']}")
     print(f"  plot: {os.path.join(options.out_dir, 'subsets.png')}")
     if not summary["data_checked"]:
+        print(f"  note: {options.scores} has no run record (.meta.json beside it), so it could not "
+              f"be checked that --data is the file that was scored")
+    return 0
+
+
+def run_filter(options: FilterOptions) -> int:
+    from sqsd_fast.filtering import filter_data
+    result = filter_data(options.scores, options.data, options.out, drop_top=options.drop_top,
+                         max_score=options.max_score, weight_column=options.weight_column,
+                         column=options.column, data_split=options.data_split)
+    if options.quiet:
+        return 0
+    kept = (f"{result.n_records} records with {options.weight_column} = 0 for the dropped"
+            if options.weight_column else f"{result.n_kept} of {result.n_records} records kept")
+    print(f"{PROG} filter: dropped {result.rule} by {result.column} -> {options.out} ({kept})")
+    if result.dropped:
+        print(f"  dropped scores from {result.dropped[0]['score']:+.4f} down to {result.threshold:+.4f}; "
+              f"indices: {', '.join(str(d['index']) for d in result.dropped[:10])}"
+              + (" ..." if result.n_dropped > 10 else ""))
+    print(f"  unscored records kept: {result.n_records - result.n_scored}; every dropped index and "
+          f"score: {result.summary_path}")
+    if not result.data_checked:
         print(f"  note: {options.scores} has no run record (.meta.json beside it), so it could not "
               f"be checked that --data is the file that was scored")
     return 0

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
 from sqsd_fast.choices import (BACKENDS, DTYPE_NAMES, METRICS, check_choice, check_device,
-                               check_finite_float, check_positive_int, name_value_pairs)
+                               check_finite_float, check_positive_int, name_value_pairs,
+                               parse_drop_top)
 
 
 def check_named_directions(name, value):
@@ -202,9 +203,8 @@ class RunOptions(RecordFieldOptions):
 
 @dataclass(kw_only=True)
 class _ScoreInputs:
-    model: str = required_option("base model (directory, hub id or .gguf file) the adapters "
-                                 "were trained on",
-                                 "DIR")
+    model: str = required_option("base model (directory, hub id or .gguf file); adapters "
+                                 "given must have been trained on it", "DIR")
     danger_state: Optional[str] = option(None, "LoRA adapter directory: the state projections "
                                          "are taken at, e.g. a LoRA fine-tuned on benign data "
                                          "(default: a fresh LoRA initialisation, r 8, alpha 16, "
@@ -380,8 +380,8 @@ class SubsetsOptions(CheckedOptions):
     num: int = option(5, "number of windows", "N")
     window: Optional[int] = option(None, "samples per window (default: scored samples // "
                                    "num)", "W")
-    column: Optional[str] = option(None, "score column to sort by (default: sqsd, or proj "
-                                   "for 'project' output)", "NAME")
+    column: Optional[str] = option(None, "score column to sort by (default: sqsd, proj or "
+                                   "score, whichever the file has)", "NAME")
     data_split: Optional[str] = option(None, "split of a datasets directory or hub dataset",
                                        "SPLIT")
 
@@ -394,6 +394,57 @@ class SubsetsOptions(CheckedOptions):
         "JSONL), plus subsets.png (the sorted scores with the windows marked) and "
         "subsets.json (which records each window holds).")
     CHECKS: ClassVar[dict] = {"num": check_positive_int, "window": _optional_positive}
+
+
+@dataclass(kw_only=True)
+class FilterOptions(CheckedOptions):
+    """``sqsd-fast filter``: the data without its riskiest samples (sqsd_fast/filtering.py)."""
+
+    scores: str = required_option("output of 'sqsd-fast score', 'project' or 'baseline'", "FILE")
+    data: str = required_option("the data file that was scored (record i = scores row index i)",
+                                "FILE")
+    out: str = required_option("the kept records; the extension names the format (.jsonl, "
+                               ".json, .csv, .parquet); OUT.filter.json beside lists what was "
+                               "dropped", "FILE")
+    drop_top: Optional[str] = option(None, "drop the highest-scoring samples: a fraction of "
+                                     "the scored ones (0.1 = the top 10%%) or a number (50)",
+                                     "FRACTION|N")
+    max_score: Optional[float] = option(None, "drop every sample scoring above X", "X")
+    weight_column: Optional[str] = option(None, "write every record, with this field set to "
+                                          "1.0 (kept) or 0.0 (dropped), for train-adapter "
+                                          "--weight-column", "NAME")
+    column: Optional[str] = option(None, "score column (default: sqsd, proj or score, "
+                                   "whichever the file has)", "NAME")
+    data_split: Optional[str] = option(None, "split of a datasets directory or hub dataset",
+                                       "SPLIT")
+    quiet: bool = option(False, "no summary")
+
+    COMMAND: ClassVar[str] = "filter"
+    HELP: ClassVar[str] = "write the data without its riskiest samples (or with 0/1 weights)"
+    DESCRIPTION: ClassVar[str] = (
+        "Drop the highest-scoring samples of --data by --scores: --drop-top (a fraction or "
+        "a number of the scored samples) or --max-score X. Samples without a score are kept. "
+        "The kept records are written in input order to --out; with --weight-column every "
+        "record is written with a 0/1 weight instead. The data must be the file that was "
+        "scored (checked against the scores' .meta.json).")
+    EPILOG: ClassVar[str] = (
+        "Example:\n  sqsd-fast filter --scores scores.jsonl --data train.jsonl --drop-top 0.1 "
+        "--out kept.jsonl")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.drop_top is None) == (self.max_score is None):
+            raise OptionError("drop_top", "drop_top: give --drop-top or --max-score, exactly one")
+        if self.drop_top is not None:
+            try:
+                parse_drop_top(self.drop_top)
+            except ValueError as exc:
+                raise OptionError("drop_top", str(exc)) from None
+        if self.max_score is not None:
+            try:
+                check_finite_float("max_score", self.max_score)
+            except ValueError as exc:
+                raise OptionError("max_score", str(exc)) from None
 
 
 # ----------------------------------------------------------------------- baseline

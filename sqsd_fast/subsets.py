@@ -139,30 +139,13 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
 
     from sqsd_fast.data.records import load_raw
     from sqsd_fast.io.atomic import atomic_write_text
-    from sqsd_fast.io.writers import DATA_FORMATS, read_rows, write_rows
+    from sqsd_fast.io.writers import DATA_FORMATS, write_rows
 
-    score_rows = read_rows(scores)
-    if not score_rows:
-        raise ValueError(f"--scores {scores}: no rows")
-    present = set(score_rows[0])
-    column = column or ("sqsd" if "sqsd" in present else "proj")
-    for needed in ("index", column):
-        if needed not in present:
-            raise ValueError(f"--scores {scores}: no {needed!r} column (columns: "
-                             f"{', '.join(sorted(present))}); is it 'sqsd-fast score' output?")
-    try:
-        for r in score_rows:
-            r["index"] = int(r["index"])
-    except (TypeError, ValueError):
-        raise ValueError(f"--scores {scores}: the 'index' column must hold integers") \
-            from None
+    score_rows, column = read_score_rows(scores, column)
     order, subsets = select_subsets(score_rows, num=num, window=window, column=column)
     raw = load_raw(data, split=data_split)
     data_checked = check_scored_data(scores, data, raw, data_split)
-    top = max(i for i, _ in order)
-    if top >= len(raw.rows):
-        raise ValueError(f"--scores refers to record {top} but --data {data} has only "
-                         f"{len(raw.rows)} records; pass the data file that was scored")
+    check_indices_in_data(score_rows, raw, data)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out-dir {out_dir} is a file; give a directory")
@@ -181,6 +164,36 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
     plot_subsets(order, subsets, out / "subsets.png", column=column)
     atomic_write_text(out / "subsets.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def read_score_rows(scores, column: str | None = None) -> tuple[list[dict], str]:
+    """The rows of a score, project or baseline output (``index`` as int) and the score
+    column: ``column``, else sqsd, proj or score, whichever the file has."""
+    from sqsd_fast.io.writers import read_rows
+    score_rows = read_rows(scores)
+    if not score_rows:
+        raise ValueError(f"--scores {scores}: no rows")
+    present = set(score_rows[0])
+    column = column or next((c for c in ("sqsd", "proj", "score") if c in present), "sqsd")
+    for needed in ("index", column):
+        if needed not in present:
+            raise ValueError(f"--scores {scores}: no {needed!r} column (columns: "
+                             f"{', '.join(sorted(present))}); is it 'sqsd-fast score' output?")
+    try:
+        for r in score_rows:
+            r["index"] = int(r["index"])
+    except (TypeError, ValueError):
+        raise ValueError(f"--scores {scores}: the 'index' column must hold integers") \
+            from None
+    return score_rows, column
+
+
+def check_indices_in_data(score_rows: Sequence[dict], raw, data) -> None:
+    """Every scored index must be a record of ``data``."""
+    top = max(int(r["index"]) for r in score_rows)
+    if top >= len(raw.rows):
+        raise ValueError(f"--scores refers to record {top} but --data {data} has only "
+                         f"{len(raw.rows)} records; pass the data file that was scored")
 
 
 def check_scored_data(scores, data, raw, data_split) -> bool:

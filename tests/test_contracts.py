@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sqsd_fast"
 # layer -> the layers it may import (docs/CONTRACTS.md, "Imports go one way"). A layer is a
 # subpackage or a top-level module of sqsd_fast; "__init__" is the package's lazy API.
 EVERYTHING_BELOW_APP = {"ops", "anchors", "choices", "data", "io", "models", "quiet", "checks", "distributed", "engine",
-                        "scoring", "influence", "options", "run_scorer", "ranking", "subsets", "training",
+                        "scoring", "influence", "options", "run_scorer", "ranking", "subsets", "filtering", "training",
                         "evaluation"}
 ALLOWED = {
     "ops": set(),
@@ -38,6 +38,7 @@ ALLOWED = {
     "influence": {"engine", "ops", "choices", "data", "io", "models", "options", "quiet", "checks"},
     "run_scorer": {"options"},
     "subsets": {"data", "io", "ranking"},
+    "filtering": {"choices", "data", "io", "subsets"},
     "training": {"influence", "engine", "choices", "data", "io", "models", "options", "checks", "quiet"},
     "evaluation": {"choices", "data", "io", "models", "options", "checks", "quiet"},
     "pipeline": EVERYTHING_BELOW_APP,
