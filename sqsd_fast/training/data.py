@@ -22,15 +22,20 @@ class TrainData:
     n_truncated: int                 # samples cut to max_length
     tokenizer: Any
     raw: Any                         # sqsd_fast.data.RawData
+    weights: dict[int, float] | None = None   # record index -> loss weight (--weight-column)
 
 
 def read_train_records(options):
-    """(raw data, normalized records) of ``options.data``: a bad or empty file fails here,
-    before the model (maybe a GGUF conversion) is touched."""
+    """(raw data, normalized records) of ``options.data``: a bad or empty file, or a bad
+    --weight-column, fails here, before the model (maybe a GGUF conversion) is touched."""
     from sqsd_fast.data.records import load_raw, normalize_rows
     raw = load_raw(options.data, split=options.data_split)
     rows = raw.rows if options.limit is None else raw.rows[:options.limit]
-    return raw, normalize_rows(rows, options.field_names(), raw.name)
+    records = normalize_rows(rows, options.field_names(), raw.name)
+    if options.weight_column is not None:
+        from sqsd_fast.training.weights import read_weights
+        read_weights(rows, options.weight_column, f"--weight-column {options.weight_column} of --data {raw.name}")
+    return raw, records
 
 
 def prepare_train_data(options, raw, records, model_source: str) -> TrainData:
@@ -46,8 +51,13 @@ def prepare_train_data(options, raw, records, model_source: str) -> TrainData:
                          f"token left after truncation to --max-length {options.max_length}; "
                          f"raise --max-length or check the response field "
                          f"(--response-field)")
+    weights = None
+    if options.weight_column is not None:
+        from sqsd_fast.training.weights import read_weights
+        rows = raw.rows if options.limit is None else raw.rows[:options.limit]
+        weights = dict(enumerate(read_weights(rows, options.weight_column, raw.name)))
     return TrainData(kept, len(samples), len(samples) - len(kept), count_truncated(samples),
-                     tokenizer, raw)
+                     tokenizer, raw, weights)
 
 
 @dataclass

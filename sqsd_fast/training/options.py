@@ -116,6 +116,11 @@ class TrainAdapterOptions(RecordFieldOptions):
     data_split: Optional[str] = _as_in_run_options("data_split")
     limit: Optional[int] = _as_in_run_options("limit", "train only on the first N records")
     max_length: int = _as_in_run_options("max_length")
+    weight_column: Optional[str] = option(None, "field with a per-sample loss weight (>= 0, "
+                                          "e.g. from sqsd-fast filter --weight-column): the "
+                                          "loss of a batch is sum w_s loss_s / sum w_s, loss_s "
+                                          "a sample's mean token loss (default: no weights, "
+                                          "the mean over the batch's tokens)", "NAME")
 
     r: Optional[int] = option(None, "LoRA rank (default 8, or the --init-adapter's)", "R")
     lora_alpha: Optional[float] = option(None, "LoRA alpha; scaling = alpha/r (default 16, "

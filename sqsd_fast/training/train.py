@@ -75,6 +75,10 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
         say(f"{data.n_skipped} of {data.n_records} samples have no response token after "
             f"truncation to {options.max_length} tokens; training on the other "
             f"{len(data.samples)}")
+    if data.weights is not None:
+        zero = sum(1 for s in data.samples if data.weights[s.index] == 0)
+        say(f"per-sample loss weights from {options.weight_column}: {zero} of {len(data.samples)} "
+            f"samples weigh 0 (masked)")
 
     # --- the run is recorded before any weight is touched
     outdir.start_out(state, overwrite=options.overwrite)
@@ -330,9 +334,13 @@ def build_trainer(options: TrainAdapterOptions, peft_model, data, state, callbac
         # The samples are TokenizedSample objects, not model keyword columns.
         remove_unused_columns=False, label_names=["labels"],
     )
-    trainer = Trainer(model=peft_model, args=args, train_dataset=data.samples,
-                      data_collator=ResponseOnlyCollator(pad_id(data.tokenizer)),
-                      callbacks=[LogEveryEpoch(), *callbacks])
+    collator, trainer_class = ResponseOnlyCollator(pad_id(data.tokenizer)), Trainer
+    if data.weights is not None:      # --weight-column: sum w_s loss_s / sum w_s per batch
+        from sqsd_fast.training.weights import SampleWeightedLoss, WeightedCollator
+        collator = WeightedCollator(collator, weights=data.weights)
+        trainer_class = type("SampleWeightedTrainer", (SampleWeightedLoss, Trainer), {})
+    trainer = trainer_class(model=peft_model, args=args, train_dataset=data.samples,
+                            data_collator=collator, callbacks=[LogEveryEpoch(), *callbacks])
     if options.quiet:
         trainer.remove_callback(PrinterCallback)
     return trainer
