@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sqsd_fast.quiet import quiet_libraries
+from sqsd_fast.training.sample_fields import SAMPLE_INDEX, SAMPLE_WEIGHT
 from sqsd_fast.training.weights import SampleWeightedLoss, read_weights, weighted_loss
 
 
@@ -108,8 +109,8 @@ def test_the_mixin_on_trls_sft_trainer(toy, tmp_path):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             with torch.no_grad():      # the same weights, before this step's update
                 logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            seen.append((inputs["input_ids"].clone(), inputs[self.sample_weight_key].clone(),
-                         float(loss.detach()), _reference(logits, inputs["labels"], inputs[self.sample_weight_key])))
+            seen.append((inputs["input_ids"].clone(), inputs[SAMPLE_WEIGHT].clone(), float(loss.detach()),
+                         _reference(logits, inputs["labels"], inputs[SAMPLE_WEIGHT]), inputs[SAMPLE_INDEX].clone()))
             return loss
 
     prompts = [f"number {i} is" for i in range(6)]
@@ -128,8 +129,9 @@ def test_the_mixin_on_trls_sft_trainer(toy, tmp_path):
     trainer.train()
     assert len(seen) == 2
     by_prompt = {tuple(tok(p)["input_ids"]): w for p, w in zip(prompts, weights)}
-    for ids, w, loss, expected in seen:
-        for row, weight in zip(ids.tolist(), w.tolist()):
+    for ids, w, loss, expected, index in seen:
+        for row, weight, i in zip(ids.tolist(), w.tolist(), index.tolist()):
             start = next(key for key in by_prompt if tuple(row[:len(key)]) == key)
             assert by_prompt[start] == pytest.approx(weight)            # the weight stayed with its sample
+            assert weights[i] == pytest.approx(weight)                  # and so did its index
         assert loss == pytest.approx(expected, rel=1e-5)

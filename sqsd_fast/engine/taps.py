@@ -28,17 +28,21 @@ class _Tap:
         self.x = self.h = self.e = None
 
     def on_A_forward(self, module, args, output):
-        if self.x is not None:
+        if not output.requires_grad:
+            return          # no backward will reach it (evaluation, a reentrant checkpoint's first pass)
+        if self.x is not None and torch._C._current_autograd_node() is None:
             raise RuntimeError(f"LoRA module {self.name} ran more than once in one forward pass (a shared "
                                "or reused layer); per-sample LoRA gradients need each module to run once")
+        # Inside the backward, a forward is gradient checkpointing's recomputation of this
+        # layer: the same x (dropout replays its random state), taken again.
         self.x = args[0]
-        if output.requires_grad:
-            output.register_hook(self.on_u)
+        output.register_hook(self.on_u)
 
     def on_B_forward(self, module, args, output):
+        if not output.requires_grad:
+            return
         self.h = args[0]
-        if output.requires_grad:
-            output.register_hook(self.on_e)
+        output.register_hook(self.on_e)
 
     def on_e(self, grad):
         self.e = grad
@@ -61,6 +65,7 @@ class TapSession:
     def __init__(self, modules: list[tuple[str, nn.Module]], adapter: str, reduce: Reducer):
         self.modules, self.adapter, self.reduce = modules, adapter, reduce
         self._handles: list = []
+        self._taps: list[_Tap] = []
 
     def __enter__(self):
         for name, layer in self.modules:  # checked before any hook exists, so none can leak
@@ -69,6 +74,7 @@ class TapSession:
                                  "(peft's unmerge_adapter) before computing per-sample gradients")
         for slot, (name, layer) in enumerate(self.modules):
             tap = _Tap(slot, name, self)
+            self._taps.append(tap)
             self._handles.append(layer.lora_A[self.adapter].register_forward_hook(tap.on_A_forward))
             self._handles.append(layer.lora_B[self.adapter].register_forward_hook(tap.on_B_forward))
         return self
@@ -77,4 +83,11 @@ class TapSession:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._taps.clear()
         return False
+
+    def reset(self) -> None:
+        """Forget what a forward left without a backward (a caller that runs passes it does
+        not drive, such as a training loop, calls this before each of its passes)."""
+        for tap in self._taps:
+            tap.x = tap.h = tap.e = None

@@ -16,11 +16,11 @@ import torch
 
 from sqsd_fast.choices import METRICS, check_choice
 from sqsd_fast.engine.modules import LoraModule, lora_modules
-from sqsd_fast.engine.reducers import UpdateProjection
+from sqsd_fast.engine.reducers import UpdateProjection, projection_reducer
 from sqsd_fast.engine.runner import BatchRunner
 from sqsd_fast.engine.status import NO_RESPONSE_TOKENS, ZERO_UPDATE, sample_status
 from sqsd_fast.models.adapters import LoraFactors, check_direction_matches_state
-from sqsd_fast.ops import direction_sqnorm, project_directions, resolve_backend
+from sqsd_fast.ops import resolve_backend
 
 @dataclass
 class BatchProjection:
@@ -109,18 +109,9 @@ class ProjectionEngine:
                     self.directions[direction], [m.name for m in modules],
                     direction_name=self.labels.get(direction, repr(direction)),
                     state_name=self.labels.get(state, repr(state)))
-            V_A, V_B, sqnorms = [], [], []
-            for module in modules:
-                # Directions may differ in rank: each is mapped to the state's rank r first,
-                # then the K maps are stacked for the kernel.
-                pairs = [self.directions[d][module.name] for d in directions]
-                maps = [project_directions(module.A, module.B, f.A.unsqueeze(0), f.B.unsqueeze(0)) for f in pairs]
-                V_A.append(torch.cat([v for v, _ in maps]))
-                V_B.append(torch.cat([v for _, v in maps]))
-                sqnorms.append(torch.cat([direction_sqnorm(f.A.unsqueeze(0), f.B.unsqueeze(0))
-                                          for f in pairs]))
-            reducer = UpdateProjection(modules, V_A, V_B, self.backend)
-            self._prepared[key] = (modules, reducer, torch.stack(sqnorms).double().cpu())
+            reducer, sqnorms = projection_reducer(modules, [self.directions[d] for d in directions],
+                                                  self.backend)
+            self._prepared[key] = (modules, reducer, sqnorms)
         return self._prepared[key]
 
     def project_batch(self, batch, state: str, direction: str) -> BatchProjection:

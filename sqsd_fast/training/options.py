@@ -166,6 +166,14 @@ class TrainAdapterOptions(RecordFieldOptions):
                 "Trainer's log and OUT/drift.png; repeat it, or give several, for several "
                 "directions (default: no monitoring)",
         "metavar": "NAME=DIR", "action": "extend"})
+    online_score: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "score every training sample at every step on the LoRA adapter DIR's "
+                "direction, from the step's own forward and backward (danger=DIR "
+                "safety=DIR also give sqsd): OUT/online/online_scores/*.parquet (a row per "
+                "sample per step), OUT/online/online_summary.csv (per epoch) and, in "
+                "train_summary.json, each epoch's Spearman with the scores at the start "
+                "weights (one extra pass before training); repeatable (default: off)",
+        "metavar": "NAME=DIR", "action": "extend"})
     monitor_steps: int = option(10, "optimizer steps between two --monitor-direction "
                                 "measurements (one more at the end)", "N")
     monitor_threshold: list[str] = dataclasses.field(default_factory=list, metadata={
@@ -204,6 +212,7 @@ class TrainAdapterOptions(RecordFieldOptions):
         {"out", "resume", "overwrite", "merge_to", "save_steps", "save_total_limit",
          "keep_checkpoints", "logging_steps", "gradient_checkpointing", "device",
          "no_progress", "quiet", "monitor_direction", "monitor_steps", "monitor_threshold",
+         "online_score",
          "monitor_action"})
     # Fingerprinted by content, not by their text.
     PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "init_adapter")
@@ -226,6 +235,7 @@ class TrainAdapterOptions(RecordFieldOptions):
         "logging_steps": lambda n, v: _positive(n, v, optional=True),
         "device": _check_train_device,
         "monitor_direction": check_named_directions,
+        "online_score": check_named_directions,
         "monitor_steps": _positive,
         "monitor_threshold": _check_monitor_threshold,
         "monitor_action": lambda n, v: check_choice(n, v, MONITOR_ACTIONS),
@@ -260,6 +270,10 @@ class TrainAdapterOptions(RecordFieldOptions):
         if self.monitor_action == "stop" and not self.monitor_thresholds():
             raise OptionError("monitor_action", "monitor_action stop needs --monitor-threshold "
                                                 "NAME=VALUE: the projection that stops training")
+
+    def online_directions(self) -> dict[str, str]:
+        """{name: adapter directory} of --online-score, in the given order."""
+        return dict(item.split("=", 1) for item in self.online_score)
 
     def monitor_directions(self) -> dict[str, str]:
         """{name: direction adapter directory} of --monitor-direction."""

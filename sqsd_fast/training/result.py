@@ -31,6 +31,9 @@ class TrainResult:
     # --monitor-direction: settings, the last measurement ("final": step, epoch,
     # update_norm, <name>_proj, <name>_cos), thresholds reached, files (None without it)
     drift: dict | None = None
+    # --online-score: directions, rows written, where, and each epoch's Spearman with the
+    # scores at the start weights (None without it)
+    online: dict | None = None
 
     @property
     def summary_path(self) -> str:

@@ -93,9 +93,10 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
     started = time.perf_counter()
     peft_model = build_peft_model(options, model_source, lora)
     monitor = build_monitor(options, state, peft_model)
+    online = build_online(options, state, peft_model, data)
     # The monitor first: a later callback that stops or interrupts a step sees it measured.
     trainer = build_trainer(options, peft_model, data, state,
-                            [monitor, *callbacks] if monitor is not None else callbacks)
+                            [c for c in (monitor, online) if c is not None] + list(callbacks))
     if state.checkpoint is not None:
         say(f"resuming from {state.checkpoint}")
     with quiet_libraries() if options.quiet else contextlib.nullcontext():
@@ -111,7 +112,7 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
         global_step=trainer.state.global_step, runtime_s=time.perf_counter() - started,
         resumed_from=state.checkpoint, merged_to=options.merge_to,
         loss_log=[{k: e[k] for k in ("step", "epoch", "loss")} for e in history],
-        drift=drift_summary(options, state, monitor))
+        drift=drift_summary(options, state, monitor), online=online_summary(options, state, online))
     merge = None
     if options.merge_to is not None:
         def merge():
@@ -122,12 +123,13 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
     # The drift files wait in OUT/checkpoints until the adapter is finished: in OUT itself
     # they would make an unfinished run's directory look foreign to --resume (outdir.py).
     outdir.finish_out(state, peft_model, summary_dict(result),
-                      keep_checkpoints=options.keep_checkpoints or monitor is not None,
+                      keep_checkpoints=options.keep_checkpoints or monitor is not None or online is not None,
                       before_marker=merge)
-    if monitor is not None:
-        for name in DRIFT_FILES:
+    if monitor is not None or online is not None:
+        for name in (*DRIFT_FILES, ONLINE_DIR):
             staged = state.path / outdir.CHECKPOINTS / name
-            if staged.is_file():
+            if staged.exists():
+                shutil.rmtree(state.path / name, ignore_errors=True)
                 os.replace(staged, state.path / name)
         if not options.keep_checkpoints:
             shutil.rmtree(state.path / outdir.CHECKPOINTS, ignore_errors=True)
@@ -161,6 +163,36 @@ def build_monitor(options: TrainAdapterOptions, state, peft_model):
     if state.checkpoint is not None and not (work / DRIFT_START).is_file():
         monitor.save_start(peft_model)
     return monitor
+
+
+ONLINE_DIR = "online"
+
+
+def build_online(options: TrainAdapterOptions, state, peft_model, data):
+    """The OnlineSQSD of --online-score (None without it). Its files live in
+    OUT/checkpoints/online while training, as the drift files do. Before the first step
+    (not on a resume, which reads them back) every sample is scored at the start weights,
+    in one extra pass: the reference of the stationarity check."""
+    if not options.online_score:
+        return None
+    from sqsd_fast.training.online import OnlineSQSD, score_at_start
+    work = state.path / outdir.CHECKPOINTS / ONLINE_DIR
+    online = OnlineSQSD(options.online_directions(), out_dir=work)
+    if not (work / "start_scores.csv").is_file():
+        score_at_start(peft_model, data.samples, options.online_directions(), data.tokenizer,
+                       work / "start_scores.csv", batch_size=options.batch_size, max_length=options.max_length)
+    return online
+
+
+def online_summary(options: TrainAdapterOptions, state, online) -> dict | None:
+    if online is None:
+        return None
+    from sqsd_fast.training.online import stationarity
+    work = state.path / outdir.CHECKPOINTS / ONLINE_DIR
+    return {"directions": options.online_directions(), "rows_this_run": len(online.rows),
+            "scores": str(state.path / ONLINE_DIR / "online_scores"),
+            "summary": str(state.path / ONLINE_DIR / "online_summary.csv"),
+            "spearman_with_start": stationarity(work)}
 
 
 def drift_summary(options: TrainAdapterOptions, state, monitor) -> dict | None:
@@ -202,16 +234,18 @@ def _check_fits_model(options: TrainAdapterOptions, lora: dict, model_source: st
     from sqsd_fast.models.adapters import check_against_model, read_adapter
     targets = lora["target_modules"]
     if options.init_adapter is None and targets == "all-linear" \
-            and not options.monitor_direction:
+            and not options.monitor_direction and not options.online_score:
         return
     skeleton = _model_skeleton(model_source)
     if skeleton is None:
         return
-    for name, path in options.monitor_directions().items():
-        try:
-            check_against_model(path, read_adapter(path), skeleton)
-        except ValueError as exc:
-            raise ValueError(f"--monitor-direction {name}: {exc}") from None
+    for option, directions in (("--monitor-direction", options.monitor_directions()),
+                               ("--online-score", options.online_directions())):
+        for name, path in directions.items():
+            try:
+                check_against_model(path, read_adapter(path), skeleton)
+            except ValueError as exc:
+                raise ValueError(f"{option} {name}: {exc}") from None
     if options.init_adapter is not None:
         check_against_model(options.init_adapter, read_adapter(options.init_adapter), skeleton)
         return
@@ -301,7 +335,7 @@ def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict
 
 
 def build_trainer(options: TrainAdapterOptions, peft_model, data, state, callbacks=()):
-    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
     class LogEveryEpoch(TrainerCallback):
         """Log at every epoch end even with --logging-steps, so every epoch's mean loss
@@ -334,16 +368,31 @@ def build_trainer(options: TrainAdapterOptions, peft_model, data, state, callbac
         # The samples are TokenizedSample objects, not model keyword columns.
         remove_unused_columns=False, label_names=["labels"],
     )
-    collator, trainer_class = ResponseOnlyCollator(pad_id(data.tokenizer)), Trainer
-    if data.weights is not None:      # --weight-column: sum w_s loss_s / sum w_s per batch
-        from sqsd_fast.training.weights import SampleWeightedLoss, WeightedCollator
-        collator = WeightedCollator(collator, weights=data.weights)
-        trainer_class = type("SampleWeightedTrainer", (SampleWeightedLoss, Trainer), {})
-    trainer = trainer_class(model=peft_model, args=args, train_dataset=data.samples,
-                            data_collator=collator, callbacks=[LogEveryEpoch(), *callbacks])
+    trainer = trainer_class(data)(model=peft_model, args=args, train_dataset=data.samples,
+                                  data_collator=collator(data), callbacks=[LogEveryEpoch(), *callbacks])
     if options.quiet:
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def trainer_class(data):
+    """A Trainer whose batches carry each sample's index (for callbacks such as the online
+    scorer) and, with --weight-column, the loss sum w_s loss_s / sum w_s."""
+    from transformers import Trainer
+
+    from sqsd_fast.training.sample_fields import SampleFields
+    from sqsd_fast.training.weights import SampleWeightedLoss
+    mixin = SampleWeightedLoss if data.weights is not None else SampleFields
+    return type(f"{mixin.__name__}Trainer", (mixin, Trainer), {})
+
+
+def collator(data):
+    """Right-padded batches by the scoring engine's ``collate``, with the sample fields."""
+    from sqsd_fast.training.sample_fields import SAMPLE_INDEX, SAMPLE_WEIGHT, FieldsCollator
+    inner = ResponseOnlyCollator(pad_id(data.tokenizer))
+    if data.weights is None:
+        return FieldsCollator(inner, (SAMPLE_INDEX,))
+    return FieldsCollator(inner, (SAMPLE_INDEX, SAMPLE_WEIGHT), {SAMPLE_WEIGHT: data.weights})
 
 
 def _printer(options: TrainAdapterOptions):

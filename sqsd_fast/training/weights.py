@@ -16,16 +16,17 @@ samples weigh more; a weight of 1 everywhere is therefore not quite the unweight
 A batch whose weights are all 0 adds nothing. With gradient accumulation the Trainer
 averages the micro-batches' losses. The weight survives the collator: TRL's collators and
 the Trainer's column pruning drop fields the model does not take, so the mixin keeps the
-weight column and puts it back beside the collated batch.
+weight column and puts it back beside the collated batch (``sample_fields.py``).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-SAMPLE_WEIGHT = "sample_weight"
+from sqsd_fast.training.sample_fields import SAMPLE_INDEX, SAMPLE_WEIGHT, SampleFields
+
 IGNORE_INDEX = -100
 
 
@@ -46,49 +47,18 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     return (w * losses).sum() / w.sum().clamp(min=torch.finfo(losses.dtype).tiny)
 
 
-class WeightedCollator:
-    """Wraps a data collator: takes each feature's weight out (a ``key`` field of a dict, or
-    ``weights[feature.index]`` for the project's tokenized samples), collates the rest, and
-    returns the batch with the weights as a float tensor under ``key``."""
-
-    def __init__(self, inner, key: str = SAMPLE_WEIGHT, weights: Mapping[int, float] | None = None):
-        self.inner, self.key, self.weights = inner, key, weights
-
-    def __call__(self, features: Sequence[Any]) -> dict:
-        if self.weights is not None:
-            values = [self.weights[f.index] for f in features]
-            rest = list(features)
-        else:
-            values = [float(f[self.key]) if self.key in f else 1.0 for f in features]
-            rest = [{k: v for k, v in f.items() if k != self.key} for f in features]
-        batch = self.inner(rest)
-        batch[self.key] = torch.tensor(values, dtype=torch.float32)
-        return batch
-
-
-class SampleWeightedLoss:
+class SampleWeightedLoss(SampleFields):
     """Mixin, first in the bases of a ``transformers.Trainer`` subclass: the loss
-    ``sum w_s loss_s / sum w_s`` with ``w`` from the ``sample_weight`` column (1 where a
-    sample has none). See the module docstring."""
+    ``sum w_s loss_s / sum w_s`` with ``w`` from the ``sample_weight`` column (1 where the
+    batch has none). See the module docstring."""
 
-    sample_weight_key = SAMPLE_WEIGHT
+    sample_fields = (SAMPLE_INDEX, SAMPLE_WEIGHT)
     loss_is_scaled_for_ga = False      # a per-batch mean: the Trainer divides by the GA steps
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.data_collator, WeightedCollator):
-            self.data_collator = WeightedCollator(self.data_collator, self.sample_weight_key)
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()     # keep the weight when columns are pruned
-        if self._signature_columns is not None and self.sample_weight_key not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, self.sample_weight_key]
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        weights = inputs.pop(self.sample_weight_key, None)
+    def loss_with_fields(self, model, inputs, fields, return_outputs, num_items_in_batch):
         labels = inputs.pop("labels")
         outputs = model(**{k: v for k, v in inputs.items() if k in _MODEL_INPUTS})
+        weights = fields.get(SAMPLE_WEIGHT)
         if weights is None:
             weights = torch.ones(labels.shape[0])
         loss = weighted_loss(outputs.logits, labels, weights)
