@@ -25,8 +25,9 @@ Rows go to ``out_dir/online_scores/`` as Parquet parts (step, epoch, sample_inde
 n_tokens, <name>_proj..., sqsd) and per epoch, each sample's mean, to
 ``out_dir/online_summary.csv``. A resumed run first drops the rows of steps after its
 checkpoint, which it replays (rows are written at every checkpoint and epoch end).
-Several processes (torchrun): each rank scores its own
-samples and writes its own parts (``rank<k>`` in the name); rank 0 merges the summary.
+Parts carry the process's rank in their name, so that the ranks of a multi-process
+Trainer would write apart; that case is NOT tested yet (``train-adapter`` itself runs on
+one process: two under torchrun refuse each other's output lock).
 """
 from __future__ import annotations
 
