@@ -237,3 +237,64 @@ def test_resume_drops_the_rows_of_the_steps_it_replays(tmp_path):
     assert sorted(p.name for p in directory.glob("*.parquet")) == [
         "rank0-steps00000001-00000002.parquet", "rank0-steps00000003-00000003.parquet",
         "rank1-steps00000003-00000004.parquet"]
+
+
+def test_online_drop_leaves_out_the_top_running_scores_from_the_given_epoch(toy, tmp_path, capsys):
+    """--online-drop top=0.3 after=1: epoch 1 trains on everything; epochs 2 and 3 leave
+    out the 2 of 7 samples (round(0.3 x 7)) whose mean online sqsd over the epochs before is
+    highest, named in the log and in dropped.csv. Resuming such a run is refused, not
+    misplaced (the Trainer counts epochs at full length)."""
+    import sqsd_fast.cli as cli
+    from sqsd_fast.training.online import epoch_means, read_scores
+    assets, root = toy
+    out = tmp_path / "adapter"
+    argv = ["train-adapter", "--model", assets.model_dir, "--data", str(root / "train.jsonl"), "--out", str(out),
+            "--num-epochs", "3", "--batch-size", "2", "--learning-rate", "5e-2", "--max-length", "64",
+            "--target-modules", "q_proj,v_proj,down_proj", "--no-progress",
+            "--online-score", f"danger={assets.danger_direction}", "--online-score",
+            f"safety={assets.safety_direction}", "--online-drop", "top=0.3", "after=1"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    rows = read_scores(out / "online")
+    seen = {e: {r["sample_index"] for r in rows if r["epoch"] == e} for e in (1, 2, 3)}
+    assert seen[1] == set(range(len(RECORDS)))
+    means = epoch_means(rows, "sqsd")
+    top_after_1 = sorted(sorted(means[1], key=lambda i: -means[1][i])[:2])
+    assert seen[2] == set(range(len(RECORDS))) - set(top_after_1)
+    running = {i: [means[e][i] for e in (1, 2) if i in means[e]] for i in means[1]}
+    running = {i: sum(v) / len(v) for i, v in running.items()}
+    top_after_2 = sorted(sorted(running, key=lambda i: -running[i])[:2])
+    assert seen[3] == set(range(len(RECORDS))) - set(top_after_2)
+    assert f"online drop: epoch 2 leaves out 2 of 7 samples" in err
+    dropped = (out / "online" / "dropped.csv").read_text().splitlines()
+    assert dropped[0] == "epoch,sample_index,running_sqsd" and len(dropped) == 1 + 4
+    summary = json.loads((out / "train_summary.json").read_text())["online"]
+    assert summary["dropped"] == {"2": top_after_1, "3": top_after_2}
+
+    from transformers import TrainerCallback
+
+    from sqsd_fast.training import train_adapter
+
+    class StopAt(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+    cut = tmp_path / "cut"
+    options = dict(model=assets.model_dir, data=str(root / "train.jsonl"), out=str(cut), num_epochs=3,
+                   batch_size=2, max_length=64, target_modules="q_proj,v_proj,down_proj", quiet=True,
+                   online_score=[f"danger={assets.danger_direction}"], online_drop=["top=0.3"])
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(callbacks=[StopAt()], **options)
+    with pytest.raises(ValueError, match="--online-drop cannot --resume yet"):
+        train_adapter(resume=True, **options)
+
+
+def test_online_drop_options_are_checked():
+    from sqsd_fast.options import OptionError
+    from sqsd_fast.training.options import TrainAdapterOptions
+    base = dict(model="m", data="d.jsonl", out="o")
+    for drop, message in ((["top=1.5"], "top must be in"), (["after=1"], "takes top=FRACTION"),
+                          (["top=0.1", "every=2"], "takes top=FRACTION")):
+        with pytest.raises(OptionError, match=message):
+            TrainAdapterOptions(**base, online_drop=drop, online_score=[])
+    with pytest.raises(OptionError, match="needs --online-score"):
+        TrainAdapterOptions(**base, online_drop=["top=0.1"])

@@ -55,10 +55,15 @@ class OnlineSQSD(TrainerCallback):
         out_dir: where the Parquet parts and the summary go (None: kept in memory only,
             ``rows``).
         backend: the statistics kernel backend.
+        drop_top, drop_after: the online drop: from epoch ``drop_after + 1`` on, an epoch
+            leaves out the ``drop_top`` fraction of samples with the highest running score
+            (the mean of their online scores over the epochs before); needs ``SampleFields``,
+            which then takes the training order from :meth:`make_sampler`. The left-out
+            samples are printed and listed in ``dropped`` and ``out_dir/dropped.csv``.
     """
 
     def __init__(self, directions: Mapping[str, Any], *, out_dir: str | os.PathLike | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", drop_top: float | None = None, drop_after: int = 1):
         from sqsd_fast.training.drift import _check_directions
         self.directions = _check_directions(directions)
         self.out_dir = None if out_dir is None else Path(out_dir)
@@ -70,6 +75,13 @@ class OnlineSQSD(TrainerCallback):
         self._announced = False
         self._rank = 0
         self._step_rows: list[dict] = []   # rows of the optimizer step under way
+        if drop_top is not None and not 0 < drop_top < 1:
+            raise ValueError(f"drop_top must be in (0, 1), got {drop_top!r}")
+        self.drop_top, self.drop_after = drop_top, int(drop_after)
+        self.supplies_sampler = drop_top is not None
+        self.dropped: dict[int, list[int]] = {}   # 1-based epoch -> sample indices left out
+        self._earlier: list[dict] = []            # rows of an interrupted run, read back on resume
+        self._epoch0, self._first_epoch = 0, True
 
     # ----------------------------------------------------------------- binding
 
@@ -89,6 +101,56 @@ class OnlineSQSD(TrainerCallback):
         self._session.__enter__()
         if self.out_dir is not None:
             _drop_replayed_steps(self.out_dir / SCORES_DIR, state.global_step, self._rank)
+            if (self.out_dir / SCORES_DIR).is_dir():
+                self._earlier = read_scores(self.out_dir)
+        # The Trainer's 0-based epoch: counted here, since an epoch the online drop shortens
+        # ends before state.epoch reaches the next whole number.
+        self._epoch0 = int(math.floor((state.epoch or 0.0) + 1e-9))
+        self._first_epoch = True
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if not self._first_epoch:
+            self._epoch0 += 1
+        self._first_epoch = False
+
+    # ----------------------------------------------------------------- online drop
+
+    def make_sampler(self, dataset, seed: int):
+        """The training order: a permutation per epoch (seeded by ``seed`` and the epoch,
+        so a resumed run repeats it) without the samples the online drop leaves out."""
+        return _DroppingSampler(_sample_indices(dataset), seed, self)
+
+    def excluded(self, epoch: int) -> list[int]:
+        """Sample indices epoch ``epoch`` (1-based) leaves out; decided once per epoch from
+        the rows of the epochs before it."""
+        if self.drop_top is None or epoch <= self.drop_after:
+            return []
+        if epoch not in self.dropped:
+            column = score_column(self._dirs if hasattr(self, "_dirs") else self.directions)
+            before = [r for r in (*self._earlier, *self.rows) if int(r["epoch"]) < epoch]
+            running = _running_means(before, column)
+            ranked = sorted(running, key=lambda i: (-running[i], i))
+            k = int(math.floor(self.drop_top * len(ranked) + 0.5))
+            self.dropped[epoch] = sorted(ranked[:k])
+            self._log_drop(epoch, ranked[:k], running, column)
+        return self.dropped[epoch]
+
+    def _log_drop(self, epoch, left_out, running, column) -> None:
+        import sys
+        shown = ", ".join(str(i) for i in left_out[:20]) + (" ..." if len(left_out) > 20 else "")
+        print(f"online drop: epoch {epoch} leaves out {len(left_out)} of {len(running)} samples (the top "
+              f"{self.drop_top:g} by running {column}): {shown}", file=sys.stderr)
+        if self.out_dir is None or self._rank != 0:
+            return
+        path = self.out_dir / "dropped.csv"
+        new = not path.is_file()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["epoch", "sample_index", f"running_{column}"])
+            for i in left_out:
+                writer.writerow([epoch, i, running[i]])
 
     def on_train_end(self, args, state, control, **kwargs):
         self._collect()
@@ -182,6 +244,45 @@ class OnlineSQSD(TrainerCallback):
             return
         write_part(self.out_dir / SCORES_DIR, self._buffer, self._rank)
         self._buffer = []
+
+
+class _DroppingSampler(torch.utils.data.Sampler):
+    """Dataset positions in a seeded per-epoch order, without the online drop's samples."""
+
+    def __init__(self, index_of: list[int], seed: int, online: OnlineSQSD):
+        self.index_of, self.seed, self.online = index_of, seed, online
+
+    def __len__(self) -> int:
+        return len(self.index_of)       # the most an epoch takes (one that leaves some out ends earlier)
+
+    def __iter__(self):
+        epoch = self.online._epoch0 + 1
+        left_out = set(self.online.excluded(epoch))
+        order = torch.randperm(len(self.index_of), generator=torch.Generator().manual_seed(self.seed + epoch))
+        return iter([p for p in order.tolist() if self.index_of[p] not in left_out])
+
+
+def _sample_indices(dataset) -> list[int]:
+    """Each dataset position's sample index: a tokenized sample's ``index``, a row's
+    ``sample_index`` column, else the position."""
+    if SAMPLE_INDEX in getattr(dataset, "column_names", ()):   # a datasets.Dataset: one column read
+        return [int(i) for i in dataset[SAMPLE_INDEX]]
+    out = []
+    for p in range(len(dataset)):
+        item = dataset[p]
+        if isinstance(item, Mapping):
+            out.append(int(item.get(SAMPLE_INDEX, p)))
+        else:
+            out.append(int(getattr(item, "index", p)))
+    return out
+
+
+def _running_means(rows: list[dict], column: str) -> dict[int, float]:
+    sums: dict[int, list[float]] = {}
+    for r in rows:
+        if r.get(column) is not None:
+            sums.setdefault(int(r["sample_index"]), []).append(float(r[column]))
+    return {i: sum(v) / len(v) for i, v in sums.items()}
 
 
 def _epoch(state) -> int:

@@ -96,6 +96,24 @@ def _check_monitor_threshold(name, value):
     return out
 
 
+def _check_online_drop(name, value):
+    """``top=F after=N`` (F in (0, 1), N >= 0 epochs; after defaults to 1)."""
+    pairs = dict(name_value_pairs(name, value, "top=F after=N"))
+    if not pairs:
+        return []
+    unknown = sorted(set(pairs) - {"top", "after"})
+    if unknown or "top" not in pairs:
+        raise ValueError(f"{name} takes top=FRACTION and optionally after=EPOCHS, got "
+                         f"{' '.join(f'{k}={v}' for k, v in pairs.items())}")
+    try:
+        top, after = float(pairs["top"]), int(pairs.get("after", "1"))
+    except ValueError:
+        raise ValueError(f"{name}: top must be a fraction and after a whole number of epochs") from None
+    if not 0 < top < 1 or after < 0:
+        raise ValueError(f"{name}: top must be in (0, 1) and after >= 0, got top={top!r} after={after!r}")
+    return [f"top={top!r}", f"after={after}"]
+
+
 def _check_seed(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -174,6 +192,11 @@ class TrainAdapterOptions(RecordFieldOptions):
                 "train_summary.json, each epoch's Spearman with the scores at the start "
                 "weights (one extra pass before training); repeatable (default: off)",
         "metavar": "NAME=DIR", "action": "extend"})
+    online_drop: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "with --online-score: from epoch N+1 on, leave out the samples whose running "
+                "score (their mean online sqsd over the epochs before) is in the top fraction "
+                "F; the left-out samples are named in the log and OUT/online/dropped.csv "
+                "(default: off)", "metavar": "top=F after=N", "action": "extend"})
     monitor_steps: int = option(10, "optimizer steps between two --monitor-direction "
                                 "measurements (one more at the end)", "N")
     monitor_threshold: list[str] = dataclasses.field(default_factory=list, metadata={
@@ -236,6 +259,7 @@ class TrainAdapterOptions(RecordFieldOptions):
         "device": _check_train_device,
         "monitor_direction": check_named_directions,
         "online_score": check_named_directions,
+        "online_drop": _check_online_drop,
         "monitor_steps": _positive,
         "monitor_threshold": _check_monitor_threshold,
         "monitor_action": lambda n, v: check_choice(n, v, MONITOR_ACTIONS),
@@ -259,6 +283,16 @@ class TrainAdapterOptions(RecordFieldOptions):
                 raise OptionError(name, f"{name} {getattr(self, name)} is the --out directory; "
                                         f"give a different directory")
         self._check_monitor()
+        if self.online_drop and not self.online_score:
+            raise OptionError("online_drop", "online_drop needs --online-score: the scores that decide "
+                                             "what is left out")
+
+    def online_drop_settings(self) -> tuple[float, int] | None:
+        """(top fraction, after epochs) of --online-drop, or None."""
+        if not self.online_drop:
+            return None
+        pairs = dict(item.split("=", 1) for item in self.online_drop)
+        return float(pairs["top"]), int(pairs["after"])
 
     def _check_monitor(self) -> None:
         monitored = self.monitor_directions()

@@ -62,6 +62,15 @@ class SampleFields:
             self._signature_columns = [*self._signature_columns,
                                        *(f for f in self.sample_fields if f not in self._signature_columns)]
 
+    def _get_train_sampler(self, train_dataset=None):
+        """A callback that decides which samples an epoch takes (the online drop) supplies
+        the sampler; otherwise the Trainer's own."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        for callback in self.callback_handler.callbacks:
+            if getattr(callback, "supplies_sampler", False):
+                return callback.make_sampler(dataset, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         fields = {k: inputs.pop(k) for k in self.sample_fields if k in inputs}

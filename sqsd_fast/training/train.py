@@ -85,6 +85,10 @@ def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
     if options.overwrite:        # an earlier run's drift files would pass for this run's
         for name in DRIFT_FILES:
             (state.path / name).unlink(missing_ok=True)
+    if options.online_drop and state.checkpoint is not None:
+        raise ValueError("--online-drop cannot --resume yet: the Trainer places a resumed run by full-length "
+                         "epochs, and the epochs the drop shortened would be misplaced; start over with "
+                         "--overwrite")
     if options.resume and state.checkpoint is None:
         say(f"--resume: no checkpoint in {state.path / outdir.CHECKPOINTS}; starting from "
             f"the beginning")
@@ -177,7 +181,9 @@ def build_online(options: TrainAdapterOptions, state, peft_model, data):
         return None
     from sqsd_fast.training.online import OnlineSQSD, score_at_start
     work = state.path / outdir.CHECKPOINTS / ONLINE_DIR
-    online = OnlineSQSD(options.online_directions(), out_dir=work)
+    drop = options.online_drop_settings()
+    online = OnlineSQSD(options.online_directions(), out_dir=work, drop_top=drop and drop[0],
+                        drop_after=drop[1] if drop else 1)
     if not (work / "start_scores.csv").is_file():
         score_at_start(peft_model, data.samples, options.online_directions(), data.tokenizer,
                        work / "start_scores.csv", batch_size=options.batch_size, max_length=options.max_length)
@@ -192,6 +198,7 @@ def online_summary(options: TrainAdapterOptions, state, online) -> dict | None:
     return {"directions": options.online_directions(), "rows_this_run": len(online.rows),
             "scores": str(state.path / ONLINE_DIR / "online_scores"),
             "summary": str(state.path / ONLINE_DIR / "online_summary.csv"),
+            "dropped": {str(e): v for e, v in online.dropped.items()},
             "spearman_with_start": stationarity(work)}
 
 
@@ -290,6 +297,10 @@ def fingerprint(options: TrainAdapterOptions, lora: dict, data) -> dict:
     """What decides the trained adapter: every option but NOT_FINGERPRINTED, paths and the
     data by content, and the LoRA settings actually used."""
     extra = {}
+    if options.online_drop:
+        # Which samples are left out follows the online scores: their directions count.
+        from sqsd_fast.io.checkpoint import path_fingerprint
+        extra["online_drop_scores"] = {n: path_fingerprint(d) for n, d in options.online_directions().items()}
     if options.monitor_action == "stop":
         # The monitor's thresholds decide where training ends; only then do they change
         # the adapter (see NOT_FINGERPRINTED). Without it the key is absent, as before.
