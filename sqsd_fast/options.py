@@ -162,6 +162,9 @@ class RunOptions(RecordFieldOptions):
     tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
     data_split: Optional[str] = option(None, "split of a datasets directory or hub "
                                        "dataset (default: train)", "SPLIT")
+    gradient_checkpointing: bool = option(False, "recompute each layer's forward in the backward: "
+                                          "less memory for long samples, about a third more "
+                                          "time; scores do not change")
     no_progress: bool = option(False, "no progress bar")
     quiet: bool = option(False, "no progress bar and no summary")
     COMMAND: ClassVar[str] = ""
@@ -169,7 +172,7 @@ class RunOptions(RecordFieldOptions):
     # output goes): left out of the resume fingerprint. Everything else is in it.
     NOT_FINGERPRINTED: ClassVar[frozenset] = frozenset(
         {"out", "batch_size", "max_tokens", "device", "backend", "resume", "no_progress",
-         "quiet"})
+         "quiet", "gradient_checkpointing"})
     # Fields naming files or directories: fingerprinted by content, not by their text.
     PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer")
     # Fields naming LoRA adapter directories: {field: what the adapter is}.

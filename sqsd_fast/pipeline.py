@@ -374,9 +374,18 @@ def fingerprint(options: RunOptions, prep: Prepared) -> dict:
 
 
 def load_scorer(options: RunOptions):
+    """The scorer of ``options``' command (:func:`_load_scorer`), with gradient checkpointing
+    when asked. The one place a model is loaded; tests replace it."""
+    scorer = _load_scorer(options)
+    if options.gradient_checkpointing and hasattr(scorer, "use_checkpointing"):
+        scorer.use_checkpointing(True)
+    return scorer
+
+
+def _load_scorer(options: RunOptions):
     """The library scorer of ``options``' command: an ``SQSDScorer`` for score and project,
-    a ``BaselineScorer`` for baseline. The one place a model is loaded; tests replace it
-    (with an SQSDScorer-shaped stand-in, ``sqsd_fast.testing.FakeScorer``)."""
+    a ``BaselineScorer`` for baseline (tests replace :func:`load_scorer` with an
+    SQSDScorer-shaped stand-in, ``sqsd_fast.testing.FakeScorer``)."""
     if isinstance(options, BaselineOptions):
         from sqsd_fast.influence.baselines import load_baseline_scorer
         return load_baseline_scorer(options)
@@ -416,7 +425,8 @@ def _load_anchored_scorer(options: RunOptions):
             max_length=options.max_length, response_tokens=options.anchor_response_tokens,
             dtype=options.dtype, device=options.device, backend=options.backend,
             batch_size=options.batch_size, max_tokens=options.max_tokens,
-            tokenizer=options.tokenizer, progress=options.progress, announce=not options.quiet)
+            tokenizer=options.tokenizer, progress=options.progress, announce=not options.quiet,
+            gradient_checkpointing=options.gradient_checkpointing)
         common = dict(backend=options.backend, tokenizer=inputs.tokenizer)
         if isinstance(options, ProjectOptions):
             return SQSDScorer.from_pretrained(inputs.model, danger_state=inputs.adapter,

@@ -21,6 +21,7 @@ class ModelSettings:
     def __init__(self, peft_model, scalings: dict[str, float] | None = None):
         self.model = peft_model
         self.scalings = dict(scalings or {})
+        self.checkpointing = False   # recompute each decoder layer in the backward (check_checkpointing)
 
     def _lora_layers(self, adapter: str):
         from peft.tuners.lora import LoraLayer
@@ -44,8 +45,11 @@ class ModelSettings:
             model.eval()
             for layer, _ in scaled:
                 layer.scaling[adapter] = self.scalings[adapter]
+            was_checkpointing = self._checkpointing_on() if self.checkpointing else None
             yield
         finally:
+            if self.checkpointing and was_checkpointing is False:
+                _base(model).activation_checkpointing_disable()
             for layer, value in scaled:
                 layer.scaling[adapter] = value
             if model.active_adapter != active:
@@ -54,3 +58,33 @@ class ModelSettings:
                 p.requires_grad_(flag)
             for m, flag in training:
                 m.training = flag
+
+    def check_checkpointing(self) -> None:
+        """Refuse a model that cannot recompute its layers, naming it."""
+        base = _base(self.model)
+        if not getattr(base, "supports_gradient_checkpointing", False) or not _checkpointed_layers(base):
+            raise ValueError(f"--gradient-checkpointing: {type(base).__name__} does not support gradient "
+                             "checkpointing (transformers' supports_gradient_checkpointing); score without it")
+
+    def _checkpointing_on(self) -> bool:
+        """Turn transformers' activation checkpointing on for the pass (non-reentrant: the
+        frozen weights need no input that requires grad) and put the decoder layers, and
+        only them, in training mode, which is when they checkpoint: every other module,
+        dropout included, stays in eval mode. Returns whether it was on before."""
+        base = _base(self.model)
+        layers = _checkpointed_layers(base)
+        was_on = any(layer.gradient_checkpointing for layer in layers)
+        if not was_on:
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        for layer in layers:
+            layer.training = True
+        return was_on
+
+
+def _base(peft_model):
+    return peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+
+
+def _checkpointed_layers(model) -> list:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]

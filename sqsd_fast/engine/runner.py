@@ -12,9 +12,11 @@ pass and given back unchanged (model_state.py).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 from sqsd_fast.data.tokenize import count_response_tokens
 from sqsd_fast.engine.model_state import ModelSettings
@@ -52,6 +54,15 @@ class BatchRunner:
         self.device = next(peft_model.parameters()).device
         self._loss_head = loss_head(peft_model)
 
+    def use_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each decoder layer's forward in the backward (gradient checkpointing):
+        the capture hooks take x and h from the recomputed forward, so the LoRA inputs of
+        every layer are not held through the whole pass. Scores do not change. A model
+        without checkpointing support is refused (``ValueError``)."""
+        if enabled:
+            self.settings.check_checkpointing()
+        self.settings.checkpointing = bool(enabled)
+
     def run(self, batch, adapter: str, modules: list[LoraModule], reducer: Reducer,
             weights: list[float] | None = None) -> BatchOutput:
         """One forward + backward of the samples of ``batch`` that have a response token,
@@ -80,8 +91,14 @@ class BatchRunner:
     def _forward_backward(self, samples, adapter, modules, reducer, weights):
         batch = pack_batch(samples, self.pad_token_id, self.device)
         reducer.start(BatchLayout(batch.rows, batch.cu_seqlens, batch.mask))
-        with self.settings.scoring(adapter), torch.enable_grad(), \
-                TapSession([(m.name, m.layer) for m in modules], adapter, reducer):
+        # With checkpointing, every layer must be recomputed to its end (torch stops a
+        # recomputation early once the tensors autograd saved are back, before the LoRA
+        # modules whose x and h the hooks take from it).
+        full_recompute = torch.utils.checkpoint.set_checkpoint_early_stop(False) \
+            if self.settings.checkpointing else contextlib.nullcontext()
+        with self.settings.scoring(adapter), torch.enable_grad(), full_recompute, \
+                TapSession([(m.name, m.layer) for m in modules], adapter, reducer,
+                           recomputed=self.settings.checkpointing):
             embeds = self.model.get_input_embeddings()(batch.input_ids).detach().requires_grad_(True)
             per_sample = response_loss(self.model, embeds, batch, self._loss_head)
             loss = per_sample if weights is None else \

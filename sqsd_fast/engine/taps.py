@@ -35,13 +35,16 @@ class _Tap:
                                "or reused layer); per-sample LoRA gradients need each module to run once")
         # Inside the backward, a forward is gradient checkpointing's recomputation of this
         # layer: the same x (dropout replays its random state), taken again.
-        self.x = args[0]
+        in_backward = torch._C._current_autograd_node() is not None
+        if in_backward or not self.session.recomputed:
+            self.x = args[0]
         output.register_hook(self.on_u)
 
     def on_B_forward(self, module, args, output):
         if not output.requires_grad:
             return
-        self.h = args[0]
+        if torch._C._current_autograd_node() is not None or not self.session.recomputed:
+            self.h = args[0]
         output.register_hook(self.on_e)
 
     def on_e(self, grad):
@@ -59,11 +62,15 @@ class TapSession:
     """Context manager: hooks on ``modules`` ([(name, peft LoRA layer)]) for ``adapter``.
 
     Inside it, one forward + backward calls ``reduce(slot, x, h, u, e)`` once per module
-    that the gradient reaches (slot = the module's position in ``modules``).
+    that the gradient reaches (slot = the module's position in ``modules``). ``recomputed``:
+    every module's layer is recomputed in the backward (gradient checkpointing), so the first
+    forward keeps no x or h: they are taken from the recomputation.
     """
 
-    def __init__(self, modules: list[tuple[str, nn.Module]], adapter: str, reduce: Reducer):
+    def __init__(self, modules: list[tuple[str, nn.Module]], adapter: str, reduce: Reducer, *,
+                 recomputed: bool = False):
         self.modules, self.adapter, self.reduce = modules, adapter, reduce
+        self.recomputed = recomputed
         self._handles: list = []
         self._taps: list[_Tap] = []
 

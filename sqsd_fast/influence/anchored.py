@@ -42,7 +42,8 @@ def model_digest(model) -> str:
 def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_files: dict[str, str],
                           fields, max_length: int, response_tokens, dtype: str, device: str,
                           backend: str, batch_size: int, max_tokens, tokenizer=None,
-                          progress: bool = True, announce: bool = True) -> AnchoredInputs:
+                          progress: bool = True, announce: bool = True,
+                          gradient_checkpointing: bool = False) -> AnchoredInputs:
     """Load ``model``, attach ``state`` (None: the cached fresh initialisation) and build or
     read every side's direction from ``anchors`` ({side: tokenized anchors of
     ``anchor_files[side]``})."""
@@ -58,6 +59,7 @@ def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_file
         return inputs
     stats = GradientStats(peft_model, adapter=adapter, tokenizer=tok, backend=backend,
                           batch_size=batch_size, max_tokens=max_tokens, max_length=max_length)
+    stats.use_checkpointing(gradient_checkpointing)
     state_digest = path_fingerprint(state)["digest"]
     for side, samples in anchors.items():
         key = direction_key(model_digest=digest, state_digest=state_digest,

@@ -55,6 +55,11 @@ class BaselineScorer:
         """The model the gradients run on (None for length and random: no model)."""
         return None if self.stats is None else self.stats.model
 
+    def use_checkpointing(self, enabled: bool = True) -> "BaselineScorer":
+        if self.stats is not None:
+            self.stats.use_checkpointing(enabled)
+        return self
+
     def iter_rows(self, samples, *, batch_size: int = 8, max_tokens: int | None = None,
                   skip_indices=frozenset(), progress: bool = False) -> Iterator[list[dict]]:
         """One list of rows per batch: index, score, n_tokens, n_response_tokens, status."""

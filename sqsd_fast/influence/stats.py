@@ -92,6 +92,11 @@ class GradientStats:
         peft_model.to(next(base.parameters()).device)
         return cls(peft_model, adapter=name, tokenizer=tokenizer, **kwargs)
 
+    def use_checkpointing(self, enabled: bool = True) -> "GradientStats":
+        """Gradient checkpointing for every pass (``BatchRunner.use_checkpointing``)."""
+        self.runner.use_checkpointing(enabled)
+        return self
+
     # ------------------------------------------------------------------ verbs
 
     def self_stats(self, samples, **kwargs) -> GradientResult:

@@ -137,6 +137,13 @@ class SQSDScorer:
         """The ``PeftModel`` the scorer runs (its states are adapters on it)."""
         return self.engine.model
 
+    def use_checkpointing(self, enabled: bool = True) -> "SQSDScorer":
+        """Gradient checkpointing for every pass: each decoder layer's forward is recomputed
+        in the backward and the capture hooks take x and h from it, so long samples need
+        less memory; the scores do not change. A model that cannot is refused."""
+        self.engine.runner.use_checkpointing(enabled)
+        return self
+
     @property
     def danger_directions(self) -> tuple[str, ...]:
         """The engine's names of the danger directions: "danger", then "danger_<name>"."""
