@@ -56,6 +56,8 @@ def check_model_path(path: str) -> None:
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
             raise ValueError(f"--model {path}: not a model directory (no config.json) or .gguf file")
+    elif p.suffix.lower() == ".gguf":
+        raise ValueError(f"--model {path}: file not found")
     elif looks_like_local_path(path):
         raise ValueError(f"--model {path}: directory not found")
     else:

@@ -1,5 +1,5 @@
 """The `sqsd-fast` command line: score, project, baseline, anchor-direction, subsets,
-filter, train-adapter, merge-adapter, evaluate.
+filter, train-adapter, merge-adapter, evaluate, fetch-model.
 
     sqsd-fast score --model BASE --danger-state A0 --danger-direction AD \\
                     --safety-direction AS --data train.jsonl --out scores.jsonl
@@ -19,8 +19,9 @@ import textwrap
 from typing import Sequence
 
 from sqsd_fast.evaluation.options import EvaluateOptions
-from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, FilterOptions, OptionError,
-                               ProjectOptions, RecordFieldOptions, ScoreOptions, SubsetsOptions)
+from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, FetchModelOptions, FilterOptions,
+                               OptionError, ProjectOptions, RecordFieldOptions, ScoreOptions,
+                               SubsetsOptions)
 from sqsd_fast.training.options import MergeAdapterOptions, TrainAdapterOptions
 
 PROG = "sqsd-fast"
@@ -30,7 +31,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 _OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions,
-            "filter": FilterOptions,
+            "filter": FilterOptions, "fetch-model": FetchModelOptions,
             "baseline": BaselineOptions, "anchor-direction": AnchorDirectionOptions,
             "train-adapter": TrainAdapterOptions, "merge-adapter": MergeAdapterOptions,
             "evaluate": EvaluateOptions}
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "data. Score a data set before fine-tuning on it; higher = riskier.",
         epilog="Try it: python -m sqsd_fast.demo (SmolLM2-135M; --toy: offline, seconds)\n"
                "Run '%(prog)s COMMAND --help' for each command's options.")
+    from sqsd_fast import __version__
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_command_parser_class())
     commands = {}
@@ -111,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
     """The command's options dataclass; a bad value is a usage error naming the option."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "fetch-model" and not argv[1].startswith("-"):
+        argv.insert(1, "--name")          # sqsd-fast fetch-model NAME
     args = parser.parse_args(argv)
     cls = _OPTIONS[args.command]
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
@@ -277,7 +283,8 @@ def _summary_line(row: dict, column: str, by_index: dict, n: int) -> str:
 _MODULE_COMMANDS = {"train-adapter": ("sqsd_fast.training", "train_adapter"),
                     "merge-adapter": ("sqsd_fast.training.merge", "merge_adapter"),
                     "anchor-direction": ("sqsd_fast.influence.anchor_direction", "anchor_direction"),
-                    "evaluate": ("sqsd_fast.evaluation", "evaluate")}
+                    "evaluate": ("sqsd_fast.evaluation", "evaluate"),
+                    "fetch-model": ("sqsd_fast.models.names", "fetch_model")}
 
 
 def run_module_command(options) -> int:
@@ -285,7 +292,7 @@ def run_module_command(options) -> int:
     module_name, function = _MODULE_COMMANDS[options.COMMAND]
     module = importlib.import_module(module_name)
     result = getattr(module, function)(options)
-    if not options.quiet:
+    if not getattr(options, "quiet", False):
         print(module.format_summary(result))
     return 0
 

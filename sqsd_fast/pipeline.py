@@ -114,6 +114,12 @@ def _run_locked(options: RunOptions, columns: dict) -> RunResult:
 
     prep = prepare(options)
     fp = fingerprint(options, prep)
+    finished = _finished_rows(options, columns, fp) if options.resume else None
+    if finished is not None:      # --resume of a run that already finished: its result, no rescoring
+        if not options.quiet:
+            print(f"resuming: {options.out} is already finished ({len(finished)} rows); nothing to score",
+                  file=sys.stderr)
+        return RunResult(options, finished, prep, n_resumed=len(finished))
     done = read_saved_rows(options.out, fp, options.resume)   # refuses before anything is written
     _check_saved_indices(done, prep, options.out)
     rows_by_index = {i: select_columns(row, columns) for i, row in done.items()}
@@ -223,6 +229,22 @@ def _score_into(checkpoint, options: RunOptions, columns: dict, samples, rows_by
         checkpoint.close()
         if not checkpoint.holds_rows():
             checkpoint.finish()   # nothing completed: nothing to resume, no trap on retry
+
+
+def _finished_rows(options: RunOptions, columns: dict, fp: dict) -> list[dict] | None:
+    """The rows of ``out`` when it is this very run, finished (its run record holds the same
+    fingerprint and no sidecar is left), typed as the run wrote them; else None."""
+    from sqsd_fast.io.checkpoint import read_run_record, sidecar_parts
+    from sqsd_fast.io.writers import read_rows
+    if not Path(options.out).is_file() or sidecar_parts(options.out):
+        return None
+    record = read_run_record(options.out)
+    import json
+    if record is None or record.get("fingerprint") != json.loads(json.dumps(fp, default=str)):
+        return None
+    cast = {"int": int, "float": float, "str": str}
+    return [{name: (None if row.get(name) is None else cast[kind](row[name])) for name, kind in columns.items()}
+            for row in read_rows(options.out)]
 
 
 def _check_saved_indices(done: dict, prep: Prepared, out: str) -> None:

@@ -124,7 +124,8 @@ def _check_seed(name, value):
 class TrainAdapterOptions(RecordFieldOptions):
     """``train-adapter``: LoRA supervised fine-tuning, loss on response tokens only."""
 
-    model: str = required_option("base model (directory or hub id) to put the LoRA on", "DIR")
+    model: str = required_option("base model to put the LoRA on: a directory, a hub id, a .gguf "
+                                 "file, or smollm2 / gemma3-270m", "DIR")
     data: str = required_option("training samples: .json, .jsonl, .csv, .parquet, a datasets "
                                 "save_to_disk directory, or a hub dataset name", "FILE")
     out: str = required_option("adapter output directory (peft adapter_config.json + "
