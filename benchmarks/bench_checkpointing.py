@@ -73,25 +73,68 @@ def main(argv=None) -> int:
     parser.add_argument("--one", nargs=2, metavar=("TOKENS", "on|off"))
     parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--note", default="", help="what else ran on the machine")
+    parser.add_argument("--min-available-gb", type=float, default=4.0,
+                        help="stop a configuration when the machine has less memory available")
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(one(int(args.one[0]), args.one[1] == "on")))
         return 0
     # build the cached state and anchor directions first, outside any measured process
     subprocess.run([sys.executable, __file__, "--one", "64", "off"], check=True, capture_output=True)
-    rows = []
     for n in args.tokens:
-        for mode in ("off", "on"):
-            done = subprocess.run([sys.executable, __file__, "--one", str(n), mode], check=True,
-                                  capture_output=True, text=True)
-            row = {**json.loads(done.stdout.strip().splitlines()[-1]), "note": args.note}
-            rows.append(row)
+        for mode in ("on", "off"):
+            row = {**guarded(n, mode, args.min_available_gb), "note": args.note}
             OUT.parent.mkdir(parents=True, exist_ok=True)
             with open(OUT, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if row["status"] != "ok":
+                print(f"{n:>6} tokens  checkpointing {mode:>3}: {row['status']} (peak {row['peak_rss_mb']} MB)")
+                continue
             print(f"{row['tokens']:>6} tokens  checkpointing {mode:>3}: pass {row['pass_mb']:>8.1f} MB  peak "
                   f"{row['peak_rss_mb']:>8.1f} MB  {row['seconds']:>7.1f} s  sqsd {row['sqsd']:+.6f}", flush=True)
     return 0
+
+
+def guarded(n: int, mode: str, min_available_gb: float) -> dict:
+    """One configuration in a child process, stopped (and recorded as such, with its peak so
+    far) when the machine's available memory falls below ``min_available_gb``: on a shared
+    machine the benchmark must not be what the kernel's OOM killer picks another job for."""
+    import time
+    child = subprocess.Popen([sys.executable, __file__, "--one", str(n), mode], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    peak_kb = 0
+    while child.poll() is None:
+        try:
+            peak_kb = max(peak_kb, _status_kb(child.pid, "VmHWM"))
+        except (OSError, KeyError):
+            pass
+        if _available_gb() < min_available_gb:
+            child.kill()
+            child.wait()
+            return {"tokens": n, "checkpointing": mode == "on", "status": f"stopped: less than "
+                    f"{min_available_gb:g} GB of the machine's memory left", "peak_rss_mb": round(peak_kb / 1024, 1),
+                    "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "device": "cpu"}
+        time.sleep(0.2)
+    out, err = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"configuration {n} {mode} failed:\n{err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _status_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _available_gb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return float("inf")
 
 
 if __name__ == "__main__":
