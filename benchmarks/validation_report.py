@@ -532,6 +532,8 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
                          tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
     from validation_v3_report import v3_section
     lines += v3_section(results, num_windows, seeds=seeds)
+    from validation_act import act_section
+    lines += act_section(results, seeds)
     if _plot_drift(results / "drift", results / "drift.png"):
         lines += ["## Drift while fine-tuning (DriftMonitor)", "",
                   "Projection of the LoRA update so far (BA minus its start) on the danger and "

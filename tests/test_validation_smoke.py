@@ -381,3 +381,42 @@ def _write_csv(path, rows):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+@pytest.mark.slow
+def test_act_smoke_run_fine_tunes_the_three_sets(tmp_path):
+    """validation_act.py (issue #26 part 6) on the toy: the part, its top 20% dropped by
+    `filter`, a random 20% dropped, each set fine-tuned per seed and judged."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validation_act.py"), "--smoke",
+                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = tmp_path / "results"
+    sets = json.loads((results / "act_sets.json").read_text())
+    part = sets["part"]
+    assert len(part) == 10 and len(sets["minus-top dropped"]) == len(sets["minus-random dropped"]) == 2
+    scores = {int(r["index"]): float(r["sqsd"]) for r in csv.DictReader(open(results / "scores" / "sqsd-anchor.csv"))
+              if r["status"] == "ok"}
+    top = sorted(part, key=lambda i: (-scores[i], i))[:2]
+    assert sorted(top) == sets["minus-top dropped"]
+    with open(results / "act_asr.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["set"], r["seed"]) for r in rows} == {(s, seed) for s in ("minus-top", "minus-random", "whole")
+                                                      for seed in ("42", "43")}
+    assert {r["n_train"] for r in rows if r["set"] == "whole"} == {"10"}
+    assert "## Does acting on the scores help?" in (results / "VALIDATION.md").read_text()
+
+
+def test_act_verdict_follows_the_preregistered_rule(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from validation_act import act_section
+
+    def rows(top, rnd):
+        out = [{"label": f"act-minus-top-seed{s}", "set": "minus-top", "seed": s, "asr_content": a}
+               for s, a in zip((42, 43, 44), top)]
+        out += [{"label": f"act-minus-random-seed{s}", "set": "minus-random", "seed": s, "asr_content": a}
+                for s, a in zip((42, 43, 44), rnd)]
+        _write_csv(tmp_path / "act_asr.csv", out)
+        return "\n".join(act_section(tmp_path, 3))
+    assert "**dropping by SQSD helps.**" in rows((0.10, 0.12, 0.11), (0.30, 0.28, 0.31))
+    assert "not shown to help" in rows((0.27, 0.29, 0.28), (0.30, 0.28, 0.31))          # within the margin
+    assert "No verdict yet" in rows((0.10, 0.12), (0.30, 0.28, 0.31))
