@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -59,13 +60,29 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path):
-    """(imported name, line) of every sqsd_fast import in ``path``."""
+# A string naming a module of the package, as importlib.import_module takes it.
+MODULE_STRING = re.compile(r"sqsd_fast(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _imports(path: Path, module: str | None = None):
+    """(imported name, line) of every sqsd_fast import in ``path`` (the module ``module``):
+    import statements, relative ones resolved, and strings naming a module of the package
+    (what ``importlib.import_module`` is given)."""
+    if module is None:
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            names = [f"{base}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_STRING.fullmatch(node.value):
+            names = [node.value]
         else:
             continue
         for name in names:
@@ -90,19 +107,36 @@ def test_every_module_belongs_to_a_layer_of_the_table():
     assert layers <= set(ALLOWED), f"layers missing from the table (and docs/CONTRACTS.md): {layers - set(ALLOWED)}"
 
 
-def test_imports_go_one_way():
-    modules = _modules()
+def _broken_imports(modules: dict[str, Path]) -> list[str]:
     broken = []
     for module, path in modules.items():
         source = _layer(module)
-        for name, line in _imports(path):
+        for name, line in _imports(path, module):
             if name == "sqsd_fast.__version__":
                 continue        # metadata, importable from anywhere
             # The compiled extension sqsd_fast._C is the ops layer's native half.
             target = "ops" if name.startswith("sqsd_fast._C") else _layer(_resolve(name, modules))
             if target != source and target not in ALLOWED[source]:
-                broken.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({source}) imports {name} ({target})")
+                where = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path.name
+                broken.append(f"{where}:{line} ({source}) imports {name} ({target})")
+    return broken
+
+
+def test_imports_go_one_way():
+    broken = _broken_imports(_modules())
     assert not broken, "imports that break docs/CONTRACTS.md:\n" + "\n".join(broken)
+
+
+def test_relative_and_string_imports_are_read_too(tmp_path):
+    """A planted relative import and a planted import_module string, each breaking the
+    table (the ops layer importing the pipeline and the CLI), are both caught."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("import importlib\nfrom ..pipeline import run\n"
+                       "CLI = importlib.import_module('sqsd_fast.cli')\n")
+    modules = {**_modules(), "sqsd_fast.ops.planted": planted}
+    broken = [b for b in _broken_imports(modules) if b.startswith("planted.py")]
+    assert any("imports sqsd_fast.pipeline.run (pipeline)" in b for b in broken), broken
+    assert any("imports sqsd_fast.cli (cli)" in b for b in broken), broken
 
 
 def test_no_import_circles():
