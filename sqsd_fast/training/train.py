@@ -185,8 +185,10 @@ def build_online(options: TrainAdapterOptions, state, peft_model, data):
     online = OnlineSQSD(options.online_directions(), out_dir=work, drop_top=drop and drop[0],
                         drop_after=drop[1] if drop else 1)
     if not (work / "start_scores.csv").is_file():
+        started = time.perf_counter()
         score_at_start(peft_model, data.samples, options.online_directions(), data.tokenizer,
                        work / "start_scores.csv", batch_size=options.batch_size, max_length=options.max_length)
+        online.start_pass_s = time.perf_counter() - started
     return online
 
 
@@ -196,6 +198,7 @@ def online_summary(options: TrainAdapterOptions, state, online) -> dict | None:
     from sqsd_fast.training.online import stationarity
     work = state.path / outdir.CHECKPOINTS / ONLINE_DIR
     return {"directions": options.online_directions(), "rows_this_run": len(online.rows),
+            "start_pass_s": round(getattr(online, "start_pass_s", 0.0), 1),
             "scores": str(state.path / ONLINE_DIR / "online_scores"),
             "summary": str(state.path / ONLINE_DIR / "online_summary.csv"),
             "dropped": {str(e): v for e, v in online.dropped.items()},
