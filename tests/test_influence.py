@@ -388,3 +388,14 @@ def test_readme_examples(assets):
     result = stats.self_stats(assets["data"])
     riskiest = sorted(result.rows(), key=lambda r: -(r["grad_sqnorm"] or 0.0))[:2]
     assert len(top) == 2 and len(riskiest) == 2 and riskiest[0]["grad_sqnorm"] >= riskiest[1]["grad_sqnorm"]
+
+
+def test_baseline_registry_matches_the_cli_choices_and_refuses_unknown_names():
+    from sqsd_fast.influence.baselines import GRADIENT_SCORES, PLAIN_SCORES, BaselineScorer
+    from sqsd_fast.options import GRADIENT_METHODS, METHODS, BaselineOptions
+    assert set(METHODS) == set(PLAIN_SCORES) | set(GRADIENT_SCORES)
+    assert set(GRADIENT_METHODS) == set(GRADIENT_SCORES)
+    options = BaselineOptions(model="m", method="length", data="d.jsonl", out="o.jsonl")
+    options.method = "lenght"          # set after the option checks, as a Python caller could
+    with pytest.raises(ValueError, match="unknown baseline method 'lenght'; known: length, random, self-inf"):
+        next(BaselineScorer(options).iter_rows([], batch_size=2))

@@ -34,7 +34,7 @@ from typing import Iterator
 
 from sqsd_fast.data.tokenize import count_response_tokens
 from sqsd_fast.engine.status import NO_RESPONSE_TOKENS, OK
-from sqsd_fast.options import GRADIENT_METHODS, BaselineOptions
+from sqsd_fast.options import BaselineOptions
 
 
 class BaselineScorer:
@@ -63,8 +63,8 @@ class BaselineScorer:
     def iter_rows(self, samples, *, batch_size: int = 8, max_tokens: int | None = None,
                   skip_indices=frozenset(), progress: bool = False) -> Iterator[list[dict]]:
         """One list of rows per batch: index, score, n_tokens, n_response_tokens, status."""
-        method = self.options.method
-        if method not in GRADIENT_METHODS:
+        method = check_method(self.options.method)
+        if method in PLAIN_SCORES:
             todo = [s for s in samples if s.index not in skip_indices]
             for start in range(0, len(todo), batch_size):
                 yield [self._row(s, self._plain_score(s), OK) for s in todo[start:start + batch_size]]
@@ -79,26 +79,10 @@ class BaselineScorer:
             yield [self._row(by_index[i], v, st) for i, v, st in zip(result.indices, values, result.status)]
 
     def _plain_score(self, sample) -> float:
-        if self.options.method == "length":
-            return float(count_response_tokens(sample.labels))
-        import numpy as np
-        return float(np.random.default_rng([self.options.seed, int(sample.index)]).random())
+        return PLAIN_SCORES[self.options.method](sample, self.options)
 
     def _gradient_scores(self, result) -> list[float]:
-        method, metric = self.options.method, self.options.metric
-        if method == "self-inf":
-            return result.grad_sqnorm.tolist()
-        if method == "self-inf-n":
-            n_resp = [float(n) for n in result.n_response_tokens]
-            return [math.log(g + 1.0) + math.log(n + 1.0) for g, n in zip(result.grad_sqnorm.tolist(), n_resp)]
-        if metric == "cosine":
-            sim = result.query_cosine
-        else:
-            sim = result.masked(result.query_dot)
-            if metric == "projection":
-                sim = sim / result.query_sqnorm.sqrt().unsqueeze(0)
-        score = sim[:, 0] - (sim[:, 1] if sim.shape[1] > 1 else 0.0)
-        return score.tolist()
+        return GRADIENT_SCORES[self.options.method](result, self.options)
 
     @staticmethod
     def _row(sample, value: float, status: str) -> dict:
@@ -110,10 +94,57 @@ class BaselineScorer:
                 "n_response_tokens": n_resp, "status": status}
 
 
+# ----------------------------------------------------------------------- the methods
+# One entry per method, the one place its score is defined: a plain method scores a sample
+# from its tokens alone, a gradient method a batch's GradientResult. The names are
+# options.METHODS (the CLI's choices); the test suite checks the two agree.
+
+
+def _length(sample, options) -> float:
+    return float(count_response_tokens(sample.labels))
+
+
+def _random(sample, options) -> float:
+    import numpy as np
+    return float(np.random.default_rng([options.seed, int(sample.index)]).random())
+
+
+def _self_inf(result, options) -> list[float]:
+    return result.grad_sqnorm.tolist()
+
+
+def _self_inf_n(result, options) -> list[float]:
+    n_resp = [float(n) for n in result.n_response_tokens]
+    return [math.log(g + 1.0) + math.log(n + 1.0) for g, n in zip(result.grad_sqnorm.tolist(), n_resp)]
+
+
+def _gradmatch(result, options) -> list[float]:
+    if options.metric == "cosine":
+        sim = result.query_cosine
+    else:
+        sim = result.masked(result.query_dot)
+        if options.metric == "projection":
+            sim = sim / result.query_sqnorm.sqrt().unsqueeze(0)
+    score = sim[:, 0] - (sim[:, 1] if sim.shape[1] > 1 else 0.0)
+    return score.tolist()
+
+
+PLAIN_SCORES = {"length": _length, "random": _random}
+GRADIENT_SCORES = {"self-inf": _self_inf, "self-inf-n": _self_inf_n, "gradmatch": _gradmatch}
+
+
+def check_method(method: str) -> str:
+    """``method`` if a baseline of that name exists; else a ValueError listing them."""
+    if method not in PLAIN_SCORES and method not in GRADIENT_SCORES:
+        raise ValueError(f"unknown baseline method {method!r}; known: "
+                         f"{', '.join([*PLAIN_SCORES, *GRADIENT_SCORES])}")
+    return method
+
+
 def load_baseline_scorer(options: BaselineOptions, tokenizer=None) -> BaselineScorer:
     """The model, the state and the anchors' gradients, only for the gradient methods.
     ``tokenizer``: the run's (default: loaded from --tokenizer or --model, as ``prepare``)."""
-    if options.method not in GRADIENT_METHODS:
+    if check_method(options.method) in PLAIN_SCORES:
         return BaselineScorer(options)
     from sqsd_fast.data.records import read_records
     from sqsd_fast.data.tokenize import load_tokenizer, tokenize_records
