@@ -166,8 +166,10 @@ def ranking(arm: str) -> str:
 
 
 def stage_arms(run: v.Run, p: V3) -> set[str]:
-    """Scores and windows of every arm that can run now (its name is returned), then its
-    outside check."""
+    """Scores, windows and outside check of every arm that can run now (its name is
+    returned). Each arm's outside check follows its pool scores at once (changed 2026-12-06,
+    after arm a's pool scores, from all pool scores first): a later session then never
+    retrains an arm's adapters only for its outside check. Neither is a fine-tune."""
     ready = set()
     for arm in ARMS:
         out = v.score_file(run, ranking(arm))
@@ -182,13 +184,12 @@ def stage_arms(run: v.Run, p: V3) -> set[str]:
             "subsets", "--scores", out, "--data", run.splits / "pool.jsonl", "--out-dir", windows,
             "--num", run.recipe.num_windows, "--window", run.recipe.window, "--column", "sqsd"))
         v.keep_windows(run, ranking(arm))
-        ready.add(arm)
-    for arm in sorted(ready, key=ARMS.index):
         for name in OUTSIDE:
-            out = _outside(run, arm, name)
-            if not scored(out):
-                score(run, f"v3 outside check {arm} {name}", prepare_arm(run, p, arm),
-                      run.splits / f"outside_{name}.jsonl", out)
+            outside = _outside(run, arm, name)
+            if not scored(outside):
+                score(run, f"v3 outside check {arm} {name}", args or prepare_arm(run, p, arm),
+                      run.splits / f"outside_{name}.jsonl", outside)
+        ready.add(arm)
     return ready
 
 
