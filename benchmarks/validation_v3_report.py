@@ -76,7 +76,9 @@ def _arms(rows, v2_rows, num_windows, seeds, expected) -> list[str]:
     numbers = v2_numbers(rows + randoms, num_windows, seeds, rankings=ARMS)
     crit = [[ARMS[k], _fmt(numbers[k]["gap"]) + (" (provisional)" if numbers[k]["provisional"] else ""),
              _fmt_p(numbers[k]["p"]), _fmt(numbers[k]["spearman"]), numbers[k]["verdict"],
-             _fmt(numbers[k]["over_random"])] for k in ARMS]
+             _fmt(numbers[k]["over_random"]) + (" (provisional)" if numbers[k]["provisional"]
+                                                 and numbers[k]["over_random"] is not None else "")]
+            for k in ARMS]
     lines += [f"v2's criterion per arm: gap ≥ {V2_CRITERION['gap']}, Welch one-sided p < {V2_CRITERION['p']}, "
               f"Spearman ≤ {V2_CRITERION['spearman']}. For scale, v2's gaps: gradient matching "
               f"{GRADMATCH_GAP}, SQSD-anchor {ANCHOR_V2_GAP}; v2's random mean {_fmt(numbers['random_mean'])}.", ""]
