@@ -43,9 +43,8 @@ class Prepared:
     samples: list            # list[TokenizedSample]
     n_truncated: int
     tokenizer: Any
-    # {side: anchor samples} of the directions built in the run, read and checked before any
-    # model loads; and (side, anchor index, data index) of anchors that are also scored samples
-    anchors: dict = dataclasses.field(default_factory=dict)
+    # {"side", "anchor", "data_index"} of every anchor that is also a scored sample (the
+    # anchor files are read and checked here, before any model loads)
     anchors_in_data: list = dataclasses.field(default_factory=list)
 
 
@@ -320,8 +319,7 @@ def check_paths(options: RunOptions) -> None:
                   "--safety-direction": getattr(options, "safety_direction", None),
                   "--direction": getattr(options, "direction", None)}
     if any(directions.values()):   # one made from anchors on another model is refused
-        from sqsd_fast.influence.anchor_direction import check_direction_model
-        from sqsd_fast.influence.anchored import model_digest
+        from sqsd_fast.influence.anchor_direction import check_direction_model, model_digest
         digest = model_digest(options.model)
         for option, path in directions.items():
             if path is not None:
@@ -361,7 +359,6 @@ def _prepare_anchors(options: RunOptions, prep: Prepared, model_dir) -> None:
                                       tokenizer=prep.tokenizer, max_length=options.max_length,
                                       response_tokens=options.anchor_response_tokens,
                                       vocab_size=model_vocab_size(model_dir))
-        prep.anchors[side] = anchors
         for anchor, sample in anchors_in_data(anchors, prep.samples):
             prep.anchors_in_data.append({"side": side, "anchor": anchor, "data_index": sample})
     if prep.anchors_in_data and not options.quiet:

@@ -20,6 +20,12 @@ from torch import nn
 Reducer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
+def _recomputing() -> bool:
+    """Whether a forward runs inside the backward: gradient checkpointing recomputing its
+    layer, with the same inputs (dropout replays its random state), taken again."""
+    return torch._C._current_autograd_node() is not None
+
+
 class _Tap:
     """One LoRA module's activations for one forward + backward."""
 
@@ -30,20 +36,18 @@ class _Tap:
     def on_A_forward(self, module, args, output):
         if not output.requires_grad:
             return          # no backward will reach it (evaluation, a reentrant checkpoint's first pass)
-        if self.x is not None and torch._C._current_autograd_node() is None:
+        recomputing = _recomputing()
+        if self.x is not None and not recomputing:
             raise RuntimeError(f"LoRA module {self.name} ran more than once in one forward pass (a shared "
                                "or reused layer); per-sample LoRA gradients need each module to run once")
-        # Inside the backward, a forward is gradient checkpointing's recomputation of this
-        # layer: the same x (dropout replays its random state), taken again.
-        in_backward = torch._C._current_autograd_node() is not None
-        if in_backward or not self.session.recomputed:
+        if recomputing or not self.session.recomputed:
             self.x = args[0]
         output.register_hook(self.on_u)
 
     def on_B_forward(self, module, args, output):
         if not output.requires_grad:
             return
-        if torch._C._current_autograd_node() is not None or not self.session.recomputed:
+        if not self.session.recomputed or _recomputing():
             self.h = args[0]
         output.register_hook(self.on_e)
 

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqsd_fast.data.records import read_records
@@ -86,6 +86,12 @@ def anchors_in_data(anchors: list, data: list) -> list[tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------- cache
+
+
+def model_digest(model) -> str:
+    """The model's content digest (a hub id: its name): what a direction records as its
+    model and what the cache keys start with."""
+    return path_fingerprint(model).get("digest") or f"name:{model}"
 
 
 def direction_key(*, model_digest, state_digest, anchors_digest, response_tokens, max_length,
@@ -184,7 +190,7 @@ def anchor_direction(options: AnchorDirectionOptions | None = None, /, **kwargs)
     n_used = sum(1 for s in anchors if count_response_tokens(s.labels) > 0)
     about = {"made_by": "sqsd-fast anchor-direction", "options": asdict(o),
              "anchors": os.fspath(o.anchors), "n_anchors": n_used, "n_records": len(anchors),
-             "model_digest": path_fingerprint(o.model).get("digest") or f"name:{o.model}",
+             "model_digest": model_digest(o.model),
              "formula": "D_m = -(mean G_B A + B mean G_A) at --state (alpha/r of the state kept in A, B as loaded)"}
     save_direction(direction, out, base_model=o.model, about=about)
     ranks = {int(f.A.shape[0]) for f in direction.values()}

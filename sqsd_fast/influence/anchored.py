@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqsd_fast.engine.loading import load_model_and_tokenizer, use_or_attach_state
-from sqsd_fast.influence.anchor_direction import cached_mean_update, direction_key
+from sqsd_fast.influence.anchor_direction import cached_mean_update, direction_key, model_digest
 from sqsd_fast.influence.stats import GradientStats
 from sqsd_fast.io.checkpoint import path_fingerprint
 from sqsd_fast.models.fresh_state import fresh_lora_state
@@ -31,12 +31,6 @@ class AnchoredInputs:
     state: Path                     # the state's directory (given, or the cached fresh one)
     tokenizer: Any
     directions: dict[str, Path] = field(default_factory=dict)   # side -> direction directory
-    cached: dict[str, bool] = field(default_factory=dict)       # side -> read from the cache
-
-
-def model_digest(model) -> str:
-    """The model's content digest (a hub id: its name), the cache keys' first part."""
-    return path_fingerprint(model).get("digest") or f"name:{model}"
 
 
 def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_files: dict[str, str],
@@ -65,8 +59,8 @@ def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_file
         key = direction_key(model_digest=digest, state_digest=state_digest,
                             anchors_digest=path_fingerprint(anchor_files[side], limit=None)["digest"],
                             response_tokens=response_tokens, max_length=max_length,
-                            fields=_fields(fields), dtype=dtype)
-        inputs.directions[side], inputs.cached[side] = cached_mean_update(
+                            fields=dataclasses.asdict(fields), dtype=dtype)
+        inputs.directions[side], _ = cached_mean_update(
             stats, samples, key, label=f"{side} anchors {anchor_files[side]}", response_tokens=response_tokens,
             progress=progress, announce=announce, base_model=str(model))
     return inputs
@@ -78,6 +72,3 @@ def _tokenizer(source):
     from sqsd_fast.data.tokenize import load_tokenizer
     return load_tokenizer(source, option="--tokenizer")
 
-
-def _fields(fields) -> dict:
-    return dataclasses.asdict(fields)
