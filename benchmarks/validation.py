@@ -806,6 +806,44 @@ def time_left(stages: list[dict], prefix: str, remaining: int) -> str:
     return f", about {remaining * median(seconds) / 3600:.1f} h left at {median(seconds) / 60:.1f} min each"
 
 
+# ------------------------------------------------------------------------ later rounds
+# v3 (validation_v3.py) and the act experiment (validation_act.py) start the same way: the
+# common options, then v1's model, splits and alignment (cached), then the frozen recipe.
+
+
+def round_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help="a toy model and a few samples")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--results-dir", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
+    return parser
+
+
+def aligned_run(args) -> Run:
+    """The run of ``round_parser``'s ``args`` with v1's model, splits and aligned model in
+    place (each stage cached)."""
+    from sqsd_fast.models.cache import cache_root
+    work = args.work_dir or cache_root() / ("validation-smoke" if args.smoke else "validation")
+    results = args.results_dir or (work / "results" if args.smoke else DEFAULT_RESULTS)
+    run = Run(recipe=SMOKE if args.smoke else FULL, work=work, results=results, data_dir=args.data_dir,
+              smoke=args.smoke)
+    work.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+    stage_model(run)
+    run.stage("splits", (run.splits / "pool.jsonl").exists() and (results / "splits.json").exists(),
+              lambda: stage_splits(run))
+    stage_align(run)
+    return run
+
+
+def frozen_training(run: Run) -> Training:
+    """v2's frozen fine-tune recipe (recipe.json); the toy run takes the smoke ladder's first rung."""
+    if run.smoke:
+        return SMOKE.ladder[0]
+    return Training(**json.loads((run.results / "recipe.json").read_text())["finetune"])
+
+
 # ------------------------------------------------------------------------ main
 
 

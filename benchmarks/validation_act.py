@@ -10,7 +10,6 @@ stage is a project command, cached, resumable.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import replace
@@ -117,28 +116,11 @@ def act_section(results: Path, seeds: int | None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--results-dir", type=Path, default=None)
-    parser.add_argument("--data-dir", type=Path, default=v.SHARED_DATA)
-    args = parser.parse_args(argv)
-    from sqsd_fast.models.cache import cache_root
-    work = args.work_dir or cache_root() / ("validation-smoke" if args.smoke else "validation")
-    results = args.results_dir or (work / "results" if args.smoke else v.DEFAULT_RESULTS)
-    run = v.Run(recipe=v.SMOKE if args.smoke else v.FULL, work=work, results=results, data_dir=args.data_dir,
-                smoke=args.smoke)
-    work.mkdir(parents=True, exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
-    v.stage_model(run)
-    run.stage("splits", (run.splits / "pool.jsonl").exists() and (results / "splits.json").exists(),
-              lambda: v.stage_splits(run))
-    v.stage_align(run)
+    args = v.round_parser(__doc__.splitlines()[0]).parse_args(argv)
+    run = v.aligned_run(args)
     if args.smoke:                  # the smoke run scores its own SQSD-anchor ranking first
         v.stage_anchor_direction(run)
-        training = v.SMOKE.ladder[0]
-    else:
-        training = v.Training(**json.loads((results / "recipe.json").read_text())["finetune"])
+    training = v.frozen_training(run)
     n = N_PART if not args.smoke else 10
     stage_finetunes(run, training, write_sets(run, n))
     v.write_report(run)

@@ -14,7 +14,6 @@ rerun continues where the last one stopped.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import subprocess
@@ -298,29 +297,13 @@ def stage_finetunes(run: v.Run, training: v.Training, arms: set[str]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a toy model and a few samples")
-    parser.add_argument("--work-dir", type=Path, default=None)
-    parser.add_argument("--results-dir", type=Path, default=None)
-    parser.add_argument("--data-dir", type=Path, default=v.SHARED_DATA)
+    parser = v.round_parser(__doc__.splitlines()[0])
     parser.add_argument("--until", choices=("scores", "all"), default="all",
                         help="stop after the arms' scores and outside checks (scores) or not")
     args = parser.parse_args(argv)
-    from sqsd_fast.models.cache import cache_root
-    work = args.work_dir or cache_root() / ("validation-smoke" if args.smoke else "validation")
-    results = args.results_dir or (work / "results" if args.smoke else v.DEFAULT_RESULTS)
-    run = v.Run(recipe=v.SMOKE if args.smoke else v.FULL, work=work, results=results,
-                data_dir=args.data_dir, smoke=args.smoke)
+    run = v.aligned_run(args)
     p = SMOKE if args.smoke else FULL
-    work.mkdir(parents=True, exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
-    v.stage_model(run)
-    run.stage("splits", (run.splits / "pool.jsonl").exists() and (results / "splits.json").exists(),
-              lambda: v.stage_splits(run))
-    v.stage_align(run)
-    # v2's frozen fine-tune recipe; the toy run takes the smoke ladder's first rung
-    training = v.SMOKE.ladder[0] if args.smoke else v.Training(
-        **json.loads((results / "recipe.json").read_text())["finetune"])
+    training = v.frozen_training(run)
     write_outside_and_harmbench(run, p)
     stage_sets(run, p)
     arms = stage_arms(run, p)
