@@ -1,18 +1,23 @@
 """Build driver: runs CMake (CMakeLists.txt describes the native code) and copies the built
 sqsd_fast._C library into the package.
 
-    pip install --no-build-isolation -e .
+    pip install .                          # builds against torch==2.13.0 (pyproject.toml)
+    pip install --no-build-isolation .     # builds against the torch already installed
+
+The wheel requires the torch minor release it was built with (a C++ extension is tied to
+torch's ABI), and its library carries no RUNPATH: `import torch` loads the libraries first.
 
 Environment:
     SQSD_FAST_NO_CUDA=1       skip the CUDA kernels even where nvcc and a CUDA torch exist
     MAX_JOBS=N                parallel compile jobs (default: all cores)
     TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (default: the visible GPUs, else torch's list)
     SQSD_FAST_BUILD_TYPE      CMake build type (default Release)
-    SQSD_FAST_BUILD_DIR       CMake build folder (default build/cmake)
+    SQSD_FAST_BUILD_DIR       CMake build folder (default build/cmake-<python>-<torch>-<hash>)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -79,12 +84,59 @@ def _cuda_architectures(torch) -> str:
     return ";".join(archs) or "native"
 
 
+def _torch_requirement() -> str:
+    """The torch this build links against, as a requirement: same minor release, not older.
+
+    A build without torch importable (`setup.py --help`, a metadata query) asks for any torch.
+    """
+    try:
+        import torch
+    except ImportError:
+        return "torch"
+    release = torch.__version__.split("+")[0]
+    major, minor = (int(part) for part in release.split(".")[:2])
+    return f"torch>={release},<{major}.{minor + 1}"
+
+
+_BUILD_KEY_FILE = "sqsd_fast_build_key.txt"
+
+
+def _build_key(torch) -> str:
+    """What a CMake cache depends on: the interpreter, the torch it finds and where it is."""
+    return "\n".join([sys.executable, sys.version, torch.__version__,
+                      str(Path(torch.__file__).resolve().parent)]) + "\n"
+
+
+def _build_dir(torch) -> Path:
+    """A CMake folder per interpreter and torch, kept between builds for quick rebuilds.
+
+    A CMake cache records absolute paths: reused by another interpreter or torch (a second
+    venv, pip's isolated build environment) it mixes two installs. Folders whose torch is
+    gone (pip removes its isolated environments) are deleted here.
+    """
+    if os.environ.get("SQSD_FAST_BUILD_DIR"):
+        return Path(os.environ["SQSD_FAST_BUILD_DIR"]).resolve()
+    key = _build_key(torch)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    release = torch.__version__.replace("+", "-")
+    root = ROOT / "build"
+    for stale in root.glob("cmake-*"):
+        recorded = stale / _BUILD_KEY_FILE
+        torch_dir = recorded.read_text().splitlines()[-1] if recorded.exists() else ""
+        if stale.is_dir() and not Path(torch_dir).is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    build_dir = root / f"cmake-py{sys.version_info[0]}{sys.version_info[1]}-torch{release}-{digest}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / _BUILD_KEY_FILE).write_text(key)
+    return build_dir
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         import torch  # a build requirement; imported late so `setup.py --help` works without it
 
-        # A fixed folder (not setuptools' temporary one) keeps rebuilds incremental.
-        build_dir = Path(os.environ.get("SQSD_FAST_BUILD_DIR", ROOT / "build" / "cmake")).resolve()
+        # A kept folder (not setuptools' temporary one) keeps rebuilds incremental.
+        build_dir = _build_dir(torch)
         build_dir.mkdir(parents=True, exist_ok=True)
         with_cuda = _cuda_wanted(torch)
         args = [
@@ -118,6 +170,8 @@ class CMakeBuild(build_ext):
 
 
 setup(
+    install_requires=[_torch_requirement(), "numpy", "transformers", "peft", "accelerate", "gguf",
+                      "datasets", "tqdm", "pyarrow", "matplotlib"],
     ext_modules=[CMakeExtension("sqsd_fast._C")],
     cmdclass={"build_ext": CMakeBuild},
 )
