@@ -51,6 +51,22 @@ def _nvcc_version(nvcc: str) -> str:
     return match.group(1) if match else "unknown"
 
 
+def _toolkit_gap(nvcc: str) -> str | None:
+    """What the CUDA toolkit beside nvcc lacks for linking against torch, or None.
+
+    torch's CMake config links the runtime and NVRTC; an nvcc-only install (enough for
+    `make cuda-check`) cannot link the extension.
+    """
+    home = Path(nvcc).resolve().parent.parent
+    libs = [home / "lib64", home / "lib", *home.glob("targets/*/lib")]
+    for needed in ("cudart", "nvrtc"):
+        if not any(next(folder.glob(f"lib{needed}.so*"), None) for folder in libs):
+            return f"no lib{needed}.so under {home}"
+    if not (home / "include" / "cuda_runtime.h").exists():
+        return f"no cuda_runtime.h under {home / 'include'}"
+    return None
+
+
 def _cuda_wanted(torch) -> bool:
     """CUDA kernels need nvcc and a CUDA build of torch (to link against), unless opted out."""
     if os.environ.get("SQSD_FAST_NO_CUDA", "0") not in ("", "0"):
@@ -60,6 +76,11 @@ def _cuda_wanted(torch) -> bool:
         return False
     # Kernels built by one CUDA major version next to a torch built for another would load
     # two CUDA runtimes into the process; build the CPU kernels only and say so.
+    gap = _toolkit_gap(nvcc)
+    if gap:
+        print(f"sqsd_fast: skipping the CUDA kernels: the CUDA toolkit is incomplete ({gap}); "
+              "point CUDA_HOME at a full toolkit.", file=sys.stderr)
+        return False
     nvcc_version = _nvcc_version(nvcc)
     if nvcc_version.split(".")[0] != torch.version.cuda.split(".")[0]:
         print(f"sqsd_fast: skipping the CUDA kernels: nvcc {nvcc_version} ({nvcc}) does not match "
@@ -148,7 +169,11 @@ class CMakeBuild(build_ext):
         env = dict(os.environ)
         if with_cuda:
             archs = _cuda_architectures(torch)
-            args += [f"-DCMAKE_CUDA_COMPILER={_find_nvcc()}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
+            nvcc = Path(_find_nvcc()).resolve()
+            # torch's CMake config looks for the toolkit with CMake's old FindCUDA, which
+            # guesses its root from PATH; name the root of the nvcc chosen here instead.
+            args += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
+                     f"-DCUDA_TOOLKIT_ROOT_DIR={nvcc.parent.parent}"]
             # torch's own CMake adds -gencode flags from this list; keep both in agreement.
             if archs != "native":
                 env.setdefault("TORCH_CUDA_ARCH_LIST",
