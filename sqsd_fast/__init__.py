@@ -36,6 +36,10 @@ def __getattr__(name: str):
         from sqsd_fast import pipeline
 
         return getattr(pipeline, name)
+    if name == "run_command":
+        from sqsd_fast.commands import run_command
+
+        return run_command
     raise AttributeError(f"module 'sqsd_fast' has no attribute {name!r}")
 
 
@@ -54,5 +58,6 @@ __all__ = [
     "project_directions",
     "project_file",
     "resolve_backend",
+    "run_command",
     "score_file",
 ]

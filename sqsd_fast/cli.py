@@ -4,9 +4,9 @@ filter, train-adapter, merge-adapter, evaluate, fetch-model.
     sqsd-fast score --model BASE --danger-state A0 --danger-direction AD \\
                     --safety-direction AS --data train.jsonl --out scores.jsonl
 
-Argument parsing and printing only: each command's options are a dataclass (registered in
-_OPTIONS; the parser is built from it) and the work is done by a module Python users call
-too (pipeline, subsets, training, training.merge, evaluation, influence.anchor_direction).
+Argument parsing and printing only: the commands, their options dataclasses (the parser is
+built from them), the functions that run them (which Python users call too) and their
+summaries are one table, sqsd_fast.commands.
 Every error prints one line to stderr with a non-zero exit code (the README lists them).
 """
 from __future__ import annotations
@@ -18,11 +18,9 @@ import sys
 import textwrap
 from typing import Sequence
 
-from sqsd_fast.evaluation.options import EvaluateOptions
-from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, FetchModelOptions, FilterOptions,
-                               OptionError, ProjectOptions, RecordFieldOptions, ScoreOptions,
-                               SubsetsOptions)
-from sqsd_fast.training.options import MergeAdapterOptions, TrainAdapterOptions
+from sqsd_fast.commands import COMMANDS, command
+from sqsd_fast.options import OptionError, RecordFieldOptions
+from sqsd_fast.training.options import TrainAdapterOptions
 
 PROG = "sqsd-fast"
 RECORD_FIELDS = {f.name for f in dataclasses.fields(RecordFieldOptions)}
@@ -30,11 +28,6 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-_OPTIONS = {"score": ScoreOptions, "project": ProjectOptions, "subsets": SubsetsOptions,
-            "filter": FilterOptions, "fetch-model": FetchModelOptions,
-            "baseline": BaselineOptions, "anchor-direction": AnchorDirectionOptions,
-            "train-adapter": TrainAdapterOptions, "merge-adapter": MergeAdapterOptions,
-            "evaluate": EvaluateOptions}
 FIELD_NAMES_NOTE = (
     "Records are instruction form (instruction, optional context/input, response/output), "
     "chat form (messages; the last assistant turn is the response) or pre-tokenized "
@@ -104,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_command_parser_class())
     commands = {}
-    for name, cls in _OPTIONS.items():
+    for name, entry in COMMANDS.items():
+        cls = entry.options
         commands[name] = sub.add_parser(
             name, dataclass_types=cls, formatter_class=_Formatter, help=cls.HELP,
             description=cls.DESCRIPTION, epilog=getattr(cls, "EPILOG", None))
@@ -118,7 +112,7 @@ def parse_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
     if len(argv) > 1 and argv[0] == "fetch-model" and not argv[1].startswith("-"):
         argv.insert(1, "--name")          # sqsd-fast fetch-model NAME
     args = parser.parse_args(argv)
-    cls = _OPTIONS[args.command]
+    cls = COMMANDS[args.command].options
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
     try:
         return cls(**values)
@@ -144,12 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parse_options(parser, argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
-    commands = {"score": run_scoring, "project": run_scoring, "baseline": run_scoring,
-                "subsets": run_subsets, "filter": run_filter,
-                **dict.fromkeys(_MODULE_COMMANDS, run_module_command)}
     previous = _install_handlers()
     try:
-        return commands[options.COMMAND](options)
+        return run_command(options)
     except KeyboardInterrupt:
         _error("interrupted" + _resume_hint(options))
         return EXIT_INTERRUPTED
@@ -219,121 +210,18 @@ def _resume_hint(options) -> str:
 # -------------------------------------------------------------------------- commands
 
 
-def run_scoring(options) -> int:
-    from sqsd_fast import pipeline
-    from sqsd_fast.ranking import sort_scored
-    result = pipeline.run(options)
-    if not result.is_main:   # rank 0 of a multi-process run has the rows, and reports
+def run_command(options) -> int:
+    """Run the command (sqsd_fast.commands) and print its summary; the exit code."""
+    entry = command(options.COMMAND)
+    result = entry.runner()(options)
+    if not getattr(result, "is_main", True):   # rank 0 of a multi-process run reports
         return 0
-    if not options.quiet:
-        print_summary(result)
-    if not sort_scored(result.rows, result.column):
-        statuses = sorted({r["status"] for r in result.rows})
-        _error(f"no sample could be scored (status: {', '.join(statuses)}); {options.out} lists "
-               f"the status of each")
-        return EXIT_ERROR
-    return 0
-
-
-def print_summary(result) -> None:
-    import numpy as np
-
-    from sqsd_fast.ranking import sort_scored
-    options, rows, column = result.options, result.rows, result.column
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(f"{PROG} {options.COMMAND}: {len(rows)} samples from {options.data} -> "
-          f"{options.out} (metric {options.metric})")
-    print("  status:  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    for name, what in (options.sources().items() if hasattr(options, "sources") else ()):
-        print(f"  {name.replace('_', ' ')}: {what}")
-    if result.prepared.anchors_in_data:
-        print(f"  anchors that are also samples of --data: {len(result.prepared.anchors_in_data)} "
-              f"(listed in {options.out}.meta.json)")
-    print(f"  truncated to --max-length {options.max_length}: {result.prepared.n_truncated}")
-    scored = sort_scored(rows, column)
-    if not scored:
-        print("  no sample could be scored")
-        return
-    qs = np.quantile(np.array([r[column] for r in scored]), [0.0, 0.25, 0.5, 0.75, 1.0])
-    print(f"  {column}:  min {qs[0]:+.4g}  25% {qs[1]:+.4g}  median {qs[2]:+.4g}  "
-          f"75% {qs[3]:+.4g}  max {qs[4]:+.4g}")
-    by_index = {r.index: r for r in result.prepared.records}
-    k = min(3, len(scored))
-    print(f"  highest {column}" + (" (riskiest first):" if column == "sqsd" else ":"))
-    for r in scored[:k]:
-        print(_summary_line(r, column, by_index, len(scored)))
-    if len(scored) > k:
-        print(f"  lowest {column}:")
-        for r in scored[max(k, len(scored) - k):]:
-            print(_summary_line(r, column, by_index, len(scored)))
-
-
-def _summary_line(row: dict, column: str, by_index: dict, n: int) -> str:
-    rank = row.get("rank")
-    rank_text = f"#{rank:<{len(str(n))}} " if rank is not None else ""
-    record = by_index.get(row["index"])
-    snippet = record.snippet(60) if record is not None else ""
-    return f"    {rank_text}{row[column]:+.4f}  [index {row['index']}]  {snippet}"
-
-
-# Commands that are one call of a module Python users call too: (module, function); each
-# module's format_summary(result) describes the result.
-_MODULE_COMMANDS = {"train-adapter": ("sqsd_fast.training", "train_adapter"),
-                    "merge-adapter": ("sqsd_fast.training.merge", "merge_adapter"),
-                    "anchor-direction": ("sqsd_fast.influence.anchor_direction", "anchor_direction"),
-                    "evaluate": ("sqsd_fast.evaluation", "evaluate"),
-                    "fetch-model": ("sqsd_fast.models.names", "fetch_model")}
-
-
-def run_module_command(options) -> int:
-    import importlib
-    module_name, function = _MODULE_COMMANDS[options.COMMAND]
-    module = importlib.import_module(module_name)
-    result = getattr(module, function)(options)
     if not getattr(options, "quiet", False):
-        print(module.format_summary(result))
-    return 0
-
-
-def run_subsets(options: SubsetsOptions) -> int:
-    from sqsd_fast.subsets import write_subsets
-    summary = write_subsets(options.scores, options.data, options.out_dir, num=options.num,
-                            window=options.window, column=options.column,
-                            data_split=options.data_split)
-    column = summary["column"]
-    print(f"{PROG} subsets: {summary['n_scored']} scored samples, {len(summary['subsets'])} "
-          f"windows of {summary['window']} -> {options.out_dir}/")
-    for s in summary["subsets"]:
-        print(f"  {s['name']}: ranks {s['start'] + 1}-{s['stop']}  mean {column} "
-              f"{s['mean_score']:+.4f}  -> {s['file']}")
-    print(f"  plot: {os.path.join(options.out_dir, 'subsets.png')}")
-    if not summary["data_checked"]:
-        print(f"  note: {options.scores} has no run record (.meta.json beside it), so it could not "
-              f"be checked that --data is the file that was scored")
-    return 0
-
-
-def run_filter(options: FilterOptions) -> int:
-    from sqsd_fast.filtering import filter_data
-    result = filter_data(options.scores, options.data, options.out, drop_top=options.drop_top,
-                         max_score=options.max_score, weight_column=options.weight_column,
-                         column=options.column, data_split=options.data_split)
-    if options.quiet:
-        return 0
-    kept = (f"{result.n_records} records with {options.weight_column} = 0 for the dropped"
-            if options.weight_column else f"{result.n_kept} of {result.n_records} records kept")
-    print(f"{PROG} filter: dropped {result.rule} by {result.column} -> {options.out} ({kept})")
-    if result.dropped:
-        print(f"  dropped scores from {result.dropped[0]['score']:+.4f} down to {result.threshold:+.4f}; "
-              f"indices: {', '.join(str(d['index']) for d in result.dropped[:10])}"
-              + (" ..." if result.n_dropped > 10 else ""))
-    print(f"  unscored records kept: {result.n_records - result.n_scored}; every dropped index and "
-          f"score: {result.summary_path}")
-    if not result.data_checked:
-        print(f"  note: {options.scores} has no run record (.meta.json beside it), so it could not "
-              f"be checked that --data is the file that was scored")
+        print(entry.summarizer()(result))
+    failure = getattr(result, "failure", None)
+    if failure:
+        _error(failure)
+        return EXIT_ERROR
     return 0
 
 

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqsd_fast.choices import parse_drop_top
-from sqsd_fast.subsets import check_indices_in_data, check_scored_data, read_score_rows, scored_order
+from sqsd_fast.subsets import (check_indices_in_data, check_scored_data, read_score_rows, scored_order,
+                               unchecked_note)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class FilterResult:
     threshold: float | None = None    # the lowest score dropped (None: nothing dropped)
     weight_column: str | None = None
     data_checked: bool = False        # the scores' run record confirmed the data file
+    scores: str | None = None         # the score file the ranking came from
 
     @property
     def n_dropped(self) -> int:
@@ -110,8 +112,31 @@ def filter_data(scores, data, out, *, drop_top=None, max_score: float | None = N
     write_rows(out, rows, formats=DATA_FORMATS)
     result = FilterResult(out, column, rule, len(raw.rows), len(order),
                           [{"index": i, "score": s} for i, s in dropped],
-                          dropped[-1][1] if dropped else None, weight_column, checked)
-    record = {"scores": str(scores), "data": str(data), **{k: v for k, v in asdict(result).items() if k != "out"},
+                          dropped[-1][1] if dropped else None, weight_column, checked, str(scores))
+    record = {"data": str(data), **{k: v for k, v in asdict(result).items() if k != "out"},
               "out": str(out), "n_kept": result.n_kept, "n_dropped": result.n_dropped}
     atomic_write_text(summary_path(out), json.dumps(record, indent=1) + "\n")
     return result
+
+
+def run_filter(options) -> FilterResult:
+    """``sqsd-fast filter``: :func:`filter_data` with a ``FilterOptions``' values."""
+    return filter_data(options.scores, options.data, options.out, drop_top=options.drop_top,
+                       max_score=options.max_score, weight_column=options.weight_column,
+                       column=options.column, data_split=options.data_split)
+
+
+def format_summary(result: FilterResult) -> str:
+    """What :func:`filter_data` dropped, in a few lines."""
+    kept = (f"{result.n_records} records with {result.weight_column} = 0 for the dropped"
+            if result.weight_column else f"{result.n_kept} of {result.n_records} records kept")
+    lines = [f"sqsd-fast filter: dropped {result.rule} by {result.column} -> {result.out} ({kept})"]
+    if result.dropped:
+        lines.append(f"  dropped scores from {result.dropped[0]['score']:+.4f} down to {result.threshold:+.4f}; "
+                     f"indices: {', '.join(str(d['index']) for d in result.dropped[:10])}"
+                     + (" ..." if result.n_dropped > 10 else ""))
+    lines.append(f"  unscored records kept: {result.n_records - result.n_scored}; every dropped index and "
+                 f"score: {result.summary_path}")
+    if not result.data_checked:
+        lines.append(unchecked_note(result.scores))
+    return "\n".join(lines)

@@ -209,6 +209,27 @@ class RunOptions(RecordFieldOptions):
         return {name: getattr(self, name) for name in self.ADAPTER_FIELDS
                 if getattr(self, name) is not None}
 
+    # The sides whose direction this command can build from anchors in the run (their
+    # files' digests are then part of the fingerprint, also when none is built).
+    ANCHOR_SIDES: ClassVar[tuple] = ()
+
+    def anchor_files(self) -> dict[str, str]:
+        """{side: anchor file} of the directions built in this run from anchors."""
+        return {}
+
+    def anchor_options(self) -> dict[str, str]:
+        """The option naming each side's anchors, for messages."""
+        return {}
+
+    def scoring_state(self) -> str | None:
+        """The LoRA state the updates are taken at (None: the cached fresh initialisation)."""
+        return getattr(self, "state", None)
+
+    def sources(self) -> dict[str, str]:
+        """What each input of the run is, in words (the summary and OUT.meta.json); {}: none
+        worth naming."""
+        return {}
+
 
 @dataclass(kw_only=True)
 class _ScoreInputs:
@@ -295,6 +316,27 @@ class ScoreOptions(RunOptions, _ScoreInputs):
                                   "direction is projected at --danger-state's own scaling; this option "
                                   "goes with --safety-direction only")
 
+    ANCHOR_SIDES: ClassVar[tuple] = ("danger", "safety")
+
+    def scoring_state(self) -> str | None:
+        return self.danger_state
+
+    def anchor_options(self) -> dict[str, str]:
+        return {side: f"--{side}-anchors" if getattr(self, f"{side}_anchors", None) else
+                f"the shipped {side} anchors" for side in self.ANCHOR_SIDES}
+
+    def scorer_inputs(self, state, built: dict) -> dict:
+        """``SQSDScorer.from_pretrained``'s state and direction arguments: the given adapters,
+        ``state`` (the scoring state, maybe the fresh one) and the directions ``built`` from
+        anchors ({side: direction}); the anchors' safety direction is taken at ``state``."""
+        anchored_safety = self.safety_direction is None
+        return dict(
+            danger_state=state, danger_direction=self.danger_direction or built["danger"],
+            safety_state=state if anchored_safety else self.safety_state or self.safety_direction,
+            safety_direction=built["safety"] if anchored_safety else self.safety_direction,
+            safety_state_scaling=None if anchored_safety else self.safety_state_scaling,
+            more_danger_directions=self.more_danger_directions())
+
     def anchor_files(self) -> dict[str, str]:
         """{side: anchor file} of the directions built in the run: the given files, or the
         shipped sets where a side has neither a direction nor anchors."""
@@ -362,8 +404,17 @@ class ProjectOptions(RunOptions, _ProjectInputs):
             raise OptionError("direction", "direction: give --direction (an adapter directory) or "
                                            "--anchors (examples), exactly one")
 
+    ANCHOR_SIDES: ClassVar[tuple] = ("danger",)
+
     def anchor_files(self) -> dict[str, str]:
         return {"danger": self.anchors} if self.anchors is not None else {}
+
+    def anchor_options(self) -> dict[str, str]:
+        return {"danger": "--anchors"}
+
+    def scorer_inputs(self, state, built: dict) -> dict:
+        """``SQSDScorer.from_pretrained``'s state and direction arguments (see ScoreOptions)."""
+        return dict(danger_state=state, danger_direction=self.direction or built["danger"])
 
     def sources(self) -> dict[str, str]:
         from sqsd_fast.models.fresh_state import DESCRIPTION

@@ -69,6 +69,16 @@ class RunResult:
         """Whether this result holds the rows (always, unless a rank other than 0)."""
         return self.rank == 0
 
+    @property
+    def failure(self) -> str | None:
+        """Why the run failed although it finished: no sample could be scored; else None."""
+        from sqsd_fast.ranking import sort_scored
+        if not self.is_main or sort_scored(self.rows, self.column):
+            return None
+        statuses = sorted({r["status"] for r in self.rows})
+        return (f"no sample could be scored (status: {', '.join(statuses)}); {self.options.out} lists "
+                f"the status of each")
+
 
 def score_file(options: ScoreOptions | None = None, /, **kwargs) -> RunResult:
     """SQSD scores of every record of ``data`` written to ``out`` (see :class:`ScoreOptions`)."""
@@ -268,7 +278,7 @@ def _write_output(options: RunOptions, columns: dict, prep: Prepared, rows_by_in
         add_ranks(rows, options.SCORE_COLUMN)
     write_rows(options.out, rows, columns)
     about = {}
-    if hasattr(options, "sources"):
+    if options.sources():
         about = {"inputs": options.sources(), "anchors_in_data": prep.anchors_in_data}
     write_run_record(options.out, fp, len(rows), **about)
     delete_sidecars(options.out)
@@ -352,8 +362,8 @@ def _prepare_anchors(options: RunOptions, prep: Prepared, model_dir) -> None:
     and name every anchor that is also a sample of --data."""
     from sqsd_fast.influence.anchor_direction import (anchors_in_data, model_vocab_size,
                                                       read_anchor_samples)
-    files = options.anchor_files() if hasattr(options, "anchor_files") else {}
-    option_of = _anchor_options(options)
+    files = options.anchor_files()
+    option_of = options.anchor_options()
     for side, path in files.items():
         anchors = read_anchor_samples(path, option=option_of[side], fields=options.field_names(),
                                       tokenizer=prep.tokenizer, max_length=options.max_length,
@@ -369,20 +379,12 @@ def _prepare_anchors(options: RunOptions, prep: Prepared, model_dir) -> None:
               file=sys.stderr)
 
 
-def _anchor_options(options: RunOptions) -> dict[str, str]:
-    """The option that names each side's anchors, for messages ("the shipped set" where none)."""
-    if isinstance(options, ProjectOptions):
-        return {"danger": "--anchors"}
-    return {side: f"--{side}-anchors" if getattr(options, f"{side}_anchors", None) else
-            f"the shipped {side} anchors" for side in ("danger", "safety")}
-
-
 def fingerprint(options: RunOptions, prep: Prepared) -> dict:
     """What identifies a run's results: every option that can change a score (paths by
     content), the command and the number of samples."""
     from sqsd_fast.io.checkpoint import path_fingerprint
     extra = {}
-    if hasattr(options, "anchor_files"):   # the shipped sets too: a new package version may change them
+    if options.ANCHOR_SIDES:   # the shipped sets too: a new package version may change them
         extra["anchor_files"] = {side: path_fingerprint(path)["digest"]
                                  for side, path in options.anchor_files().items()}
     return options.fingerprint(whole_file="data", whole_file_is_local=prep.raw.path is not None,
@@ -402,63 +404,59 @@ def load_scorer(options: RunOptions):
 
 
 def _load_scorer(options: RunOptions):
-    """The library scorer of ``options``' command: an ``SQSDScorer`` for score and project,
-    a ``BaselineScorer`` for baseline (tests replace :func:`load_scorer` with an
+    """The library scorer of ``options``' command (tests replace :func:`load_scorer` with an
     SQSDScorer-shaped stand-in, ``sqsd_fast.testing.FakeScorer``)."""
-    if isinstance(options, BaselineOptions):
-        from sqsd_fast.influence.baselines import load_baseline_scorer
-        return load_baseline_scorer(options)
-    from sqsd_fast.quiet import quiet_libraries
-    from sqsd_fast.scoring.scorer import SQSDScorer
-    if options.anchor_files() or _state_of(options) is None:
-        return _load_anchored_scorer(options)
-    common = dict(dtype=options.dtype, device=options.device, backend=options.backend)
-    with quiet_libraries():
-        if isinstance(options, ScoreOptions):
-            return SQSDScorer.from_pretrained(
-                options.model, danger_state=options.danger_state,
-                danger_direction=options.danger_direction,
-                safety_state=options.safety_state or options.safety_direction,
-                safety_direction=options.safety_direction,
-                safety_state_scaling=options.safety_state_scaling,
-                more_danger_directions=options.more_danger_directions(), **common)
-        return SQSDScorer.from_pretrained(options.model, danger_state=options.state,
-                                          danger_direction=options.direction, **common)
+    return _scoring(options)[0](options)
 
 
-def _state_of(options: RunOptions):
-    return options.danger_state if isinstance(options, ScoreOptions) else options.state
-
-
-def _load_anchored_scorer(options: RunOptions):
-    """An ``SQSDScorer`` whose state may be the cached fresh initialisation and whose
-    directions may come from anchors (built at that state, cached): the model is loaded
-    once, for both."""
+def _load_sqsd_scorer(options: RunOptions):
+    """An ``SQSDScorer`` (score, project) at the given state and directions; where the state
+    is the cached fresh initialisation or directions come from anchors (built at that state,
+    cached), the model is loaded once, for both."""
     from sqsd_fast.influence.anchored import build_anchored_inputs
     from sqsd_fast.quiet import quiet_libraries
     from sqsd_fast.scoring.scorer import SQSDScorer
     with quiet_libraries():
+        if not options.anchor_files() and options.scoring_state() is not None:
+            return SQSDScorer.from_pretrained(
+                options.model, dtype=options.dtype, device=options.device, backend=options.backend,
+                **options.scorer_inputs(options.scoring_state(), {}))
         inputs = build_anchored_inputs(
-            model=options.model, state=_state_of(options), anchors=_read_anchors_again(options),
+            model=options.model, state=options.scoring_state(), anchors=_read_anchors_again(options),
             anchor_files=options.anchor_files(), fields=options.field_names(),
             max_length=options.max_length, response_tokens=options.anchor_response_tokens,
             dtype=options.dtype, device=options.device, backend=options.backend,
             batch_size=options.batch_size, max_tokens=options.max_tokens,
             tokenizer=options.tokenizer, progress=options.progress, announce=not options.quiet,
             gradient_checkpointing=options.gradient_checkpointing)
-        common = dict(backend=options.backend, tokenizer=inputs.tokenizer)
-        if isinstance(options, ProjectOptions):
-            return SQSDScorer.from_pretrained(inputs.model, danger_state=inputs.adapter,
-                                              danger_direction=options.direction or inputs.directions["danger"],
-                                              **common)
-        anchored_safety = options.safety_direction is None
-        return SQSDScorer.from_pretrained(
-            inputs.model, danger_state=inputs.adapter,
-            danger_direction=options.danger_direction or inputs.directions["danger"],
-            safety_state=inputs.adapter if anchored_safety else options.safety_state or options.safety_direction,
-            safety_direction=inputs.directions["safety"] if anchored_safety else options.safety_direction,
-            safety_state_scaling=None if anchored_safety else options.safety_state_scaling,
-            more_danger_directions=options.more_danger_directions(), **common)
+        return SQSDScorer.from_pretrained(inputs.model, backend=options.backend, tokenizer=inputs.tokenizer,
+                                          **options.scorer_inputs(inputs.adapter, inputs.directions))
+
+
+def _load_baseline_scorer(options: RunOptions):
+    from sqsd_fast.influence.baselines import load_baseline_scorer
+    return load_baseline_scorer(options)
+
+
+def _as_run_scorer(options: RunOptions, scorer) -> RunScorer:
+    return SQSDRun(scorer, options)
+
+
+def _baseline_is_a_run_scorer(options: RunOptions, scorer) -> RunScorer:
+    return scorer
+
+
+# Each scoring command: how its scorer is loaded and put behind the RunScorer protocol (the
+# pipeline's one per-command choice; the options classes say the rest).
+_SCORERS = {"score": (_load_sqsd_scorer, _as_run_scorer),
+            "project": (_load_sqsd_scorer, _as_run_scorer),
+            "baseline": (_load_baseline_scorer, _baseline_is_a_run_scorer)}
+
+
+def _scoring(options: RunOptions):
+    if options.COMMAND not in _SCORERS:
+        raise ValueError(f"the pipeline runs {', '.join(_SCORERS)}, not {options.COMMAND!r}")
+    return _SCORERS[options.COMMAND]
 
 
 def _read_anchors_again(options: RunOptions) -> dict:
@@ -471,7 +469,7 @@ def _read_anchors_again(options: RunOptions) -> dict:
     if not files:
         return {}
     tokenizer = load_tokenizer(options.tokenizer or resolve_model(options.model, progress=False), option="--tokenizer")
-    option_of = _anchor_options(options)
+    option_of = options.anchor_options()
     return {side: read_anchor_samples(path, option=option_of[side], fields=options.field_names(),
                                       tokenizer=tokenizer, max_length=options.max_length,
                                       response_tokens=options.anchor_response_tokens)
@@ -480,6 +478,49 @@ def _read_anchors_again(options: RunOptions) -> dict:
 
 def run_scorer(options: RunOptions, scorer) -> RunScorer:
     """``scorer`` (what :func:`load_scorer` gave) behind the :class:`RunScorer` protocol."""
-    if isinstance(options, BaselineOptions):
-        return scorer                  # BaselineScorer is a RunScorer
-    return SQSDRun(scorer, options)
+    return _scoring(options)[1](options, scorer)
+
+
+# ------------------------------------------------------------------------- summary
+
+
+def format_summary(result: RunResult) -> str:
+    """The run in a few lines: counts by status, inputs, quantiles, the top and bottom rows."""
+    import numpy as np
+
+    from sqsd_fast.ranking import sort_scored
+    options, rows, column = result.options, result.rows, result.column
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    lines = [f"sqsd-fast {options.COMMAND}: {len(rows)} samples from {options.data} -> "
+             f"{options.out} (metric {options.metric})",
+             "  status:  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    lines += [f"  {name.replace('_', ' ')}: {what}"
+              for name, what in options.sources().items()]
+    if result.prepared.anchors_in_data:
+        lines.append(f"  anchors that are also samples of --data: {len(result.prepared.anchors_in_data)} "
+                     f"(listed in {options.out}.meta.json)")
+    lines.append(f"  truncated to --max-length {options.max_length}: {result.prepared.n_truncated}")
+    scored = sort_scored(rows, column)
+    if not scored:
+        return "\n".join([*lines, "  no sample could be scored"])
+    qs = np.quantile(np.array([r[column] for r in scored]), [0.0, 0.25, 0.5, 0.75, 1.0])
+    lines.append(f"  {column}:  min {qs[0]:+.4g}  25% {qs[1]:+.4g}  median {qs[2]:+.4g}  "
+                 f"75% {qs[3]:+.4g}  max {qs[4]:+.4g}")
+    by_index = {r.index: r for r in result.prepared.records}
+    k = min(3, len(scored))
+    lines.append(f"  highest {column}" + (" (riskiest first):" if column == "sqsd" else ":"))
+    lines += [_summary_line(r, column, by_index, len(scored)) for r in scored[:k]]
+    if len(scored) > k:
+        lines.append(f"  lowest {column}:")
+        lines += [_summary_line(r, column, by_index, len(scored)) for r in scored[max(k, len(scored) - k):]]
+    return "\n".join(lines)
+
+
+def _summary_line(row: dict, column: str, by_index: dict, n: int) -> str:
+    rank = row.get("rank")
+    rank_text = f"#{rank:<{len(str(n))}} " if rank is not None else ""
+    record = by_index.get(row["index"])
+    snippet = record.snippet(60) if record is not None else ""
+    return f"    {rank_text}{row[column]:+.4f}  [index {row['index']}]  {snippet}"

@@ -152,7 +152,7 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
 
     ext = subset_data_extension(raw.fmt, raw.path)
-    summary = {"scores": str(scores), "data": str(data), "data_checked": data_checked,
+    summary = {"scores": str(scores), "data": str(data), "out_dir": str(out_dir), "data_checked": data_checked,
                "column": column, "n_scored": len(order),
                "window": subsets[0].stop - subsets[0].start, "subsets": []}
     for sub in subsets:
@@ -164,6 +164,30 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
     plot_subsets(order, subsets, out / "subsets.png", column=column)
     atomic_write_text(out / "subsets.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def run_subsets(options) -> dict:
+    """``sqsd-fast subsets``: :func:`write_subsets` with a ``SubsetsOptions``' values."""
+    return write_subsets(options.scores, options.data, options.out_dir, num=options.num,
+                         window=options.window, column=options.column, data_split=options.data_split)
+
+
+def format_summary(summary: dict) -> str:
+    """What :func:`write_subsets` wrote, in a few lines."""
+    column = summary["column"]
+    lines = [f"sqsd-fast subsets: {summary['n_scored']} scored samples, {len(summary['subsets'])} "
+             f"windows of {summary['window']} -> {summary['out_dir']}/"]
+    lines += [f"  {s['name']}: ranks {s['start'] + 1}-{s['stop']}  mean {column} "
+              f"{s['mean_score']:+.4f}  -> {s['file']}" for s in summary["subsets"]]
+    lines.append(f"  plot: {os.path.join(summary['out_dir'], 'subsets.png')}")
+    if not summary["data_checked"]:
+        lines.append(unchecked_note(summary["scores"]))
+    return "\n".join(lines)
+
+
+def unchecked_note(scores) -> str:
+    return (f"  note: {scores} has no run record (.meta.json beside it), so it could not "
+            f"be checked that --data is the file that was scored")
 
 
 def read_score_rows(scores, column: str | None = None) -> tuple[list[dict], str]:

@@ -43,11 +43,12 @@ ALLOWED = {
     "training": {"influence", "engine", "choices", "data", "io", "models", "options", "checks", "quiet"},
     "evaluation": {"choices", "data", "io", "models", "options", "checks", "quiet"},
     "pipeline": EVERYTHING_BELOW_APP,
-    "cli": EVERYTHING_BELOW_APP | {"pipeline"},
+    "commands": EVERYTHING_BELOW_APP | {"pipeline"},
+    "cli": EVERYTHING_BELOW_APP | {"pipeline", "commands"},
     "__main__": {"cli"},
-    "__init__": {"ops", "scoring", "influence", "training", "pipeline"},
-    "testing": EVERYTHING_BELOW_APP | {"pipeline", "cli"},
-    "demo": EVERYTHING_BELOW_APP | {"pipeline", "cli", "testing"},
+    "__init__": {"ops", "scoring", "influence", "training", "pipeline", "commands"},
+    "testing": EVERYTHING_BELOW_APP | {"pipeline", "commands", "cli"},
+    "demo": EVERYTHING_BELOW_APP | {"pipeline", "commands", "cli", "testing"},
 }
 
 
@@ -60,8 +61,9 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-# A string naming a module of the package, as importlib.import_module takes it.
-MODULE_STRING = re.compile(r"sqsd_fast(\.[A-Za-z_][A-Za-z0-9_]*)+")
+# A string naming a module of the package, as importlib.import_module takes it, or a function
+# in one as "module:function" (the command table, sqsd_fast/commands.py).
+MODULE_STRING = re.compile(r"sqsd_fast(\.[A-Za-z_][A-Za-z0-9_]*)+(:[A-Za-z_][A-Za-z0-9_]*)?")
 
 
 def _imports(path: Path, module: str | None = None):
@@ -82,7 +84,7 @@ def _imports(path: Path, module: str | None = None):
                 base = ".".join([*anchor, *([node.module] if node.module else [])])
             names = [f"{base}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_STRING.fullmatch(node.value):
-            names = [node.value]
+            names = [node.value.replace(":", ".")]
         else:
             continue
         for name in names:
@@ -132,11 +134,12 @@ def test_relative_and_string_imports_are_read_too(tmp_path):
     table (the ops layer importing the pipeline and the CLI), are both caught."""
     planted = tmp_path / "planted.py"
     planted.write_text("import importlib\nfrom ..pipeline import run\n"
-                       "CLI = importlib.import_module('sqsd_fast.cli')\n")
+                       "CLI = importlib.import_module('sqsd_fast.cli')\nRUN = 'sqsd_fast.commands:run_command'\n")
     modules = {**_modules(), "sqsd_fast.ops.planted": planted}
     broken = [b for b in _broken_imports(modules) if b.startswith("planted.py")]
     assert any("imports sqsd_fast.pipeline.run (pipeline)" in b for b in broken), broken
     assert any("imports sqsd_fast.cli (cli)" in b for b in broken), broken
+    assert any("imports sqsd_fast.commands.run_command (commands)" in b for b in broken), broken
 
 
 def test_no_import_circles():
