@@ -304,10 +304,8 @@ def _option_labels(options: RunOptions) -> dict[str, str]:
 
 
 def _iterate(scorer: RunScorer, options: RunOptions, samples, skip):
-    from sqsd_fast.engine.token_budget import resolve_max_tokens
-    # The model (None: no model) sets a GPU's default budget; the CPU's is fixed.
-    max_tokens = resolve_max_tokens(options.max_tokens, scorer.model, options.device, samples)
-    return scorer.iter_rows(samples, batch_size=options.batch_size, max_tokens=max_tokens,
+    # max_tokens None: the scorer's device default (engine/token_budget.py), as in Python.
+    return scorer.iter_rows(samples, batch_size=options.batch_size, max_tokens=options.max_tokens,
                             skip_indices=skip, progress=options.progress)
 
 

@@ -399,3 +399,25 @@ def test_baseline_registry_matches_the_cli_choices_and_refuses_unknown_names():
     options.method = "lenght"          # set after the option checks, as a Python caller could
     with pytest.raises(ValueError, match="unknown baseline method 'lenght'; known: length, random, self-inf"):
         next(BaselineScorer(options).iter_rows([], batch_size=2))
+
+
+def test_max_tokens_none_is_the_device_default_in_both_faces(pm, tok, monkeypatch):
+    """max_tokens=None means the device's default budget in the library faces too (as in the
+    CLI), not "no budget": a small CPU default splits the batches, scores unchanged."""
+    from sqsd_fast.engine import batch_pass, token_budget
+    from sqsd_fast.scoring import SQSDScorer
+    train = random_samples(tok, [(11, 3), (10, 4), (9, 2), (12, 5), (8, 3)], seed=21)
+    stats = GradientStats(pm, adapter=STATE, backend="reference", batch_size=8)
+    scorer = SQSDScorer.from_peft_model(pm, danger_state=STATE, danger_direction=OTHER, backend="reference")
+    unbudgeted = (stats.self_stats(train, progress=False).grad_sqnorm,
+                  [r["proj"] for r in scorer.project(train, batch_size=8, max_tokens=10_000, progress=False)])
+    budgets = []
+    real = batch_pass.length_bucketed_batches
+    monkeypatch.setattr(batch_pass, "length_bucketed_batches",
+                        lambda samples, size, budget: budgets.append(budget) or real(samples, size, budget))
+    monkeypatch.setattr(token_budget, "CPU_MAX_TOKENS", 24)       # two samples of <= 12 tokens per pass
+    budgeted = (stats.self_stats(train, progress=False).grad_sqnorm,
+                [r["proj"] for r in scorer.project(train, batch_size=8, progress=False)])
+    assert budgets == [24, 24]
+    torch.testing.assert_close(budgeted[0], unbudgeted[0])
+    assert budgeted[1] == pytest.approx(unbudgeted[1], rel=1e-5)

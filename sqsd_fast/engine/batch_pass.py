@@ -142,10 +142,13 @@ def response_loss(model, embeds: torch.Tensor, batch: PackedBatch, plan: LossHea
 
 
 def progress_batches(samples, batch_size: int | None, progress: bool, desc: str,
-                     max_tokens: int | None = None):
+                     max_tokens: int | None, model):
     """Length-bucketed batches (longest first; at most ``batch_size`` samples and
-    ``max_tokens`` padded tokens each), with a progress bar counting samples."""
-    batches = length_bucketed_batches(samples, batch_size, max_tokens)
+    ``max_tokens`` padded tokens each), with a progress bar counting samples. ``max_tokens``
+    None is the default budget of ``model``'s device (engine/token_budget.py), as everywhere."""
+    from sqsd_fast.engine.token_budget import resolve_max_tokens
+    device = next(model.parameters()).device
+    batches = length_bucketed_batches(samples, batch_size, resolve_max_tokens(max_tokens, model, device, samples))
     bar = None
     if progress:
         from tqdm.auto import tqdm

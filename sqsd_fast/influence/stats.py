@@ -51,8 +51,8 @@ class GradientStats:
         scaling: LoRA scaling of the state during the passes (default: its alpha/r).
         backend: kernel backend of ``factor_grad_stats`` ("auto", "reference", "cpp", "triton").
         batch_size: samples per forward + backward at most (results do not depend on it).
-        max_tokens: tokens per forward + backward at most, padding included (None: no
-            budget; results do not depend on it).
+        max_tokens: tokens per forward + backward at most, padding included (None: the
+            device's default, engine/token_budget.py; results do not depend on it).
         max_length: tokens kept when records are tokenized.
     """
 
@@ -266,7 +266,7 @@ class GradientStats:
     def _batches(self, samples, batch_size, progress, max_tokens):
         """Length-bucketed batches (longest first) with this call's or the constructor's sizes."""
         return progress_batches(samples, check_positive_int("batch_size", batch_size or self.batch_size),
-                                progress, "gradients", max_tokens or self.max_tokens)
+                                progress, "gradients", max_tokens or self.max_tokens, self.model)
 
     def _dtype(self) -> torch.dtype:
         return torch.promote_types(next(self.model.parameters()).dtype, torch.float32)

@@ -192,8 +192,9 @@ class SQSDScorer:
             metric: "cosine" (the paper's), "dot" or "projection" (dot / ||D||), each
                 summed over LoRA modules.
             batch_size: samples per forward/backward at most (scores do not depend on it).
-            max_tokens: tokens per forward/backward at most, padding included (None: no
-                budget); with both, a batch respects both. Scores do not depend on it.
+            max_tokens: tokens per forward/backward at most, padding included (None: the
+                device's default, as in the CLI: engine/token_budget.py); with both, a batch
+                respects both. Scores do not depend on it.
             skip_indices: sample indices not to score (e.g. already done on resume).
 
         Yields:
@@ -313,7 +314,7 @@ class SQSDScorer:
     def _batches(self, samples, batch_size, max_tokens, skip_indices, progress, what):
         todo = [s for s in self._samples(samples) if s.index not in skip_indices]
         check_fits_model(todo, self.engine.model)
-        return progress_batches(todo, batch_size, progress, what, max_tokens)
+        return progress_batches(todo, batch_size, progress, what, max_tokens, self.engine.model)
 
 
 def _in_input_order(samples: list, batches) -> list[dict]:
