@@ -11,7 +11,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.extension-built
 NATIVE_SOURCES := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: demo test build deps cuda-check clean
+.PHONY: demo test build deps cuda-check gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ cuda-check: $(DEPS_STAMP)
 			-DPython_EXECUTABLE="$(abspath $(PY))" >/dev/null && \
 		$(VENV)/bin/cmake --build build/cuda-check -j $(MAX_JOBS) && echo "cuda-check: CUDA sources compile"; \
 	else echo "cuda-check: skipped (no nvcc on this machine)"; fi
+
+# Everything that needs a GPU (benchmarks/gpu_check.py): the CUDA build, the gpu-marked tests
+# and a short benchmark set, CSVs under benchmarks/results/gpu/<device>/. It runs with the
+# python whose torch sees the GPU (.venv where it exists, else python3: a GPU image's own
+# torch, no network needed); without a GPU it says so and exits 0.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 test: build cuda-check
 	SQSD_FAST_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
