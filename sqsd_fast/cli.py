@@ -7,7 +7,7 @@ filter, train-adapter, merge-adapter, evaluate, fetch-model.
 Argument parsing and printing only: the commands, their options dataclasses (the parser is
 built from them), the functions that run them (which Python users call too) and their
 summaries are one table, sqsd_fast.commands.
-Every error prints one line to stderr with a non-zero exit code (the README lists them).
+Every error prints one line to stderr with a non-zero exit code (docs/USAGE.md lists them).
 """
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ class RunOptions(RecordFieldOptions):
     max_tokens: Optional[int] = option(None, "tokens per forward/backward pass at most, "
                                        "padding included: with samples of mixed lengths, the "
                                        "knob that bounds memory (does not change the scores; "
-                                       "default: chosen from the device, see README)", "N")
+                                       "default: chosen from the device, see docs/USAGE.md)", "N")
     max_length: int = option(1024, "tokens kept per sample (prompt + response); longer "
                              "ones are cut", "N")
     dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
