@@ -11,7 +11,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 BUILD_STAMP := $(VENV)/.extension-built
 NATIVE_SOURCES := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: demo test build deps cuda-check gpu-check clean
+.PHONY: demo test build deps cuda-check gpu-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,10 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py
 
-test: build cuda-check
+lint: $(DEPS_STAMP)
+	$(PY) -m ruff check .
+
+test: build cuda-check lint
 	SQSD_FAST_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
 demo: build

@@ -5,9 +5,10 @@ SmolLM2-135M-Instruct (fp32, CPU), zero-configuration scoring (a fresh LoRA stat
 shipped anchor directions, built once and cached before the timed runs), one sample of
 --tokens tokens (Alpaca text repeated: prompt a quarter, response the rest), batch 1.
 Recorded per configuration: the pass's own memory (the high-water mark of RSS, reset
-before the pass, minus RSS before it; benchmarks/common.py), the peak, wall time and the sample's sqsd (equal with and without checkpointing:
-the check that the recomputed pass is the same pass). One JSON line each to
-benchmarks/results/checkpointing_smollm2.jsonl, and a table.
+before the pass, minus RSS before it; benchmarks/common.py), the peak, wall time and the
+sample's sqsd (equal with and without checkpointing: the check that the recomputed pass is
+the same pass). One JSON line each to benchmarks/results/checkpointing_smollm2.jsonl, and
+a table.
 
 Times are only comparable within one quiet run; say what else ran.
 

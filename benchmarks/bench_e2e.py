@@ -134,7 +134,8 @@ def sweep_batchings(args, st) -> list[Batching]:
     return [Batching(int(b)) for b in args.batch_sizes.split(",")]
 
 
-def main(argv=None):
+def parse_args(argv):
+    """The shared options, the model's and the sweep's; the preset's and --smoke's defaults filled in."""
     parser = base_parser(__doc__.split("\n")[0])
     add_model_args(parser)
     parser.add_argument("--batch-sizes", default="8,16,32", help="engine/floor sweep (samples per pass)")
@@ -160,6 +161,142 @@ def main(argv=None):
         args.samples = min(args.samples, 8)
         args.batch_sizes, args.repeats = "2,4", 1
         args.max_length = min(args.max_length, 64)
+    return args
+
+
+def run_sweep(engine, floor, backends, batchings, warm, sweep_samples, device) -> dict:
+    """One measured pass (after a warm-up) of the fast engine, per fast backend, and of the floor
+    at every batching: ``{(method, backend, Batching): Memory}``; engine results are kept for the
+    agreement check."""
+    sweep = {}  # (method, backend, Batching) -> Memory
+    for bt in batchings:
+        for backend in backends:
+            fn = engine(backend, bt)
+            fn(warm)
+            sweep[("engine", backend, bt)] = measure_peak_memory(lambda: fn(sweep_samples), device,
+                                                                 keep_result=True)
+        fn = floor(bt)
+        fn(warm)
+        sweep[("floor", "-", bt)] = measure_peak_memory(lambda: fn(sweep_samples), device)
+        print(f"  swept batching {bt.label}", file=sys.stderr, flush=True)
+    return sweep
+
+
+def best_of_sweep(sweep, backends, batchings):
+    """``(best_floor, best_backend, best)``: the floor's fastest batching and the engine's fastest
+    (backend, batching); without a fast backend (None, the last batching)."""
+    best_floor = min(batchings, key=lambda bt: sweep[("floor", "-", bt)].seconds)
+    if backends:
+        best_backend, best = min(((b, bt) for b in backends for bt in batchings),
+                                 key=lambda k: sweep[("engine",) + k].seconds)
+    else:
+        best_backend, best = None, batchings[-1]
+    return best_floor, best_backend, best
+
+
+def final_methods(args, authors, engine, floor, *, best_backend, best, defaults, best_floor) -> list:
+    """``(method, backend, Batching, run)`` of (a), (b), (c), (e), (d) in the order they are timed,
+    less those the options leave out."""
+    ref_bt = Batching(args.reference_batch_size) if args.reference_batch_size else best
+    fast_or_ref = best_backend or "reference"
+    methods = []
+    if not args.skip_authors:
+        methods.append(("authors", "-", Batching(1), authors))
+    if not args.skip_reference:
+        methods.append(("engine", "reference", ref_bt, engine("reference", ref_bt)))
+    if best_backend:
+        methods.append(("engine", best_backend, best, engine(best_backend, best)))
+    methods.append(("default", fast_or_ref, defaults, engine(fast_or_ref, defaults)))
+    methods.append(("floor", "-", best_floor, floor(best_floor)))
+    return methods
+
+
+def interleaved_runs(methods, warm, samples, repeats, device) -> dict:
+    """``{(method, backend, Batching): [Memory per repeat]}``, the methods timed in turn (a b c e d
+    a b c e d ...) so that slow drifts of a shared machine hit all of them alike; the first repeat
+    keeps each result for the agreement check."""
+    for _, _, _, fn in methods:
+        fn(warm)
+    runs = {m[:3]: [] for m in methods}
+    for rep in range(repeats):
+        for key0, key1, key2, fn in methods:
+            runs[(key0, key1, key2)].append(
+                measure_peak_memory(lambda: fn(samples), device, keep_result=(rep == 0)))
+        print(f"  repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
+    return runs
+
+
+def agreement(runs, sweep, n_sweep_samples):
+    """``(truth_key, checks)``: the run every other is checked against (the authors' or the
+    reference's) and each run's, and each swept engine pass's, max |cosine sum difference| from it."""
+    truth_key = next((k for k in runs if k[0] == "authors" or k[1] == "reference"), None)
+    if truth_key is None:
+        raise SystemExit("nothing to check agreement against: drop --skip-authors or --skip-reference")
+    truth = runs[truth_key][0].result
+    checks = {key: max_abs_diff(mems[0].result, truth)
+              for key, mems in runs.items() if mems[0].result is not None}
+    for k, m in sweep.items():
+        if k[0] == "engine":
+            checks[("sweep",) + k] = max_abs_diff(m.result, truth[: n_sweep_samples])
+    return truth_key, checks
+
+
+def report_mismatches(checks, truth_key, tol) -> bool:
+    """Prints every check beyond ``tol``; True when there is one (then no time may be reported)."""
+    bad = {k: v for k, v in checks.items() if not v <= tol}
+    if bad:
+        for k, v in bad.items():
+            print(f"MISMATCH {k}: max |cosine sum diff| vs {truth_key[0]} = {v:.3g} > {tol:g}")
+        print("no timings reported: the methods disagree")
+    return bool(bad)
+
+
+@dataclass(frozen=True)
+class RowMaker:
+    """What every CSV row shares, and how one measurement becomes a row."""
+    shared: dict          # the environment's facts, then the run's
+    note: str
+    checks: dict          # key (("sweep",) + key for the sweep) -> max |cosine sum difference|
+    runs: dict            # key -> [Memory per repeat] of the final phase
+    sizes: dict           # phase -> (samples, tokens) it covered
+    authors_time: float | None
+    authors_peak_bytes: int | None
+
+    def row(self, phase, key, seconds, mem, floor_s, floor_mem) -> dict:
+        method, backend, bt = key
+        n_s, n_t = self.sizes[phase]
+        r = {**self.shared, "phase": phase, "method": method, "backend": backend,
+             "batch_size": bt.batch_size, "max_tokens": bt.max_tokens or "",
+             "samples": n_s, "tokens": n_t,
+             "time_s": seconds, "samples_per_s": n_s / seconds, "tokens_per_s": n_t / seconds,
+             "x_floor_time": seconds / floor_s,
+             "extra_peak_MB": mem.extra_bytes / 2**20, "peak_MB": mem.peak_bytes / 2**20,
+             "x_floor_extra_mem": mem.extra_bytes / max(floor_mem.extra_bytes, 1),
+             "x_floor_peak_mem": mem.peak_bytes / max(floor_mem.peak_bytes, 1),
+             "mem_method": mem.method,
+             "max_abs_diff": self.checks.get(("sweep",) + key if phase == "sweep" else key, float("nan")),
+             "repeats": len(self.runs.get(key, [None])), "note": self.note}
+        if phase == "final" and self.authors_time:
+            r["x_authors_throughput"] = self.authors_time / seconds
+            r["x_authors_peak_mem"] = mem.peak_bytes / max(self.authors_peak_bytes, 1)
+        return r
+
+
+def print_results(sweep_rows, final_rows, *, title, n_sweep_samples, repeats, preset) -> None:
+    """The sweep's and the final phase's tables, then the goals."""
+    cols = ["method", "backend", "batch_size", "max_tokens", "time_s", "samples_per_s", "x_floor_time",
+            "x_authors_throughput", "peak_MB", "x_authors_peak_mem", "extra_peak_MB", "x_floor_peak_mem",
+            "max_abs_diff"]
+    print_table(sweep_rows, [c for c in cols if "authors" not in c],
+                title=f"sweep (one pass each over the first {n_sweep_samples} samples) - " + title)
+    print_table(final_rows, cols, title=f"final (median of {repeats} interleaved passes) - " + title)
+    print()
+    for line in e2e_goals(final_rows, preset):
+        print("goal: " + line)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     st = build_setup(args)
     device = st.device
     if args.device != device.type:
@@ -181,107 +318,40 @@ def main(argv=None):
 
     # ---- sweep: fast engine and floor at every batching (one pass each, after warm-up)
     sweep_samples = samples[: args.sweep_samples] if args.sweep_samples else samples
-    sweep = {}  # (method, backend, Batching) -> Memory
-    for bt in batchings:
-        for backend in backends:
-            fn = engine(backend, bt)
-            fn(warm)
-            sweep[("engine", backend, bt)] = measure_peak_memory(lambda: fn(sweep_samples), device,
-                                                                 keep_result=True)
-        fn = floor(bt)
-        fn(warm)
-        sweep[("floor", "-", bt)] = measure_peak_memory(lambda: fn(sweep_samples), device)
-        print(f"  swept batching {bt.label}", file=sys.stderr, flush=True)
-    best_floor = min(batchings, key=lambda bt: sweep[("floor", "-", bt)].seconds)
-    if backends:
-        best_backend, best = min(((b, bt) for b in backends for bt in batchings),
-                                 key=lambda k: sweep[("engine",) + k].seconds)
-    else:
-        best_backend, best = None, batchings[-1]
-    ref_bt = Batching(args.reference_batch_size) if args.reference_batch_size else best
+    sweep = run_sweep(engine, floor, backends, batchings, warm, sweep_samples, device)
+    best_floor, best_backend, best = best_of_sweep(sweep, backends, batchings)
 
     # ---- final: interleaved repeats
-    fast_or_ref = best_backend or "reference"
-    methods = []
-    if not args.skip_authors:
-        methods.append(("authors", "-", Batching(1), authors))
-    if not args.skip_reference:
-        methods.append(("engine", "reference", ref_bt, engine("reference", ref_bt)))
-    if best_backend:
-        methods.append(("engine", best_backend, best, engine(best_backend, best)))
-    methods.append(("default", fast_or_ref, defaults, engine(fast_or_ref, defaults)))
-    methods.append(("floor", "-", best_floor, floor(best_floor)))
-    for _, _, _, fn in methods:
-        fn(warm)
-    runs = {m[:3]: [] for m in methods}
-    for rep in range(args.repeats):
-        for key0, key1, key2, fn in methods:
-            runs[(key0, key1, key2)].append(
-                measure_peak_memory(lambda: fn(samples), device, keep_result=(rep == 0)))
-        print(f"  repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    methods = final_methods(args, authors, engine, floor, best_backend=best_backend, best=best,
+                            defaults=defaults, best_floor=best_floor)
+    runs = interleaved_runs(methods, warm, samples, args.repeats, device)
 
     # ---- agreement before any time is reported
-    truth_key = next((k for k in runs if k[0] == "authors" or k[1] == "reference"), None)
-    if truth_key is None:
-        raise SystemExit("nothing to check agreement against: drop --skip-authors or --skip-reference")
-    truth = runs[truth_key][0].result
-    checks = {key: max_abs_diff(mems[0].result, truth)
-              for key, mems in runs.items() if mems[0].result is not None}
-    for k, m in sweep.items():
-        if k[0] == "engine":
-            checks[("sweep",) + k] = max_abs_diff(m.result, truth[: len(sweep_samples)])
-    bad = {k: v for k, v in checks.items() if not v <= tol}
-    if bad:
-        for k, v in bad.items():
-            print(f"MISMATCH {k}: max |cosine sum diff| vs {truth_key[0]} = {v:.3g} > {tol:g}")
-        print("no timings reported: the methods disagree")
+    truth_key, checks = agreement(runs, sweep, len(sweep_samples))
+    if report_mismatches(checks, truth_key, tol):
         return 1
 
     final_time = {k: statistics.median(m.seconds for m in v) for k, v in runs.items()}
     final_mem = {k: max(v, key=lambda m: m.peak_bytes) for k, v in runs.items()}
     floor_key = ("floor", "-", best_floor)
     authors_key = ("authors", "-", Batching(1))
-    authors_time = final_time.get(authors_key)
     common = dict(preset=st.cfg["name"], params_M=st.n_params / 1e6, samples=n, tokens=n_tokens,
                   data=st.data_name, dtype=str(st.dtype).removeprefix("torch."), tol=tol)
-    sweep_tokens = sum(s.n_tokens for s in sweep_samples)
-
-    def row(phase, key, seconds, mem, floor_s, floor_mem):
-        method, backend, bt = key
-        n_s, n_t = (len(sweep_samples), sweep_tokens) if phase == "sweep" else (n, n_tokens)
-        r = {**facts, **common, "phase": phase, "method": method, "backend": backend,
-             "batch_size": bt.batch_size, "max_tokens": bt.max_tokens or "",
-             "samples": n_s, "tokens": n_t,
-             "time_s": seconds, "samples_per_s": n_s / seconds, "tokens_per_s": n_t / seconds,
-             "x_floor_time": seconds / floor_s,
-             "extra_peak_MB": mem.extra_bytes / 2**20, "peak_MB": mem.peak_bytes / 2**20,
-             "x_floor_extra_mem": mem.extra_bytes / max(floor_mem.extra_bytes, 1),
-             "x_floor_peak_mem": mem.peak_bytes / max(floor_mem.peak_bytes, 1),
-             "mem_method": mem.method,
-             "max_abs_diff": checks.get(("sweep",) + key if phase == "sweep" else key, float("nan")),
-             "repeats": len(runs.get(key, [None])), "note": note}
-        if phase == "final" and authors_time:
-            r["x_authors_throughput"] = authors_time / seconds
-            r["x_authors_peak_mem"] = mem.peak_bytes / max(final_mem[authors_key].peak_bytes, 1)
-        return r
-
+    rows = RowMaker(shared={**facts, **common}, note=note, checks=checks, runs=runs,
+                    sizes={"sweep": (len(sweep_samples), sum(s.n_tokens for s in sweep_samples)),
+                           "final": (n, n_tokens)},
+                    authors_time=final_time.get(authors_key),
+                    authors_peak_bytes=final_mem[authors_key].peak_bytes if authors_key in final_mem else None)
     sweep_rows = []
     for k, m in sweep.items():
         fl = sweep[("floor", "-", k[2])]
-        sweep_rows.append(row("sweep", k, m.seconds, m, fl.seconds, fl))
-    final_rows = [row("final", k, final_time[k], final_mem[k], final_time[floor_key], final_mem[floor_key])
+        sweep_rows.append(rows.row("sweep", k, m.seconds, m, fl.seconds, fl))
+    final_rows = [rows.row("final", k, final_time[k], final_mem[k], final_time[floor_key], final_mem[floor_key])
                   for k in runs]
-    cols = ["method", "backend", "batch_size", "max_tokens", "time_s", "samples_per_s", "x_floor_time",
-            "x_authors_throughput", "peak_MB", "x_authors_peak_mem", "extra_peak_MB", "x_floor_peak_mem",
-            "max_abs_diff"]
     title = (f"{st.cfg['name']} {facts['device']} threads={facts['threads']}: {n} samples, "
              f"{n_tokens} tokens, agreement tol {tol:g} vs {truth_key[0]}")
-    print_table(sweep_rows, [c for c in cols if "authors" not in c],
-                title=f"sweep (one pass each over the first {len(sweep_samples)} samples) - " + title)
-    print_table(final_rows, cols, title=f"final (median of {args.repeats} interleaved passes) - " + title)
-    print()
-    for line in e2e_goals(final_rows, st.cfg["name"]):
-        print("goal: " + line)
+    print_results(sweep_rows, final_rows, title=title, n_sweep_samples=len(sweep_samples),
+                  repeats=args.repeats, preset=st.cfg["name"])
     write_results(args, SCRIPT, sweep_rows + final_rows)
     return 0
 

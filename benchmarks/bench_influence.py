@@ -194,7 +194,8 @@ def bench_model(args, name, model, tok, samples):
                      "batch_size": 1 if method == "less" else args.batch_size,
                      "extra_peak_MB": round(mem.extra_bytes / 2**20, 1), "mem_method": mem.method,
                      "lora_params": q_flat.numel(), "modules": len(stats.shapes()),
-                     "proj_dim": args.less_dim if method in ("less", "func") else (res.sketch.shape[1] if method != "query" else 0),
+                     "proj_dim": (args.less_dim if method in ("less", "func")
+                                  else (res.sketch.shape[1] if method != "query" else 0)),
                      "seconds": t.median_s, "ms_per_sample": 1e3 * t.median_s / len(train),
                      "speedup_vs_less": base / t.median_s,
                      "cos_abs_err": {"less": err_loop, "func": err_func}.get(method, err_cos),

@@ -10,9 +10,10 @@ N rows (the floor: read a and b once and contract them; the faster of mm(a.T, b)
 mm(b.T, a), both shown; goal for cpp <= 1.5);
 ``x_ref`` = reference time / backend time (speed-up; goal >= 1 for lora, >= 5 for full);
 achieved bandwidth (bytes of a and b / time) as a fraction of a measured large copy
-(read + write bytes / time; goal on GPU >= 0.7); for "full", extra peak memory as a fraction of the materialized per-sample
-gradients S*p*q*4 bytes (goal < 0.1). Outputs are checked against the float64 reference
-before anything is timed; a backend that disagrees is reported as such and not timed.
+(read + write bytes / time; goal on GPU >= 0.7); for "full", extra peak memory as a
+fraction of the materialized per-sample gradients S*p*q*4 bytes (goal < 0.1). Outputs are
+checked against the float64 reference before anything is timed; a backend that disagrees
+is reported as such and not timed.
 Every backend is called through the public op ``sqsd_fast.ops.factor_grad_stats(...,
 backend=name)``, so input validation is part of what is timed, as users pay it.
 

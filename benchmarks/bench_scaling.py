@@ -29,8 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
 from _model_setup import DIRECTION, STATE, add_model_args, build_setup, floor_pass  # noqa: E402
 from common import base_parser, env_facts, measure_peak_memory, print_table, setup, write_results  # noqa: E402
 

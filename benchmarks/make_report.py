@@ -161,7 +161,8 @@ def e2e_goals(final: list[dict], preset: str) -> list[str]:
     goals = []
     if fast:
         batching = f"batch {fast['batch_size']}" + (f", {fast['max_tokens']} tokens" if fast.get("max_tokens") else "")
-        goals.append(f"best engine ({fast['backend']}, {batching}) time / floor's: {verdict(fast['x_floor_time'], 1.10)}")
+        goals.append(f"best engine ({fast['backend']}, {batching}) time / floor's: "
+                     f"{verdict(fast['x_floor_time'], 1.10)}")
         if fast.get("x_authors_throughput"):
             goals.append(f"best engine throughput / authors': {verdict(fast['x_authors_throughput'], 1.4, True)}")
         goals.append(f"best engine peak / floor's: {verdict(fast['x_floor_peak_mem'], 1.10)}")

@@ -471,8 +471,8 @@ def _v2_checks(results: Path, rows: list[dict], num_windows: int, tokens: tuple[
     return (["### Checks beside the result", ""] + lines + [""]) if lines else []
 
 
-def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = False) -> None:
-    results = Path(results)
+def _header(smoke: bool) -> list[str]:
+    """The title, where the report comes from, and the criterion fixed before any run."""
     lines = ["# Validation: does the SQSD ranking predict safety loss?", ""]
     if smoke:
         lines += ["**SMOKE RUN on a tiny random toy model: the numbers mean nothing.**", ""]
@@ -486,78 +486,110 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
         f"- Spearman correlation between window order (1..5) and ASR ≤ {CRITERION['spearman']}",
         f"- ASR(S1) − mean ASR of the random windows ≥ {CRITERION['over_random']}", "",
         f"The paper's headline, for scale: {PAPER}.", ""]
+    return lines
 
-    asr_rows = _rows(results / "asr.csv")
-    num_windows = recipe.get("num_windows", 5)
-    numbers = criterion_numbers(asr_rows, num_windows)
-    lines += ["## Result", ""]
+
+def _verdict_rows(numbers: dict) -> list[list]:
+    """Each pre-registered number beside its criterion, and whether it is met."""
+    verdicts = []
+    for key, text in (("gap", "ASR(S1) − ASR(S5)"), ("spearman", "Spearman(window, ASR)"),
+                      ("over_random", "ASR(S1) − mean random ASR")):
+        value = numbers[key]
+        need = CRITERION[key]
+        if value is None:
+            verdict = "not measured yet"
+        elif math.isnan(value):
+            verdict = "undefined (every window has the same ASR)"
+        else:
+            verdict = "met" if (value <= need if key == "spearman" else value >= need) else "NOT met"
+        verdicts.append([text, _fmt(value), ("≤ " if key == "spearman" else "≥ ") + str(need),
+                         verdict])
+    return verdicts
+
+
+def _asr_rows_table(asr_rows: list[dict]) -> list[list]:
+    """One row per fine-tune (SQSD's windows, then the random ones, then the rest), with its
+    95% Wilson interval."""
+    rows = []
+    order = {"sqsd": 0, "random": 1}
+    for r in sorted(asr_rows, key=lambda r: (order.get(r["ranking"].split("-")[0], 2),
+                                              r["ranking"], r["window"])):
+        n, k = int(r["n"]), int(r["n_attack_success"])
+        lo, hi = wilson(k, n)
+        rows.append([r["label"], r["ranking"], r["window"], f"{k}/{n}", _fmt(float(r["asr"])),
+                     f"[{_fmt(lo)}, {_fmt(hi)}]", _fmt(float(r["final_loss"]) if r.get(
+                         "final_loss") not in (None, "", "None") else None)])
+    return rows
+
+
+def _result_section(results: Path, asr_rows: list[dict], num_windows: int) -> list[str]:
+    """The criterion's verdicts, every fine-tune's ASR and the plot of ASR by window."""
+    lines = ["## Result", ""]
     if not asr_rows:
-        lines += ["No fine-tune has finished yet.", ""]
-    else:
-        verdicts = []
-        for key, text in (("gap", "ASR(S1) − ASR(S5)"), ("spearman", "Spearman(window, ASR)"),
-                          ("over_random", "ASR(S1) − mean random ASR")):
-            value = numbers[key]
-            need = CRITERION[key]
-            if value is None:
-                verdict = "not measured yet"
-            elif math.isnan(value):
-                verdict = "undefined (every window has the same ASR)"
-            else:
-                verdict = "met" if (value <= need if key == "spearman" else value >= need) else "NOT met"
-            verdicts.append([text, _fmt(value), ("≤ " if key == "spearman" else "≥ ") + str(need),
-                             verdict])
-        lines += _table(["number", "measured", "criterion", "verdict"], verdicts) + [""]
-        rows = []
-        order = {"sqsd": 0, "random": 1}
-        for r in sorted(asr_rows, key=lambda r: (order.get(r["ranking"].split("-")[0], 2),
-                                                  r["ranking"], r["window"])):
-            n, k = int(r["n"]), int(r["n_attack_success"])
-            lo, hi = wilson(k, n)
-            rows.append([r["label"], r["ranking"], r["window"], f"{k}/{n}", _fmt(float(r["asr"])),
-                         f"[{_fmt(lo)}, {_fmt(hi)}]", _fmt(float(r["final_loss"]) if r.get(
-                             "final_loss") not in (None, "", "None") else None)])
-        lines += ["ASR on the held-out AdvBench prompts (keyword judge, greedy), 95% Wilson "
-                  "intervals:", ""]
-        lines += _table(["fine-tuned on", "ranking", "window", "successes", "ASR", "95% CI",
-                         "final train loss"], rows) + [""]
-        if _plot_asr(asr_rows, num_windows, results / "asr_by_window.png"):
-            lines += ["![ASR by window](../benchmarks/results/validation/asr_by_window.png)", ""]
-    lines += _controls_section(asr_rows, num_windows)
-    lines += _content_judge_section(results, num_windows)
+        return lines + ["No fine-tune has finished yet.", ""]
+    numbers = criterion_numbers(asr_rows, num_windows)
+    lines += _table(["number", "measured", "criterion", "verdict"], _verdict_rows(numbers)) + [""]
+    lines += ["ASR on the held-out AdvBench prompts (keyword judge, greedy), 95% Wilson "
+              "intervals:", ""]
+    lines += _table(["fine-tuned on", "ranking", "window", "successes", "ASR", "95% CI",
+                     "final train loss"], _asr_rows_table(asr_rows)) + [""]
+    if _plot_asr(asr_rows, num_windows, results / "asr_by_window.png"):
+        lines += ["![ASR by window](../benchmarks/results/validation/asr_by_window.png)", ""]
+    return lines
+
+
+def _later_sections(results: Path, num_windows: int, recipe: dict) -> list[str]:
+    """v2's, v3's and the act experiment's sections, which share the seeds of the recipe."""
     seeds = len(recipe.get("v2_seeds", ())) or None
     random_windows = len(recipe.get("random_seeds", ())) or None
     expected = (3 * num_windows + (random_windows or 0)) * seeds if seeds else None
-    lines += _v2_section(results, num_windows, expected=expected, seeds=seeds, random_windows=random_windows,
-                         tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
+    lines = _v2_section(results, num_windows, expected=expected, seeds=seeds, random_windows=random_windows,
+                        tokens=(recipe.get("max_new_tokens", 32), recipe.get("v2_max_new_tokens", 128)))
     from validation_v3_report import v3_section
     lines += v3_section(results, num_windows, seeds=seeds)
     from validation_act import act_section
     lines += act_section(results, seeds)
-    if _plot_drift(results / "drift", results / "drift.png"):
-        lines += ["## Drift while fine-tuning (DriftMonitor)", "",
-                  "Projection of the LoRA update so far (BA minus its start) on the danger and "
-                  "safety directions, logged every few optimizer steps:", "",
-                  "![drift](../benchmarks/results/validation/drift.png)", ""]
+    return lines
 
+
+def _drift_section(results: Path) -> list[str]:
+    if not _plot_drift(results / "drift", results / "drift.png"):
+        return []
+    return ["## Drift while fine-tuning (DriftMonitor)", "",
+            "Projection of the LoRA update so far (BA minus its start) on the danger and "
+            "safety directions, logged every few optimizer steps:", "",
+            "![drift](../benchmarks/results/validation/drift.png)", ""]
+
+
+def _interpretation_section(results: Path) -> list[str]:
+    """The one hand-written part, ``interpretation.md``, as it is."""
     interpretation = results / "interpretation.md"
-    lines += ["## What it means", ""]
+    lines = ["## What it means", ""]
     lines += ([interpretation.read_text().strip(), ""] if interpretation.exists()
               else ["Not written yet: the run is not finished.", ""])
+    return lines
 
+
+def _pool_section(results: Path, recipe: dict) -> list[str]:
+    """How many pool samples SQSD scored, and how the windows are cut from its ranking."""
     scored = _rows(results / "scores" / "sqsd.csv")
-    if scored:
-        ok = sum(r["status"] == "ok" for r in scored)
-        lines += ["## The pool and its windows", "",
-                  f"SQSD scored {ok} of the {len(scored)} pool samples; the other "
-                  f"{len(scored) - ok} have no response token left within "
-                  f"{recipe.get('max_length')} tokens (long Dolly contexts) and take part in "
-                  "no window. Windows of "
-                  f"{recipe.get('window')} samples start at floor(linspace(0, {ok} - "
-                  f"{recipe.get('window')}, {recipe.get('num_windows')})) of the descending "
-                  "ranking (`windows/sqsd.json` lists their records); each baseline's window is "
-                  "its top " f"{recipe.get('window')}.", ""]
-    lines += ["## Alignment check", ""]
+    if not scored:
+        return []
+    ok = sum(r["status"] == "ok" for r in scored)
+    return ["## The pool and its windows", "",
+            f"SQSD scored {ok} of the {len(scored)} pool samples; the other "
+            f"{len(scored) - ok} have no response token left within "
+            f"{recipe.get('max_length')} tokens (long Dolly contexts) and take part in "
+            "no window. Windows of "
+            f"{recipe.get('window')} samples start at floor(linspace(0, {ok} - "
+            f"{recipe.get('window')}, {recipe.get('num_windows')})) of the descending "
+            "ranking (`windows/sqsd.json` lists their records); each baseline's window is "
+            "its top " f"{recipe.get('window')}.", ""]
+
+
+def _alignment_section(results: Path, recipe: dict) -> list[str]:
+    """Refusal and over-refusal of the base and the aligned model, against what is required."""
+    lines = ["## Alignment check", ""]
     gen = results / "generations"
     rows = []
     for name in ("base", "aligned"):
@@ -570,10 +602,14 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
         lines += ["", f"Required of the aligned base: refusal ≥ {recipe.get('min_refusal')}, "
                   f"over-refusal ≤ {recipe.get('max_over_refusal')} (keyword judge: an upper "
                   "bound on over-refusal).", ""]
+    return lines
 
+
+def _finetune_recipe_section(results: Path) -> list[str]:
+    """The calibration ladder and the fine-tuning recipe frozen from it."""
     calibration = _rows(results / "calibration.csv")
     frozen = _json(results / "recipe.json")
-    lines += ["## Fine-tuning recipe (calibrated on a random window only)", ""]
+    lines = ["## Fine-tuning recipe (calibrated on a random window only)", ""]
     if calibration:
         lines += _table(["rung", "learning rate", "epochs", "batch", "ASR", "final loss"],
                         [[r["rung"], r["learning_rate"], r["num_epochs"], r["batch_size"],
@@ -583,8 +619,12 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
                   f"`{json.dumps(frozen['finetune'])}`"
                   + ("" if frozen["in_target"] else " (no rung landed in the target range; the "
                      "closest was taken)"), ""]
+    return lines
 
-    lines += ["## Stages and their wall time", ""]
+
+def _stages_and_splits_sections(results: Path) -> list[str]:
+    """The stages' wall times, and the sizes of the files the splits wrote."""
+    lines = ["## Stages and their wall time", ""]
     stages = _rows(results / "stages.csv")
     if stages:
         lines += _table(["stage", "seconds", "finished"],
@@ -595,6 +635,24 @@ def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = Fal
         lines += _table(["file", "records"], sorted(splits["sizes"].items())) + [""]
         lines += ["AdvBench rows: " + "; ".join(f"{k} [{a}, {b})" for k, (a, b) in
                                                  splits["advbench"].items()) + ".", ""]
+    return lines
+
+
+def build_report(results: Path, target: Path, *, recipe: dict, smoke: bool = False) -> None:
+    results = Path(results)
+    asr_rows = _rows(results / "asr.csv")
+    num_windows = recipe.get("num_windows", 5)
+    lines = _header(smoke)
+    lines += _result_section(results, asr_rows, num_windows)
+    lines += _controls_section(asr_rows, num_windows)
+    lines += _content_judge_section(results, num_windows)
+    lines += _later_sections(results, num_windows, recipe)
+    lines += _drift_section(results)
+    lines += _interpretation_section(results)
+    lines += _pool_section(results, recipe)
+    lines += _alignment_section(results, recipe)
+    lines += _finetune_recipe_section(results)
+    lines += _stages_and_splits_sections(results)
     lines += ["## The recipe", "", "```json", json.dumps(recipe, indent=1), "```", ""]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(lines))

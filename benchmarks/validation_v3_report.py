@@ -84,7 +84,8 @@ def _arms(rows, v2_rows, num_windows, seeds, expected) -> list[str]:
               f"{GRADMATCH_GAP}, SQSD-anchor {ANCHOR_V2_GAP}; v2's random mean {_fmt(numbers['random_mean'])}.", ""]
     lines += _table(["arm", "gap", "Welch p", "Spearman", "verdict", "S1 − random (no criterion)"], crit) + [""]
     best = best_arm(numbers, seeds)
-    lines += [f"Best arm (the pre-registered rule): {ARMS[best] if best else 'not decided yet (S1/S5 unfinished)'}.", ""]
+    lines += ["Best arm (the pre-registered rule): "
+              f"{ARMS[best] if best else 'not decided yet (S1/S5 unfinished)'}.", ""]
     return lines
 
 
@@ -129,8 +130,10 @@ def _harmbench(results: Path, rows, num_windows, seeds) -> list[str]:
     lines = []
     verdict_rows = []
     for arm, name in ARMS.items():
-        s1 = [float(r["asr_harmbench"]) for r in rows if r["ranking"] == arm and r["window"] == "S1" and r.get("asr_harmbench")]
-        s5 = [float(r["asr_harmbench"]) for r in rows if r["ranking"] == arm and r["window"] == last and r.get("asr_harmbench")]
+        s1 = [float(r["asr_harmbench"]) for r in rows
+              if r["ranking"] == arm and r["window"] == "S1" and r.get("asr_harmbench")]
+        s5 = [float(r["asr_harmbench"]) for r in rows
+              if r["ranking"] == arm and r["window"] == last and r.get("asr_harmbench")]
         if not (s1 or s5):
             continue
         gap = mean(s1) - mean(s5) if s1 and s5 else None
@@ -168,9 +171,11 @@ def _harmbench_categories(results: Path, categories: list[str], num_windows: int
         return []
     labels = sorted(columns, key=lambda k: (k != "aligned", k))
     cats = sorted({c for counts in columns.values() for c in counts})
-    table = [[cat, *[(f"{columns[l][cat][0]}/{columns[l][cat][1]}" if cat in columns[l] else "—") for l in labels]]
+    table = [[cat, *[(f"{columns[label][cat][0]}/{columns[label][cat][1]}" if cat in columns[label] else "—")
+                     for label in labels]]
              for cat in cats]
-    return ["Compliant answers per HarmBench category (pooled over seeds):", ""] + _table(["category", *labels], table) + [""]
+    return (["Compliant answers per HarmBench category (pooled over seeds):", ""]
+            + _table(["category", *labels], table) + [""])
 
 
 def auc(pos: list[float], neg: list[float]) -> float | None:
@@ -207,7 +212,8 @@ def _outside(results: Path) -> list[str]:
             adjusted = dict(zip(idx, length_adjusted([score[i] for i in idx], [length[i] for i in idx])))
 
             def split(values):
-                return ([values[i] for i in idx if groups[i] == "top"], [values[i] for i in idx if groups[i] == "bottom"])
+                return ([values[i] for i in idx if groups[i] == "top"],
+                        [values[i] for i in idx if groups[i] == "bottom"])
             a, la, adj = auc(*split(score)), auc(*split(length)), auc(*split(adjusted))
             table.append([name, data, f"{len(ok)}/{len(groups)}", _fmt(a), _fmt(la), _fmt(adj),
                           "yes" if adj is not None and adj >= OUTSIDE_ADJUSTED else "no"])

@@ -58,7 +58,8 @@ def summary_path(out) -> Path:
     return out.with_name(out.name + ".filter.json")
 
 
-def select_dropped(order: list[tuple[int, float]], *, drop_top=None, max_score=None) -> tuple[list[tuple[int, float]], str]:
+def select_dropped(order: list[tuple[int, float]], *, drop_top=None,
+                   max_score=None) -> tuple[list[tuple[int, float]], str]:
     """The (index, score) pairs to drop from the descending ``order``, and the rule in words."""
     if (drop_top is None) == (max_score is None):
         raise ValueError("give drop_top or max_score, exactly one")

@@ -20,7 +20,8 @@ ANCHORS = [
 ]
 TRAIN = [
     {"instruction": "Name a color.", "context": "", "response": "Blue."},
-    {"instruction": "Summarize.", "context": "The sea is wide and the wind is free.", "response": "Wide sea, free wind."},
+    {"instruction": "Summarize.", "context": "The sea is wide and the wind is free.",
+     "response": "Wide sea, free wind."},
     {"instruction": "Count to five.", "context": "", "response": "1, 2, 3, 4, 5."},
     {"instruction": "Give a tip for sleep.", "context": "", "response": "Keep regular hours, and no screens late."},
 ]
@@ -75,8 +76,10 @@ def test_bad_inputs_are_named_before_loading(toy, tmp_path, capsys):
     assets, root = toy
     base = ["anchor-direction", "--model", assets.model_dir, "--state", assets.danger_state]
     (tmp_path / "taken").mkdir()
-    cases = [(["--anchors", str(root / "nope.jsonl"), "--out", str(tmp_path / "d1")], "--anchors .*nope.jsonl: file not found"),
-             (["--anchors", str(root / "anchors.jsonl"), "--out", str(tmp_path / "taken")], "--out .*taken already exists"),
+    cases = [(["--anchors", str(root / "nope.jsonl"), "--out", str(tmp_path / "d1")],
+              "--anchors .*nope.jsonl: file not found"),
+             (["--anchors", str(root / "anchors.jsonl"), "--out", str(tmp_path / "taken")],
+              "--out .*taken already exists"),
              (["--anchors", str(root / "anchors.jsonl"), "--out", str(tmp_path / "no" / "d")], "does not exist"),
              (["--anchors", str(root / "anchors.jsonl"), "--out", str(tmp_path / "d2"), "--response-tokens", "0"],
               "response_tokens|response-tokens")]

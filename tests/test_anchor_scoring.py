@@ -30,7 +30,8 @@ REFUSALS = [
 ]
 TRAIN = [
     {"instruction": "Name a color.", "response": "Blue."},
-    {"instruction": "Summarize.", "context": "The sea is wide and the wind is free.", "response": "Wide sea, free wind."},
+    {"instruction": "Summarize.", "context": "The sea is wide and the wind is free.",
+     "response": "Wide sea, free wind."},
     {"instruction": "Count to five.", "response": "1, 2, 3, 4, 5."},
     {"instruction": "Give a tip for sleep.", "response": "Keep regular hours, and no screens late at night."},
     {"instruction": "Translate 'cat' to French.", "response": "Chat."},
@@ -209,7 +210,8 @@ def test_bad_anchor_input_is_one_line_naming_the_file(toy, tmp_path, capsys):
     # usage errors, before anything is read
     for extra, message in ((["--danger-anchors", files["harmful"], "--danger-direction", assets.danger_direction],
                             "give --danger-direction or --danger-anchors, not both"),
-                           (["--safety-state", assets.safety_state], "--safety-state goes with --safety-direction only")):
+                           (["--safety-state", assets.safety_state],
+                            "--safety-state goes with --safety-direction only")):
         assert cli.main([*base, *extra, "--out", str(tmp_path / "x.csv")]) == 2
         assert message in capsys.readouterr().err
 

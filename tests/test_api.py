@@ -90,20 +90,24 @@ def test_lora_update_stats_matches_dense_update(backend, lengths, d_in, d_out, r
 def test_direction_sqnorm_matches_dense():
     torch.manual_seed(2)
     dir_A, dir_B = torch.randn(3, 4, 37), torch.randn(3, 21, 4)
-    assert_relative_close("||D||^2", sqsd_fast.direction_sqnorm(dir_A, dir_B), direction_sqnorm_reference(dir_A, dir_B), 1e-6)
+    assert_relative_close("||D||^2", sqsd_fast.direction_sqnorm(dir_A, dir_B),
+                          direction_sqnorm_reference(dir_A, dir_B), 1e-6)
 
 
 def test_non_finite_inputs_propagate():
     torch.manual_seed(3)
     a, b = torch.randn(6, 3), torch.randn(6, 4)
     a[4, 1] = float("nan")
-    proj, stat = sqsd_fast.factor_grad_stats(a, b, random_cu_seqlens([2, 4]), torch.randn(1, 3, 4), "frobenius", backend="reference")
+    proj, stat = sqsd_fast.factor_grad_stats(a, b, random_cu_seqlens([2, 4]), torch.randn(1, 3, 4), "frobenius",
+                                             backend="reference")
     assert torch.isfinite(proj[0]).all() and torch.isfinite(stat[0])
     assert torch.isnan(proj[1]).all() and torch.isnan(stat[1])
 
 
 def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setattr(api, "_backend_module", lambda name: api.importlib.import_module(api._BACKEND_MODULES[name]) if name == "reference" else None)
+    monkeypatch.setattr(api, "_backend_module",
+                        lambda name: (api.importlib.import_module(api._BACKEND_MODULES[name])
+                                      if name == "reference" else None))
     api._warn_reference_fallback.cache_clear()
     a, b, cu = torch.randn(4, 2), torch.randn(4, 3), random_cu_seqlens([4])
     with warnings.catch_warnings(record=True) as caught:
@@ -141,7 +145,8 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton", "auto"])
-@pytest.mark.parametrize("override, error, message", BAD_INPUTS, ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
+@pytest.mark.parametrize("override, error, message", BAD_INPUTS,
+                         ids=lambda v: str(v)[:40] if isinstance(v, str) else None)
 def test_bad_input_is_refused_before_any_kernel(backend, override, error, message):
     kwargs = {**GOOD, "gram": "left", "backend": backend, **override}
     with pytest.raises(error, match=message):

@@ -27,7 +27,8 @@ def run_script(name: str, out_dir: Path, *extra: str, timeout: int = 120) -> sub
          "--out-dir", str(out_dir), *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
-    assert proc.returncode == 0, f"{name} --smoke failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"{name} --smoke failed ({proc.returncode}):\n"
+                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 

@@ -75,7 +75,8 @@ def reference_grads(pm, samples, first_n=None):
     names = {}
     for n, _ in pm.named_parameters():
         if f".lora_A.{STATE}." in n:
-            names[n.split(f".lora_A.{STATE}.")[0].removeprefix("base_model.model.")] = (n, n.replace("lora_A", "lora_B"))
+            module = n.split(f".lora_A.{STATE}.")[0].removeprefix("base_model.model.")
+            names[module] = (n, n.replace("lora_A", "lora_B"))
     wanted = {n for pair in names.values() for n in pair}
     params = {n: p.detach() for n, p in pm.named_parameters() if n in wanted}
     pm.set_adapter(STATE)

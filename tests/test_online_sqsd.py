@@ -265,7 +265,7 @@ def test_online_drop_leaves_out_the_top_running_scores_from_the_given_epoch(toy,
     running = {i: sum(v) / len(v) for i, v in running.items()}
     top_after_2 = sorted(sorted(running, key=lambda i: -running[i])[:2])
     assert seen[3] == set(range(len(RECORDS))) - set(top_after_2)
-    assert f"online drop: epoch 2 leaves out 2 of 7 samples" in err
+    assert "online drop: epoch 2 leaves out 2 of 7 samples" in err
     dropped = (out / "online" / "dropped.csv").read_text().splitlines()
     assert dropped[0] == "epoch,sample_index,running_sqsd" and len(dropped) == 1 + 4
     summary = json.loads((out / "train_summary.json").read_text())["online"]

@@ -113,7 +113,8 @@ print(json.dumps({"file": sqsd_fast.__file__, "built": info["built"], "torch": i
 
 def _tracked_tree(dest: Path) -> Path:
     """A copy of the files a clean clone would have once committed (no build folder, no .so)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True)
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True)
     if listed.returncode != 0:
         pytest.skip("not a git checkout: the distribution is built from the tracked files")
     for name in listed.stdout.decode().split("\0"):

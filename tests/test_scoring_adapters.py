@@ -190,7 +190,8 @@ def test_gpt2_conv1d_lora_matches_dense(tok, tmp_path):
     tok.save_pretrained(model_dir)
     dirs = []
     for k in range(2):
-        pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj", "c_fc"],
+        pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=4,
+                                                             target_modules=["c_attn", "c_proj", "c_fc"],
                                                              fan_in_fan_out=True))
         with torch.no_grad():
             for n, p in pm.named_parameters():

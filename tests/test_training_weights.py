@@ -62,7 +62,8 @@ def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     tok = build_toy_tokenizer()
     with quiet_libraries():
-        build_toy_model(tok, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2).save_pretrained(root / "m")
+        build_toy_model(tok, hidden_size=32, intermediate_size=48, num_layers=1,
+                        num_heads=2).save_pretrained(root / "m")
     tok.save_pretrained(root / "m")
     return root
 

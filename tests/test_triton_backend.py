@@ -68,7 +68,10 @@ def make_inputs(lengths, p, q, n_dirs, dtype, seed, strided=True, dirs_dtype=tor
     dirs = torch.randn(n_dirs, q, p, generator=gen).to(dirs_dtype).transpose(1, 2) if n_dirs else None
     if strided:
         a, b = non_contiguous(a), b.T.contiguous().T  # every-other-column view; column-major
-    move = (lambda t: t if t is None else t.to(DEVICE))
+
+    def move(t):
+        return t if t is None else t.to(DEVICE)
+
     return move(a), move(b), random_cu_seqlens(lengths).to(DEVICE), move(dirs)
 
 

@@ -30,7 +30,7 @@ def _run(work: Path, *extra: str) -> str:
 
 @pytest.mark.slow
 def test_smoke_run_covers_every_stage_and_reruns_from_cache(tmp_path):
-    out = _run(tmp_path)
+    _run(tmp_path)
     results = tmp_path / "results"
     with open(results / "asr.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -2,9 +2,9 @@
 
 By default the real demo (``sqsd_fast.demo.real``): SmolLM2-135M-Instruct fetched and
 converted once (cached), the demo records scored with no configuration (a fresh LoRA state
-and the shipped anchor sets, built once and cached), subsets cut, the ranking printed. ``--toy`` runs the offline toy demo instead
-(``sqsd_fast.demo.toy``: random weights, seconds), which is also what runs when the model
-cannot be fetched.
+and the shipped anchor sets, built once and cached), subsets cut, the ranking printed.
+``--toy`` runs the offline toy demo instead (``sqsd_fast.demo.toy``: random weights,
+seconds), which is also what runs when the model cannot be fetched.
 """
 from __future__ import annotations
 

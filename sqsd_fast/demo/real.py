@@ -216,10 +216,10 @@ def _print_ranking(scored: list[dict], records: list[dict]) -> None:
         return (f"    #{r['rank']:<{width}} {r['sqsd']:+.4f}  [index {r['index']}]  {prompt}\n"
                 f"    {'':<{width + 1}} {'':>7}  answer: {answer}")
 
-    print(f"  highest sqsd (riskiest first; danger projection minus safety projection):")
+    print("  highest sqsd (riskiest first; danger projection minus safety projection):")
     for r in scored[:k]:
         print(line(r))
-    print(f"  lowest sqsd:")
+    print("  lowest sqsd:")
     for r in scored[len(scored) - k:]:
         print(line(r))
 

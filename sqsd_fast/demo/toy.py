@@ -97,7 +97,7 @@ def _run(out_dir: Path, *, quiet_progress: bool) -> int:
         return rc
     write_rows(out_dir / "scores.csv", read_rows(scores), SCORE_COLUMNS)
 
-    print(f"\n[3/3] cutting the ranking into subsets S1 (riskiest) .. S5 ...\n")
+    print("\n[3/3] cutting the ranking into subsets S1 (riskiest) .. S5 ...\n")
     rc = cli.main(["subsets", "--scores", str(scores), "--data", str(data),
                    "--out-dir", str(out_dir / "subsets"), "--num", "5", "--window", "6"])
     if rc != 0:

@@ -12,7 +12,8 @@ from typing import Mapping
 
 import torch
 
-from sqsd_fast.models.adapters import LoraFactors, check_direction_is_usable, check_direction_matches_state, load_direction
+from sqsd_fast.models.adapters import (LoraFactors, check_direction_is_usable, check_direction_matches_state,
+                                       load_direction)
 
 
 def resolve_direction(spec, peft_model, shapes: Mapping[str, tuple[int, int, int]] | None = None, *,

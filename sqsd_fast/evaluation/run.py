@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqsd_fast.evaluation.content_judge import COMPLIANCE, VERDICTS
 from sqsd_fast.evaluation.options import EvaluateOptions

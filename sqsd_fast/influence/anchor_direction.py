@@ -125,7 +125,8 @@ def check_direction_model(path, model_digest, option: str) -> None:
     made = json.loads(about_file.read_text()).get("model_digest")
     if made is not None and made != model_digest:
         raise ValueError(f"{option} {os.fspath(path)}: this direction was built from anchors on another model "
-                         f"(content {made[:19]}..., not --model's {model_digest[:19]}...); build it again on this model")
+                         f"(content {made[:19]}..., not --model's {model_digest[:19]}...); "
+                         "build it again on this model")
 
 
 def cached_mean_update(stats, samples, key: dict, *, label: str, response_tokens: int | None,

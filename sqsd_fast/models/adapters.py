@@ -98,6 +98,15 @@ def read_adapter(path) -> dict[str, LoraFactors]:
     """
     config_path, weights_path = _adapter_files(path)
     path = os.fspath(path)
+    config = _read_adapter_config(path, config_path)
+    state = _load_adapter_weights(path, weights_path)
+    out = _pair_factors(path, _group_factors(path, state))
+    _check_config_rank(path, config, out)
+    return out
+
+
+def _read_adapter_config(path: str, config_path: str) -> dict:
+    """adapter_config.json, refused unless it describes plain LoRA (no other peft type, no DoRA)."""
     try:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
@@ -111,18 +120,26 @@ def read_adapter(path) -> dict[str, LoraFactors]:
         raise ValueError(f"adapter {path!r} is a {peft_type or 'unknown'} adapter; only LoRA adapters are supported")
     if config.get("use_dora"):
         raise ValueError(f"adapter {path!r} uses DoRA (use_dora=true); only plain LoRA is supported")
+    return config
+
+
+def _load_adapter_weights(path: str, weights_path: str) -> dict[str, torch.Tensor]:
+    """The weights file's tensors on the CPU; a damaged file is one ``ValueError``, whatever the loader raised."""
     try:
         if weights_path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            state = load_file(weights_path, device="cpu")
-        else:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            return load_file(weights_path, device="cpu")
+        return torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and pickle raise many types for a damaged file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"adapter {path!r}: cannot read {os.path.basename(weights_path)} ({first}); "
                          "the file is damaged or incomplete, save the adapter again") from None
 
+
+def _group_factors(path: str, state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{module: {"A"|"B": float32 factor}}`` from the state dict's keys; anything but 2-D LoRA A/B
+    weights on linear layers is refused."""
     embedding_keys = [key for key in state if "lora_embedding" in key]
     if embedding_keys:
         raise ValueError(
@@ -141,15 +158,23 @@ def read_adapter(path) -> dict[str, LoraFactors]:
         module = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
         if tensor.dim() != 2:
             raise ValueError(
-                f"adapter {path!r}: {key} has shape {tuple(tensor.shape)}; only LoRA on linear layers (2-D factors) is supported"
+                f"adapter {path!r}: {key} has shape {tuple(tensor.shape)}; only LoRA on linear layers "
+                "(2-D factors) is supported"
             )
         factors.setdefault(module, {})[match["factor"]] = tensor.float()
     if not factors:
         raise ValueError(f"adapter {path!r} holds no LoRA weights")
+    return factors
+
+
+def _pair_factors(path: str, factors: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, LoraFactors]:
+    """Each module's A and B as ``LoraFactors``: both present, of one rank, and finite."""
     out = {}
     for module, pair in factors.items():
         if set(pair) != {"A", "B"}:
-            raise ValueError(f"adapter {path!r}: module {module} has lora_{next(iter(pair))} but not its partner factor")
+            raise ValueError(
+                f"adapter {path!r}: module {module} has lora_{next(iter(pair))} but not its partner factor"
+            )
         if pair["B"].shape[1] != pair["A"].shape[0]:
             raise ValueError(
                 f"adapter {path!r}: module {module} has lora_A {tuple(pair['A'].shape)} and lora_B "
@@ -160,7 +185,6 @@ def read_adapter(path) -> dict[str, LoraFactors]:
                 raise ValueError(f"adapter {path!r}: module {module} lora_{factor} holds NaN or Inf values; "
                                  "the adapter is damaged (or its training diverged)")
         out[module] = LoraFactors(pair["A"], pair["B"])
-    _check_config_rank(path, config, out)
     return out
 
 
@@ -280,7 +304,8 @@ def state_modules(peft_model, adapter_name: str, *, where: str | None = None) ->
         if adapter_name not in module.lora_A:
             continue
         if type(module) is not LoraLinear:
-            raise ValueError(f"{where}: LoRA layer {name} is a {type(module).__name__}; only LoRA on linear layers is supported")
+            raise ValueError(f"{where}: LoRA layer {name} is a {type(module).__name__}; "
+                             "only LoRA on linear layers is supported")
         if adapter_name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(adapter_name):
             raise ValueError(f"{where}: layer {name} uses a LoRA variant (e.g. DoRA); only plain LoRA is supported")
         linear_shape(module, where=f"{where}, module {name}")
@@ -321,7 +346,8 @@ def load_direction(source, peft_model, *, device=None) -> dict[str, LoraFactors]
     return {n: LoraFactors(f.A.to(device), f.B.to(device)) for n, f in factors.items()}
 
 
-def check_direction_matches_state(direction: Mapping[str, LoraFactors], state_names, *, direction_name, state_name) -> None:
+def check_direction_matches_state(direction: Mapping[str, LoraFactors], state_names, *, direction_name,
+                                  state_name) -> None:
     """The direction and the state must cover exactly the same LoRA modules."""
     direction_set, state_set = set(direction), set(state_names)
     missing = sorted(direction_set - state_set)

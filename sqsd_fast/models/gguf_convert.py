@@ -78,7 +78,8 @@ def inspect_gguf(path) -> GGUFInfo:
     kind = _string(reader, "general.type")
     if kind and kind != "model":
         what = "a LoRA adapter" if kind == "adapter" else f"of type {kind!r}"
-        raise ValueError(f"{where} is {what}, not a model; give the base model's GGUF (or a Hugging Face model directory)")
+        raise ValueError(f"{where} is {what}, not a model; give the base model's GGUF "
+                         "(or a Hugging Face model directory)")
     if not reader.tensors:
         raise ValueError(f"{where} holds no tensors (a vocabulary-only GGUF?); give a model GGUF")
     if not _string(reader, "tokenizer.ggml.model"):
@@ -121,7 +122,8 @@ def convert_gguf(info: GGUFInfo, out_dir, *, sha256: str, progress: bool = True)
         # a cached model with random layers would score garbage for ever, so refuse it.
         missing = sorted(set(loading.get("missing_keys", ())) | set(loading.get("mismatched_keys", ())))
         if missing:
-            shown = ", ".join(str(k) for k in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            shown = (", ".join(str(k) for k in missing[:3])
+                     + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
             raise ValueError(f"{where} lacks weights the {config.model_type} model needs ({shown}); "
                              "the file is incomplete or not a full model")
         _drop_quantization(model)

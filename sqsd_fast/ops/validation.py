@@ -122,7 +122,8 @@ def check_lora_factors(A, B, dir_A, dir_B):
     check_float_tensor("A", A, 2, "(r, d_in)")
     check_float_tensor("B", B, 2, "(d_out, r)")
     if B.shape[1] != A.shape[0]:
-        raise ValueError(f"A (r, d_in) and B (d_out, r) must share the rank r; got A {tuple(A.shape)} and B {tuple(B.shape)}")
+        raise ValueError("A (r, d_in) and B (d_out, r) must share the rank r; "
+                         f"got A {tuple(A.shape)} and B {tuple(B.shape)}")
     check_direction_factors(dir_A, dir_B)
     if dir_A.shape[2] != A.shape[1] or dir_B.shape[1] != B.shape[0]:
         raise ValueError(
@@ -135,16 +136,18 @@ def check_lora_factors(A, B, dir_A, dir_B):
 def check_lora_activations(x, h, u, e, A, B, V_A, V_B):
     r, d_in = A.shape
     d_out = B.shape[0]
-    expected = {"x": (x, d_in, "(N, d_in)"), "h": (h, r, "(N, r)"), "u": (u, r, "(N, r)"), "e": (e, d_out, "(N, d_out)")}
+    expected = {"x": (x, d_in, "(N, d_in)"), "h": (h, r, "(N, r)"), "u": (u, r, "(N, r)"),
+                "e": (e, d_out, "(N, d_out)")}
     for name, (t, width, doc) in expected.items():
         check_float_tensor(name, t, 2, doc)
         if t.shape[1] != width:
             raise ValueError(
-                f"{name} must have shape {doc} with {doc[4:-1]} = {width} (from A {tuple(A.shape)}, B {tuple(B.shape)}); "
-                f"got {tuple(t.shape)}"
+                f"{name} must have shape {doc} with {doc[4:-1]} = {width} "
+                f"(from A {tuple(A.shape)}, B {tuple(B.shape)}); got {tuple(t.shape)}"
             )
         if t.shape[0] != x.shape[0]:
-            raise ValueError(f"x, h, u, e must have the same number of rows N; got x {tuple(x.shape)} and {name} {tuple(t.shape)}")
+            raise ValueError("x, h, u, e must have the same number of rows N; "
+                             f"got x {tuple(x.shape)} and {name} {tuple(t.shape)}")
     if V_A.shape[1:] != A.shape or V_B.shape[1:] != B.shape or V_A.shape[0] != V_B.shape[0]:
         raise ValueError(
             f"V_A must be (K, r, d_in) = (K, {r}, {d_in}) and V_B (K, d_out, r) = (K, {d_out}, {r}); "

@@ -23,7 +23,8 @@ def assert_relative_close(name: str, out: torch.Tensor, ref: torch.Tensor, tol: 
     """Fails with where and how badly ``out`` differs from the float64 ``ref``."""
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
     out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
-    assert torch.isfinite(out64).all(), f"{name}: non-finite values at {torch.nonzero(~torch.isfinite(out64))[:5].tolist()}"
+    assert torch.isfinite(out64).all(), (
+        f"{name}: non-finite values at {torch.nonzero(~torch.isfinite(out64))[:5].tolist()}")
     denom = ref64.norm().item()
     err = (out64 - ref64).norm().item()
     rel = err / denom if denom > 0 else err

@@ -78,7 +78,7 @@ def authors_project(peft_model, samples, *, state: str, direction: str,
     for i, sample in enumerate(samples):
         ids = torch.tensor([sample.input_ids], dtype=torch.long, device=device)
         labels = torch.tensor([sample.labels], dtype=torch.long, device=device)
-        if not any(l != -100 for l in sample.labels[1:]):
+        if not any(label != -100 for label in sample.labels[1:]):
             status.append("no_response_tokens")
             continue
         peft_model.zero_grad(set_to_none=True)

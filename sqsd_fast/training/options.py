@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, Optional
+from typing import ClassVar, Optional
 
 from sqsd_fast.choices import (DTYPE_NAMES, check_choice, check_device, check_finite_float,
                                check_positive_int, name_value_pairs)
