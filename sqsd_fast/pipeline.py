@@ -38,7 +38,7 @@ from sqsd_fast.run_scorer import RunScorer, SQSDRun
 class Prepared:
     """The data of a run, read and tokenized."""
 
-    raw: Any                 # sqsd_fast.data.RawData
+    raw: Any                 # sqsd_fast.data.RawData, its rows dropped once normalized
     records: list            # list[Record]
     samples: list            # list[TokenizedSample]
     n_truncated: int
@@ -345,6 +345,10 @@ def prepare(options: RunOptions) -> Prepared:
     raw = load_raw(options.data, split=options.data_split)
     rows = raw.rows if options.limit is None else raw.rows[:options.limit]
     records = normalize_rows(rows, options.field_names(), raw.name)
+    # The records hold what a run needs; the rows as read would double the memory of a
+    # large set (docs/DEVELOPING.md, bench_large_data.py).
+    raw = dataclasses.replace(raw, rows=[])
+    del rows
     from sqsd_fast.models import resolve_model
     source = options.tokenizer or resolve_model(options.model, progress=options.progress)
     tokenizer = load_tokenizer(source, option="--tokenizer")

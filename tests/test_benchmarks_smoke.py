@@ -144,3 +144,15 @@ def test_bench_influence_smoke(tmp_path):
     assert {r["method"] for r in out} >= {"less", "query", "sketch"}
     assert all(r["status"] == "ok" and r["mode"] == "smoke" for r in out)
     assert all(float(r["cos_abs_err"]) < 1e-3 for r in out if r["cos_abs_err"])
+
+
+@pytest.mark.slow
+def test_bench_large_data_smoke(tmp_path):
+    out = tmp_path / "large.jsonl"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_large_data.py"), "--smoke", "--model", "fake",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["samples"] for r in rows] == [200, 400] and all(r["scored"] > 0 and r["mode"] == "smoke" for r in rows)
+    assert all(0 < r["pipeline_own_share"] <= 1 and r["device"] for r in rows)

@@ -192,3 +192,27 @@ def test_shared_alpaca_matches_section2(tok):
     if not path.exists():
         pytest.skip(f"{path} is absent (shared data only exists beside the dev checkout)")
     _check_file_matches_section2(tok, path, max_length=1024, every=125)
+
+
+def test_samples_hold_32_bit_token_arrays_across_tokenizer_chunks(tok, monkeypatch):
+    """Records tokenized a few at a time (chunks of 3 here) give the §2 ids of each, held as
+    TokenIds: 4 bytes a token, equal to the same ints as a list, sliced as TokenIds, and
+    padded into a batch exactly as a list would be."""
+    import sys
+
+    import sqsd_fast.data.tokenize as tokenize
+    import torch
+
+    from sqsd_fast.data.batching import collate
+    from sqsd_fast.data.tokenize import TokenIds, TokenizedSample
+    monkeypatch.setattr(tokenize, "_ENCODE_CHUNK", 3)
+    samples = _check_file_matches_section2(tok, DATA / "dolly_like.jsonl", max_length=256)
+    assert len(samples) > 3 and all(isinstance(s.input_ids, TokenIds) for s in samples)
+    longest = max(samples, key=lambda s: s.n_tokens)
+    assert sys.getsizeof(longest.input_ids) < 4 * longest.n_tokens + 128 < sys.getsizeof(list(longest.input_ids))
+    assert isinstance(longest.labels[1:], TokenIds) and longest.labels[1:] == list(longest.labels)[1:]
+    assert longest.input_ids != list(longest.input_ids)[:-1] and longest.input_ids != (1, 2)
+    as_lists = [TokenizedSample(s.index, list(s.input_ids), list(s.labels), s.truncated, s.n_tokens,
+                                s.n_response_tokens) for s in samples[:4]]
+    for got, want in zip(collate(samples[:4], 0).values(), collate(as_lists, 0).values()):
+        assert torch.equal(got, want)

@@ -5,6 +5,7 @@ first, so an out-of-memory batch size shows up on the first batch rather than th
 """
 from __future__ import annotations
 
+from array import array
 from typing import Sequence
 
 import torch
@@ -88,7 +89,15 @@ def collate(batch: Sequence[TokenizedSample], pad_token_id: int) -> dict[str, to
         n = len(s.input_ids)
         if len(s.labels) != n:
             raise ValueError(f"sample {s.index}: {n} input_ids but {len(s.labels)} labels")
-        input_ids[row, :n] = torch.tensor(s.input_ids, dtype=torch.long)
-        labels[row, :n] = torch.tensor(s.labels, dtype=torch.long)
+        input_ids[row, :n] = _as_tensor(s.input_ids)
+        labels[row, :n] = _as_tensor(s.labels)
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _as_tensor(values) -> torch.Tensor:
+    """A sample's ids or labels as a tensor: 32-bit arrays (TokenIds) without a copy through
+    Python ints, lists and tuples as given."""
+    if isinstance(values, array) and len(values):
+        return torch.frombuffer(values, dtype=torch.int32)
+    return torch.tensor(values, dtype=torch.long)

@@ -21,6 +21,7 @@ system -> System, assistant -> Response, other roles capitalized), followed by
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -36,11 +37,40 @@ _PLAIN_HEADERS = {"user": "Instruction", "system": "System", "assistant": "Respo
 _ENCODE_CHUNK = 512
 
 
+class TokenIds(array):
+    """Token ids (or labels) as 32-bit integers: 4 bytes a token where a list of Python ints
+    takes about 36, so that 100k samples of a few hundred tokens stay within a few hundred
+    MB. A sequence of ints like a list (len, indexing, slicing, iteration), and equal to a
+    list or tuple of the same ints."""
+
+    __slots__ = ()
+
+    def __new__(cls, values: Iterable[int] = ()):
+        return super().__new__(cls, "i", values)
+
+    def __getitem__(self, key):
+        item = array.__getitem__(self, key)
+        return TokenIds(item) if isinstance(key, slice) else item
+
+    def __eq__(self, other):
+        if isinstance(other, (list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return array.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = None   # mutable, as a list
+
+    def __repr__(self) -> str:
+        return f"TokenIds({self.tolist()})"
+
+
 @dataclass(frozen=True)
 class TokenizedSample:
     index: int              # position of the record in the input (0-based)
-    input_ids: list[int]
-    labels: list[int]       # -100 on prompt positions (docs/METHOD.md §2)
+    input_ids: TokenIds     # (a list or tuple of ints works too where samples are built by hand)
+    labels: TokenIds        # -100 on prompt positions (docs/METHOD.md §2)
     truncated: bool         # max_length cut the sample
     n_tokens: int           # len(input_ids)
     n_response_tokens: int  # labels that are not -100 and have a predecessor
@@ -87,20 +117,23 @@ def tokenize_records(records: Iterable[Record], tokenizer: Any, *,
         if not eos:
             raise ValueError("the tokenizer has no eos_token; docs/METHOD.md §2 appends it to "
                              "every response, so set tokenizer.eos_token")
-        prompts = [render_prompt(tokenizer, r.prompt_messages) for r in text_records]
+    # Chunk by chunk: the tokenizer's lists of Python ints live for one chunk only, the
+    # samples keep 32-bit arrays (a 100k-sample set would otherwise peak at GBs of lists).
+    for start in range(0, len(text_records), _ENCODE_CHUNK):
+        chunk = text_records[start:start + _ENCODE_CHUNK]
+        prompts = [render_prompt(tokenizer, r.prompt_messages) for r in chunk]
         p_ids = _encode(tokenizer, prompts)
-        full_ids = _encode(tokenizer, [p + r.response + eos
-                                       for p, r in zip(prompts, text_records)])
-        for pos, r, p, ids in zip(text_positions, text_records, p_ids, full_ids):
+        full_ids = _encode(tokenizer, [p + r.response + eos for p, r in zip(prompts, chunk)])
+        for pos, r, p, ids in zip(text_positions[start:start + _ENCODE_CHUNK], chunk, p_ids, full_ids):
             cut = ids[:max_length]
             labels = [IGNORE_INDEX] * min(len(p), len(cut)) + cut[len(p):]
             encoded[pos] = TokenizedSample(
-                index=r.index, input_ids=cut, labels=labels, truncated=len(ids) > max_length,
+                index=r.index, input_ids=TokenIds(cut), labels=TokenIds(labels), truncated=len(ids) > max_length,
                 n_tokens=len(cut), n_response_tokens=count_response_tokens(labels))
     samples = []
     for pos, r in enumerate(records):
         if r.kind == "pretokenized":
-            ids, labels = list(r.input_ids), list(r.labels)
+            ids, labels = TokenIds(r.input_ids), TokenIds(r.labels)
             samples.append(TokenizedSample(
                 index=r.index, input_ids=ids, labels=labels, truncated=False,
                 n_tokens=len(ids), n_response_tokens=count_response_tokens(labels)))
