@@ -83,6 +83,10 @@ class CheckedOptions:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # Options that change results only when set, fingerprinted only then (so that adding
+    # one does not make every earlier run's sidecars foreign to --resume).
+    FINGERPRINTED_WHEN_SET: ClassVar[frozenset] = frozenset({"load_in_4bit", "load_in_8bit"})
+
     def fingerprint(self, *, whole_file: str, whole_file_is_local: bool = True, **extra) -> dict:
         """What identifies a run's results, for resume checks: the command, every field not
         in ``NOT_FINGERPRINTED`` (``PATH_FIELDS`` and ``ADAPTER_FIELDS`` by content), the
@@ -96,6 +100,8 @@ class CheckedOptions:
             if f.name in self.NOT_FINGERPRINTED:
                 continue
             value = getattr(self, f.name)
+            if f.name in self.FINGERPRINTED_WHEN_SET and not value:
+                continue   # an option added later: runs without it keep the fingerprint they had
             if f.name == whole_file:
                 value = (path_fingerprint(value, limit=None) if whole_file_is_local
                          else {"path": str(value), "digest": None})
@@ -171,6 +177,11 @@ class RunOptions(RecordFieldOptions):
     gradient_checkpointing: bool = option(False, "recompute each layer's forward in the backward: "
                                           "less memory for long samples, about a third more "
                                           "time; scores do not change")
+    load_in_4bit: bool = option(False, "load the base model's linear layers in 4 bits (bitsandbytes "
+                                "NF4, as QLoRA); the LoRA factors stay float, the scores are "
+                                "those of the quantized model")
+    load_in_8bit: bool = option(False, "load the base model's linear layers in 8 bits (bitsandbytes "
+                                "LLM.int8())")
     no_progress: bool = option(False, "no progress bar")
     quiet: bool = option(False, "no progress bar and no summary")
     COMMAND: ClassVar[str] = ""
@@ -199,6 +210,24 @@ class RunOptions(RecordFieldOptions):
     @property
     def progress(self) -> bool:
         return not (self.quiet or self.no_progress)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_quantization()
+
+    def quantization(self) -> str | None:
+        """"4bit", "8bit" or None: how the base model's linear layers are loaded."""
+        return "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else None
+
+    def _check_quantization(self) -> None:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise OptionError("load_in_8bit", "load_in_8bit and --load-in-4bit: give one of them")
+        if self.quantization() and str(getattr(self, "model", "")).lower().endswith(".gguf"):
+            raise OptionError(f"load_in_{self.quantization()}", (
+                f"load_in_{self.quantization()} with a .gguf model ({self.model}): a GGUF is de-quantized to "
+                "float when it is converted, so this would quantize it a second time, with bitsandbytes; "
+                "choose: drop the option to score the de-quantized model, or pass the converted directory "
+                "(sqsd-fast fetch-model NAME --convert prints it) as --model to quantize it anyway"))
 
     def columns(self) -> dict[str, str]:
         """The output table: {column: "int" | "float" | "str"}, in order."""

@@ -323,6 +323,9 @@ def check_paths(options: RunOptions) -> None:
         if name not in ("model", "tokenizer") and path is not None and not Path(path).exists():
             raise ValueError(f"--{name.replace('_', '-')} {path}: file not found")
     check_model_path(options.model)
+    if options.quantization():
+        from sqsd_fast.models.quantized import check_bitsandbytes
+        check_bitsandbytes(f"--load-in-{options.quantization()}")
     directions = {"--danger-direction": getattr(options, "danger_direction", None),
                   "--safety-direction": getattr(options, "safety_direction", None),
                   "--direction": getattr(options, "direction", None)}
@@ -422,7 +425,7 @@ def _load_sqsd_scorer(options: RunOptions):
         if not options.anchor_files() and options.scoring_state() is not None:
             return SQSDScorer.from_pretrained(
                 options.model, dtype=options.dtype, device=options.device, backend=options.backend,
-                **options.scorer_inputs(options.scoring_state(), {}))
+                quantization=options.quantization(), **options.scorer_inputs(options.scoring_state(), {}))
         inputs = build_anchored_inputs(
             model=options.model, state=options.scoring_state(), anchors=_read_anchors_again(options),
             anchor_files=options.anchor_files(), fields=options.field_names(),
@@ -430,7 +433,7 @@ def _load_sqsd_scorer(options: RunOptions):
             dtype=options.dtype, device=options.device, backend=options.backend,
             batch_size=options.batch_size, max_tokens=options.max_tokens,
             tokenizer=options.tokenizer, progress=options.progress, announce=not options.quiet,
-            gradient_checkpointing=options.gradient_checkpointing)
+            gradient_checkpointing=options.gradient_checkpointing, quantization=options.quantization())
         return SQSDScorer.from_pretrained(inputs.model, backend=options.backend, tokenizer=inputs.tokenizer,
                                           **options.scorer_inputs(inputs.adapter, inputs.directions))
 

@@ -32,7 +32,7 @@ ALLOWED = {
     "distributed": set(),
     "ranking": set(),
     "checks": {"data", "io"},
-    "models": {"choices", "data", "io"},
+    "models": {"choices", "data", "io", "quiet"},
     "engine": {"ops", "choices", "data", "models", "quiet"},
     "scoring": {"engine", "ops", "choices", "data", "models", "ranking"},
     "options": {"anchors", "choices", "data", "io", "models"},

@@ -75,8 +75,12 @@ def test_every_option_is_in_the_fingerprint_unless_it_cannot_change_a_score(ws, 
                                  direction=str(ws["danger_direction"]), data=str(ws["data"]),
                                  out=str(tmp_path / "p.jsonl"))
     fp = pipeline.fingerprint(options, pipeline.prepare(options))
-    # anchor_files: the digest of every anchor set a direction is built from, shipped ones too
-    assert set(fp) == (names - cls.NOT_FINGERPRINTED) | {"command", "n_samples", "anchor_files"}
+    # anchor_files: the digest of every anchor set a direction is built from, shipped ones too;
+    # options added later count only when set (earlier runs keep their fingerprints)
+    unset_later = cls.FINGERPRINTED_WHEN_SET
+    assert set(fp) == (names - cls.NOT_FINGERPRINTED - unset_later) | {"command", "n_samples", "anchor_files"}
+    set_one = dataclasses.replace(options, load_in_4bit=True)
+    assert pipeline.fingerprint(set_one, pipeline.prepare(options))["load_in_4bit"] is True
     for name in cls.ADAPTER_FIELDS + ("model", "data"):   # by content, not by name
         if getattr(options, name) is not None:
             assert fp[name]["digest"], name

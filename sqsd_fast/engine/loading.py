@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 
 
-def load_model_and_tokenizer(model, *, dtype="float32", device=None, tokenizer=None):
+def load_model_and_tokenizer(model, *, dtype="float32", device=None, tokenizer=None, quantization=None):
     """(base model, tokenizer): ``model`` is a directory, hub id or .gguf (loaded with
-    ``dtype`` onto ``device`` or the CPU) or an in-memory model (dtype kept, moved only when
-    ``device`` is given). The tokenizer, unless given, is loaded from ``model`` when it is a
-    path (a .gguf: the converted directory's), else None."""
+    ``dtype`` onto ``device`` or the CPU, its linear layers in 4 or 8 bits with
+    ``quantization``) or an in-memory model (dtype kept, moved only when ``device`` is
+    given). The tokenizer, unless given, is loaded from ``model`` when it is a path (a
+    .gguf: the converted directory's), else None."""
     from sqsd_fast.models.adapters import load_base_model
     from sqsd_fast.quiet import quiet_libraries
 
     with quiet_libraries():       # a library call shows our progress, not transformers' loading chatter
-        base = load_base_model(model, dtype=dtype, device=device)
+        base = load_base_model(model, dtype=dtype, device=device, quantization=quantization)
     if tokenizer is None and isinstance(model, (str, os.PathLike)):
         from sqsd_fast.models import resolve_model
 

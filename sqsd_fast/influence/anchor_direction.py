@@ -95,11 +95,15 @@ def model_digest(model) -> str:
 
 
 def direction_key(*, model_digest, state_digest, anchors_digest, response_tokens, max_length,
-                  fields, dtype) -> dict:
-    """Everything that makes an anchor direction (backend and batching do not)."""
-    return {"model": model_digest, "state": state_digest, "anchors": anchors_digest,
-            "response_tokens": response_tokens, "max_length": max_length,
-            "fields": fields, "dtype": dtype, "formula": "-(mean G_B A + B mean G_A)"}
+                  fields, dtype, quantization: str | None = None) -> dict:
+    """Everything that makes an anchor direction (backend and batching do not); a quantized
+    base only when set, so that the keys of float bases are those of earlier versions."""
+    key = {"model": model_digest, "state": state_digest, "anchors": anchors_digest,
+           "response_tokens": response_tokens, "max_length": max_length,
+           "fields": fields, "dtype": dtype, "formula": "-(mean G_B A + B mean G_A)"}
+    if quantization:
+        key["quantization"] = quantization
+    return key
 
 
 def cached_direction_path(key: dict, cache_dir=None) -> Path:

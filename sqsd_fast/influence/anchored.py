@@ -37,13 +37,13 @@ def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_file
                           fields, max_length: int, response_tokens, dtype: str, device: str,
                           backend: str, batch_size: int, max_tokens, tokenizer=None,
                           progress: bool = True, announce: bool = True,
-                          gradient_checkpointing: bool = False) -> AnchoredInputs:
+                          gradient_checkpointing: bool = False, quantization: str | None = None) -> AnchoredInputs:
     """Load ``model``, attach ``state`` (None: the cached fresh initialisation) and build or
     read every side's direction from ``anchors`` ({side: tokenized anchors of
     ``anchor_files[side]``})."""
     digest = model_digest(model)
     base, tok = load_model_and_tokenizer(model, dtype=dtype, device=device,
-                                         tokenizer=_tokenizer(tokenizer))
+                                         tokenizer=_tokenizer(tokenizer), quantization=quantization)
     if state is None:
         state = fresh_lora_state(base, digest)
     peft_model, adapter = use_or_attach_state(base, os.fspath(state), STATE_ADAPTER)
@@ -59,7 +59,9 @@ def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_file
         key = direction_key(model_digest=digest, state_digest=state_digest,
                             anchors_digest=path_fingerprint(anchor_files[side], limit=None)["digest"],
                             response_tokens=response_tokens, max_length=max_length,
-                            fields=dataclasses.asdict(fields), dtype=dtype)
+                            fields=dataclasses.asdict(fields), dtype=dtype,
+                            # only when set: directions cached before quantization existed stay valid
+                            **({"quantization": quantization} if quantization else {}))
         inputs.directions[side], _ = cached_mean_update(
             stats, samples, key, label=f"{side} anchors {anchor_files[side]}", response_tokens=response_tokens,
             progress=progress, announce=announce, base_model=str(model))

@@ -159,8 +159,8 @@ def load_baseline_scorer(options: BaselineOptions, tokenizer=None) -> BaselineSc
     with quiet_libraries():
         stats = GradientStats.from_pretrained(
             options.model, options.state, tokenizer=tokenizer, dtype=options.dtype, device=options.device,
-            backend=options.backend, batch_size=options.batch_size, max_tokens=options.max_tokens,
-            max_length=options.max_length)
+            quantization=options.quantization(), backend=options.backend, batch_size=options.batch_size,
+            max_tokens=options.max_tokens, max_length=options.max_length)
     queries = None
     if options.method == "gradmatch":
         queries = []

@@ -81,13 +81,16 @@ class GradientStats:
         self.backend = resolve_backend(backend, self.device)
 
     @classmethod
-    def from_pretrained(cls, model, adapter, *, tokenizer=None, dtype="float32", device=None, **kwargs):
+    def from_pretrained(cls, model, adapter, *, tokenizer=None, dtype="float32", device=None, quantization=None,
+                        **kwargs):
         """Loads the base model (directory, hub id, .gguf, or an in-memory model) and the
         state ``adapter`` (an adapter directory, or an adapter name on an in-memory PeftModel);
         the tokenizer comes from ``model`` when it is a path. An adapter directory given with
         an in-memory PeftModel is loaded onto it as an extra adapter, which stays (as
-        ``SQSDScorer.from_peft_model`` does). Other keywords: as ``__init__``."""
-        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device, tokenizer=tokenizer)
+        ``SQSDScorer.from_peft_model`` does). ``quantization`` "4bit" / "8bit": a QLoRA base
+        (sqsd_fast/models/quantized.py). Other keywords: as ``__init__``."""
+        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device, tokenizer=tokenizer,
+                                                   quantization=quantization)
         peft_model, name = use_or_attach_state(base, adapter, "influence_state")
         peft_model.to(next(base.parameters()).device)
         return cls(peft_model, adapter=name, tokenizer=tokenizer, **kwargs)

@@ -49,13 +49,18 @@ def resolve_dtype(dtype) -> torch.dtype:
     return allowed[check_choice("dtype", dtype, DTYPE_NAMES)]
 
 
-def load_base_model(model, *, dtype="float32", device=None) -> nn.Module:
+def load_base_model(model, *, dtype="float32", device=None, quantization: str | None = None) -> nn.Module:
     """A causal LM from a local directory or hub id (loaded once), or an in-memory model.
 
     In-memory models are used as they are: their dtype is kept, and they stay on their
-    device unless ``device`` is given. Models loaded from a path go to ``device`` or the CPU.
+    device unless ``device`` is given. Models loaded from a path go to ``device`` or the CPU;
+    ``quantization`` "4bit" or "8bit" loads their linear layers with bitsandbytes
+    (sqsd_fast/models/quantized.py).
     """
     if isinstance(model, nn.Module):
+        if quantization is not None:
+            raise ValueError("quantization applies to a model loaded from a path; quantize an in-memory "
+                             "model when you load it (transformers' BitsAndBytesConfig)")
         return model if device is None else model.to(device)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path, a hub id or a torch.nn.Module; got {type(model).__name__}")
@@ -66,6 +71,11 @@ def load_base_model(model, *, dtype="float32", device=None) -> nn.Module:
         raise ValueError(f"model directory {path!r} does not exist")
     from transformers import AutoModelForCausalLM
 
+    if quantization is not None:
+        from sqsd_fast.models.quantized import quantization_config
+        config = quantization_config(quantization, resolve_dtype(dtype))
+        return AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), quantization_config=config,
+                                                    device_map={"": str(device or "cpu")}).eval()
     loaded = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
     return loaded.to(device or "cpu").eval()
 
@@ -282,15 +292,30 @@ def attach_state(model: nn.Module, path, adapter_name: str):
     return peft_model.eval()
 
 
+def lora_linear_classes() -> tuple[type, ...]:
+    """peft's LoRA layers on a linear layer: the float one and, where bitsandbytes is
+    installed, those on its 4-bit and 8-bit linear layers (QLoRA). All compute
+    ``base(x) + B(A(dropout(x))) * scaling`` with float factors, so a sample's update is the
+    same function of the layer's input and output gradient whatever the base's precision."""
+    from peft.tuners.lora import Linear as LoraLinear
+    kinds = [LoraLinear]
+    try:
+        from peft.tuners.lora import bnb as lora_bnb
+    except ImportError:   # pragma: no cover - peft always has the module; bitsandbytes may be absent
+        return tuple(kinds)
+    kinds += [getattr(lora_bnb, name) for name in ("Linear4bit", "Linear8bitLt") if hasattr(lora_bnb, name)]
+    return tuple(kinds)
+
+
 def state_modules(peft_model, adapter_name: str, *, where: str | None = None) -> dict[str, nn.Module]:
     """``{module name relative to the base model: peft LoRA layer}`` holding ``adapter_name``.
 
     In model order. Raises ``ValueError`` for LoRA layers scoring cannot handle
     (embeddings, convolutions, DoRA and other LoRA variants).
     """
-    from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.lora import LoraLayer
 
+    linear_kinds = lora_linear_classes()
     where = where or f"adapter {adapter_name!r}"
     if adapter_name not in getattr(peft_model, "peft_config", {}):
         raise ValueError(f"the model has no adapter named {adapter_name!r}")
@@ -303,7 +328,7 @@ def state_modules(peft_model, adapter_name: str, *, where: str | None = None) ->
             raise ValueError(f"{where}: LoRA on embedding layer {name} is not supported (linear layers only)")
         if adapter_name not in module.lora_A:
             continue
-        if type(module) is not LoraLinear:
+        if type(module) not in linear_kinds:
             raise ValueError(f"{where}: LoRA layer {name} is a {type(module).__name__}; "
                              "only LoRA on linear layers is supported")
         if adapter_name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(adapter_name):

@@ -53,7 +53,8 @@ class SQSDScorer:
     @classmethod
     def from_pretrained(cls, model, *, danger_state, danger_direction, safety_state=None, safety_direction=None,
                         safety_state_scaling=1.0, danger_state_scaling=None, more_danger_directions=None,
-                        dtype="float32", device=None, backend="auto", tokenizer=None) -> "SQSDScorer":
+                        dtype="float32", device=None, backend="auto", tokenizer=None,
+                        quantization=None) -> "SQSDScorer":
         """Loads the base model once and the LoRA states on it as named adapters.
 
         Args:
@@ -82,6 +83,9 @@ class SQSDScorer:
                 model loaded from a path, the model's own device for an in-memory model.
             backend: statistics backend ("auto", "reference", "cpp", "triton").
             tokenizer: optional; loaded from ``model`` when it is a directory.
+            quantization: "4bit" or "8bit" loads a model from a path with its linear layers
+                quantized by bitsandbytes (QLoRA; the LoRA factors stay float): the scores
+                are exact for that quantized model (sqsd_fast/models/quantized.py).
 
         Raises:
             ValueError naming the adapter directory: missing files, not LoRA, LoRA on
@@ -92,7 +96,8 @@ class SQSDScorer:
             safety_state = safety_direction
         if safety_state is not None and safety_direction is None:
             raise ValueError("safety_state was given without safety_direction; give both (or neither)")
-        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device, tokenizer=tokenizer)
+        base, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device, tokenizer=tokenizer,
+                                                   quantization=quantization)
         held = adapter_names(base)    # a state named by one of these is used, not loaded
         states, scalings, labels = {}, {}, {}
         peft_model = base

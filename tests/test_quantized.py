@@ -1,0 +1,110 @@
+"""QLoRA bases: --load-in-4bit / --load-in-8bit load the base model's linear layers with
+bitsandbytes (its CPU backend runs here), the LoRA factors stay float, and the scores are
+exactly those of the quantized model: checked against the dense batch-1 reference run on
+the same quantized model. Skipped where bitsandbytes is not installed."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("bitsandbytes")
+
+import sqsd_fast.cli as cli  # noqa: E402
+from sqsd_fast.models.adapters import load_base_model  # noqa: E402
+from sqsd_fast.scoring import SQSDScorer  # noqa: E402
+from sqsd_fast.testing.dense_reference import authors_project  # noqa: E402
+from sqsd_fast.testing.toy_model import build_toy_assets  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return build_toy_assets(tmp_path_factory.mktemp("toy"))
+
+
+def _samples(n=5, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = 12 + 7 * i
+        ids = torch.randint(8, 500, (length,), generator=generator).tolist()
+        out.append({"index": i, "input_ids": ids, "labels": [-100] * (length // 3) + ids[length // 3:]})
+    return out
+
+
+def _quantized_peft(assets, kind):
+    from peft import PeftModel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = load_base_model(assets.model_dir, quantization=kind)
+        model = PeftModel.from_pretrained(base, assets.danger_state, adapter_name="danger_state")
+        model.load_adapter(assets.danger_direction, adapter_name="danger")
+    return model
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_scores_on_a_quantized_base_equal_the_dense_reference_on_it(assets, kind):
+    import bitsandbytes as bnb
+    model = _quantized_peft(assets, kind)
+    base_layer = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(base_layer, bnb.nn.Linear4bit if kind == "4bit" else bnb.nn.Linear8bitLt)
+    samples = _samples()
+    expected = authors_project(model, [type("S", (), s) for s in samples], state="danger_state",
+                               direction="danger").total("cosine")
+    scorer = SQSDScorer.from_peft_model(model, danger_state="danger_state", danger_direction="danger",
+                                        backend="reference")
+    got = torch.tensor([r["proj"] for r in scorer.project(samples, batch_size=3, progress=False)], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-5)
+    # the quantization is real: the float model's scores differ
+    float_scores = SQSDScorer.from_pretrained(assets.model_dir, danger_state=assets.danger_state,
+                                              danger_direction=assets.danger_direction, backend="reference")
+    plain = torch.tensor([r["proj"] for r in float_scores.project(samples, progress=False)], dtype=torch.float64)
+    assert (plain - got).abs().max() > 1e-4
+
+
+def test_the_cli_option_loads_the_quantized_base_and_is_in_the_run_record(assets, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"say {w} twice", "response": f"{w} {w}, as asked."}) + "\n"
+                            for w in ("tea", "rain", "bread", "snow")))
+    out = tmp_path / "p.jsonl"
+    argv = ["project", "--model", assets.model_dir, "--state", assets.danger_state, "--direction",
+            assets.danger_direction, "--data", str(data), "--out", str(out), "--backend", "reference", "--quiet"]
+    assert cli.main([*argv, "--load-in-4bit"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    record = json.loads((tmp_path / "p.jsonl.meta.json").read_text())
+    assert record["fingerprint"]["load_in_4bit"] is True and "load_in_8bit" not in record["fingerprint"]
+    from sqsd_fast.data import read_records
+    from sqsd_fast.data.tokenize import load_tokenizer, tokenize_records
+    samples = tokenize_records(read_records(str(data)), load_tokenizer(assets.model_dir))
+    model = _quantized_peft(assets, "4bit")
+    direct = SQSDScorer.from_peft_model(model, danger_state="danger_state", danger_direction="danger",
+                                        backend="reference").project(samples, progress=False)
+    assert [r["proj"] for r in rows] == pytest.approx([r["proj"] for r in direct], rel=1e-5)
+
+
+def test_bad_quantization_requests_are_one_line_errors(assets, tmp_path, capsys, monkeypatch):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"instruction": "a", "response": "b c"}) + "\n")
+    base = ["project", "--state", assets.danger_state, "--direction", assets.danger_direction,
+            "--data", str(data), "--out", str(tmp_path / "o.jsonl")]
+    assert cli.main([*base, "--model", assets.model_dir, "--load-in-4bit", "--load-in-8bit"]) == 2
+    assert "--load-in-8bit and --load-in-4bit: give one of them" in capsys.readouterr().err
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert cli.main([*base, "--model", str(gguf), "--load-in-4bit"]) == 2
+    assert "de-quantized to float" in capsys.readouterr().err
+    import builtins
+    real_import = builtins.__import__
+
+    def no_bitsandbytes(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
+    assert cli.main([*base, "--model", assets.model_dir, "--load-in-8bit"]) == 1
+    err = capsys.readouterr().err
+    assert "--load-in-8bit needs bitsandbytes" in err and "pip install" in err and len(err.strip().splitlines()) == 1
