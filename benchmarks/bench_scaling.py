@@ -171,7 +171,7 @@ def processes_axis(args, st, procs, common) -> list[dict]:
     samples = st.samples[: args.proc_samples]
     with open(data, "w") as f:
         for s in samples:  # token ids as given: every configuration scores the same tokens
-            f.write(json.dumps({"input_ids": s.input_ids, "labels": s.labels}) + "\n")
+            f.write(json.dumps({"input_ids": list(s.input_ids), "labels": list(s.labels)}) + "\n")
     threads = common["threads"]
     configs = [(1, threads)] + [(n, 1) for n in procs]
     rows = []
