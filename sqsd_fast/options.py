@@ -145,7 +145,37 @@ def _optional_positive(name, value):
 
 
 @dataclass(kw_only=True)
-class RunOptions(RecordFieldOptions):
+class QuantizedBaseOptions(CheckedOptions):
+    """How the base model's linear layers are loaded: float, or 4 / 8 bits (QLoRA,
+    sqsd_fast/models/quantized.py). Shared by the commands that load a model to score."""
+
+    load_in_4bit: bool = option(False, "load the base model's linear layers in 4 bits (bitsandbytes "
+                                "NF4, as QLoRA); the LoRA factors stay float, the scores are "
+                                "those of the quantized model")
+    load_in_8bit: bool = option(False, "load the base model's linear layers in 8 bits (bitsandbytes "
+                                "LLM.int8())")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_quantization()
+
+    def quantization(self) -> str | None:
+        """"4bit", "8bit" or None: how the base model's linear layers are loaded."""
+        return "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else None
+
+    def _check_quantization(self) -> None:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise OptionError("load_in_8bit", "load_in_8bit and --load-in-4bit: give one of them")
+        if self.quantization() and str(getattr(self, "model", "")).lower().endswith(".gguf"):
+            raise OptionError(f"load_in_{self.quantization()}", (
+                f"load_in_{self.quantization()} with a .gguf model ({self.model}): a GGUF is de-quantized to "
+                "float when it is converted, so this would quantize it a second time, with bitsandbytes; "
+                "choose: drop the option to score the de-quantized model, or pass the converted directory "
+                "(sqsd-fast fetch-model NAME --convert prints it) as --model to quantize it anyway"))
+
+
+@dataclass(kw_only=True)
+class RunOptions(RecordFieldOptions, QuantizedBaseOptions):
     """Options shared by every command that runs the model over a data file."""
 
     data: str = required_option("samples to score: .json, .jsonl, .csv, .parquet, a datasets "
@@ -177,11 +207,6 @@ class RunOptions(RecordFieldOptions):
     gradient_checkpointing: bool = option(False, "recompute each layer's forward in the backward: "
                                           "less memory for long samples, about a third more "
                                           "time; scores do not change")
-    load_in_4bit: bool = option(False, "load the base model's linear layers in 4 bits (bitsandbytes "
-                                "NF4, as QLoRA); the LoRA factors stay float, the scores are "
-                                "those of the quantized model")
-    load_in_8bit: bool = option(False, "load the base model's linear layers in 8 bits (bitsandbytes "
-                                "LLM.int8())")
     no_progress: bool = option(False, "no progress bar")
     quiet: bool = option(False, "no progress bar and no summary")
     COMMAND: ClassVar[str] = ""
@@ -210,24 +235,6 @@ class RunOptions(RecordFieldOptions):
     @property
     def progress(self) -> bool:
         return not (self.quiet or self.no_progress)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._check_quantization()
-
-    def quantization(self) -> str | None:
-        """"4bit", "8bit" or None: how the base model's linear layers are loaded."""
-        return "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else None
-
-    def _check_quantization(self) -> None:
-        if self.load_in_4bit and self.load_in_8bit:
-            raise OptionError("load_in_8bit", "load_in_8bit and --load-in-4bit: give one of them")
-        if self.quantization() and str(getattr(self, "model", "")).lower().endswith(".gguf"):
-            raise OptionError(f"load_in_{self.quantization()}", (
-                f"load_in_{self.quantization()} with a .gguf model ({self.model}): a GGUF is de-quantized to "
-                "float when it is converted, so this would quantize it a second time, with bitsandbytes; "
-                "choose: drop the option to score the de-quantized model, or pass the converted directory "
-                "(sqsd-fast fetch-model NAME --convert prints it) as --model to quantize it anyway"))
 
     def columns(self) -> dict[str, str]:
         """The output table: {column: "int" | "float" | "str"}, in order."""
@@ -651,7 +658,7 @@ class BaselineOptions(RunOptions, _BaselineInputs):
 
 
 @dataclass(kw_only=True)
-class AnchorDirectionOptions(RecordFieldOptions):
+class AnchorDirectionOptions(RecordFieldOptions, QuantizedBaseOptions):
     """``sqsd-fast anchor-direction``: a danger (or safety) direction from anchor samples
     (sqsd_fast/influence/anchor_direction.py)."""
 

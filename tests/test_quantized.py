@@ -108,3 +108,19 @@ def test_bad_quantization_requests_are_one_line_errors(assets, tmp_path, capsys,
     assert cli.main([*base, "--model", assets.model_dir, "--load-in-8bit"]) == 1
     err = capsys.readouterr().err
     assert "--load-in-8bit needs bitsandbytes" in err and "pip install" in err and len(err.strip().splitlines()) == 1
+
+
+def test_anchor_direction_on_a_quantized_base(assets, tmp_path):
+    from safetensors.torch import load_file
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text("".join(json.dumps({"instruction": f"explain {w}", "response": f"{w} is done like this."}) + "\n"
+                               for w in ("locks", "fires", "fraud")))
+    made = {}
+    for flag in ("", "--load-in-4bit"):
+        out = tmp_path / f"direction{flag or '-float'}"
+        argv = ["anchor-direction", "--model", assets.model_dir, "--state", assets.danger_state,
+                "--anchors", str(anchors), "--out", str(out), "--backend", "reference", "--quiet"]
+        assert cli.main([*argv, *([flag] if flag else [])]) == 0
+        made[flag] = load_file(str(out / "adapter_model.safetensors"))
+    assert made[""].keys() == made["--load-in-4bit"].keys()
+    assert any(not torch.allclose(made[""][k], made["--load-in-4bit"][k], atol=1e-6) for k in made[""])

@@ -181,6 +181,9 @@ def anchor_direction(options: AnchorDirectionOptions | None = None, /, **kwargs)
     check_adapter_path("--state", o.state)
     check_model_path(o.model)
     check_device_available(o.device)
+    if o.quantization():
+        from sqsd_fast.models.quantized import check_bitsandbytes
+        check_bitsandbytes(f"--load-in-{o.quantization()}")
     source = resolve_model(o.model, progress=not o.quiet)
     tokenizer = load_tokenizer(o.tokenizer or source, option="--tokenizer")
     anchors = read_anchor_samples(o.anchors, option="--anchors", fields=o.field_names(), tokenizer=tokenizer,
@@ -188,8 +191,8 @@ def anchor_direction(options: AnchorDirectionOptions | None = None, /, **kwargs)
                                   vocab_size=model_vocab_size(source))
     with quiet_libraries():
         stats = GradientStats.from_pretrained(o.model, o.state, tokenizer=tokenizer, dtype=o.dtype,
-                                              device=o.device, backend=o.backend, batch_size=o.batch_size,
-                                              max_length=o.max_length)
+                                              device=o.device, quantization=o.quantization(), backend=o.backend,
+                                              batch_size=o.batch_size, max_length=o.max_length)
     direction = stats.mean_update(anchors, label=f"--anchors {o.anchors}", response_tokens=o.response_tokens,
                                   progress=not o.quiet)
     n_used = sum(1 for s in anchors if count_response_tokens(s.labels) > 0)
