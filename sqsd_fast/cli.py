@@ -133,6 +133,10 @@ def _on_sigterm(signum, frame):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sqsd-fast` console script; returns the exit code."""
+    import logging
+    # bitsandbytes (when installed) is imported by transformers wherever a model loads, and
+    # its CPU backend logs that an optional kernels package is missing: not for our users.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     parser = build_parser()
     try:
         options = parse_options(parser, argv)
