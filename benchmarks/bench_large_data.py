@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,15 +36,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
 
 RESULTS = REPO / "benchmarks" / "results" / "large_data.jsonl"
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _current_rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def write_records(path: Path, n: int, seed: int = 0) -> None:
@@ -61,6 +51,8 @@ def write_records(path: Path, n: int, seed: int = 0) -> None:
 
 def one_run(model: str, n: int, work: Path) -> dict:
     """Score n generated records in this process; the measurements."""
+    from common import _read_status_kb   # /proc/self/status, in kB
+
     from sqsd_fast import pipeline
     data = work / f"data_{n}.jsonl"
     write_records(data, n)
@@ -100,13 +92,13 @@ def one_run(model: str, n: int, work: Path) -> dict:
             yield batch
 
     pipeline.load_scorer, pipeline._iterate = timed_load, timed_iterate
-    rss_before = _current_rss_mb()
+    rss_before = _read_status_kb("VmRSS") / 1024
     start = time.perf_counter()
     result = pipeline.score_file(**kwargs, data=str(data), out=str(work / f"scores_{n}.jsonl"), quiet=True)
     wall = time.perf_counter() - start
     own = wall - timing["scorer_s"] - timing["load_s"]
     return {"model": model, "samples": n, "scored": sum(r["status"] == "ok" for r in result.rows),
-            "peak_rss_mb": round(_rss_mb(), 1), "rss_before_mb": round(rss_before, 1),
+            "peak_rss_mb": round(_read_status_kb("VmHWM") / 1024, 1), "rss_before_mb": round(rss_before, 1),
             "wall_s": round(wall, 2), "scorer_s": round(timing["scorer_s"], 2), "load_s": round(timing["load_s"], 2),
             "pipeline_own_s": round(own, 2), "pipeline_own_share": round(own / wall, 4),
             "tokens": sum(r["n_tokens"] for r in result.rows)}

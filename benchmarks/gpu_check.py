@@ -99,7 +99,7 @@ def _budget_check(out_dir: Path, device: str, rehearsal: bool) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from common import env_facts
+    from common import append_csv, env_facts
 
     from sqsd_fast.engine.token_budget import bytes_per_token, default_max_tokens
     from sqsd_fast.scoring import SQSDScorer
@@ -138,10 +138,7 @@ def _budget_check(out_dir: Path, device: str, rehearsal: bool) -> None:
                      "default_max_tokens": default_max_tokens(model, device)})
         print(f"  max_tokens {budget}: estimate {per_token * budget / 2**30:.2f} GiB, measured extra peak "
               f"{peak / 2**30:.2f} GiB, {seconds:.2f} s", flush=True)
-    with open(out_dir / "token_budget.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    append_csv(out_dir / "token_budget.csv", rows)
 
 
 def run_steps(out_dir: Path, device: str, rehearsal: bool) -> list[dict]:

@@ -820,21 +820,29 @@ def round_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def aligned_run(args) -> Run:
-    """The run of ``round_parser``'s ``args`` with v1's model, splits and aligned model in
-    place (each stage cached)."""
+def round_run(args) -> Run:
+    """The run that ``args`` (--smoke, --work-dir, --results-dir, --data-dir) describe."""
     from sqsd_fast.models.cache import cache_root
     work = args.work_dir or cache_root() / ("validation-smoke" if args.smoke else "validation")
     results = args.results_dir or (work / "results" if args.smoke else DEFAULT_RESULTS)
-    run = Run(recipe=SMOKE if args.smoke else FULL, work=work, results=results, data_dir=args.data_dir,
-              smoke=args.smoke)
-    work.mkdir(parents=True, exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
+    return Run(recipe=SMOKE if args.smoke else FULL, work=work, results=results, data_dir=args.data_dir,
+               smoke=args.smoke)
+
+
+def align(run: Run) -> Run:
+    """``run`` with v1's model, splits and aligned model in place (each stage cached)."""
+    run.work.mkdir(parents=True, exist_ok=True)
+    run.results.mkdir(parents=True, exist_ok=True)
     stage_model(run)
-    run.stage("splits", (run.splits / "pool.jsonl").exists() and (results / "splits.json").exists(),
+    run.stage("splits", (run.splits / "pool.jsonl").exists() and (run.results / "splits.json").exists(),
               lambda: stage_splits(run))
     stage_align(run)
     return run
+
+
+def aligned_run(args) -> Run:
+    """The run of ``round_parser``'s ``args`` with v1's model, splits and aligned model in place."""
+    return align(round_run(args))
 
 
 def frozen_training(run: Run) -> Training:
@@ -866,11 +874,7 @@ def main(argv=None) -> int:
                              "answers, the content judge, SQSD with the anchors' direction)")
     args = parser.parse_args(argv)
 
-    from sqsd_fast.models.cache import cache_root
-    work = args.work_dir or cache_root() / ("validation-smoke" if args.smoke else "validation")
-    results = args.results_dir or (work / "results" if args.smoke else DEFAULT_RESULTS)
-    run = Run(recipe=SMOKE if args.smoke else FULL, work=work, results=results,
-              data_dir=args.data_dir, smoke=args.smoke)
+    run = round_run(args)
     if args.report_only:
         write_report(run)
         return 0
@@ -880,12 +884,7 @@ def main(argv=None) -> int:
     if missing:
         parser.error(f"--data-dir {args.data_dir}: missing {', '.join(missing)} (the shared "
                      f"data; see ../shared/README.md)")
-    work.mkdir(parents=True, exist_ok=True)
-    results.mkdir(parents=True, exist_ok=True)
-    stage_model(run)
-    run.stage("splits", (run.splits / "pool.jsonl").exists() and (results / "splits.json").exists(),
-              lambda: stage_splits(run))
-    stage_align(run)
+    align(run)
     stage_scores(run)
     stage_windows(run)
     training = stage_calibration(run)
@@ -895,7 +894,7 @@ def main(argv=None) -> int:
         stage_v2(run, training)
     write_report(run)
     print("[validation] finished; report in "
-          + str(results / "VALIDATION.md" if args.smoke else REPO_ROOT / "docs" / "VALIDATION.md"))
+          + str(run.results / "VALIDATION.md" if args.smoke else REPO_ROOT / "docs" / "VALIDATION.md"))
     return 0
 
 
