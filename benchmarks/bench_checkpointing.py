@@ -45,7 +45,7 @@ def one(n_tokens: int, checkpointing: bool) -> dict:
     import torch
     torch.set_num_threads(1)
     from sqsd_fast.models import fetch_smollm2, resolve_model
-    from sqsd_fast.pipeline import load_scorer, prepare
+    from sqsd_fast.app.pipeline import load_scorer, prepare
     from sqsd_fast.options import ScoreOptions
 
     model = str(resolve_model(fetch_smollm2(progress=False), progress=False))

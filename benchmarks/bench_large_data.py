@@ -1,7 +1,7 @@
 """Scoring a large data set: peak memory per 100k samples and the pipeline's own share of the time.
 
 Generated instruction records (words of the toy corpus, prompts of 5-20 words, responses of
-5-60 words, seeded) are scored by `sqsd_fast.pipeline.score_file`, as `sqsd-fast score`
+5-60 words, seeded) are scored by `sqsd_fast.app.pipeline.score_file`, as `sqsd-fast score`
 does, each size in a fresh process (peak RSS is a process's high-water mark):
   toy      the toy model (hidden 64, 2 layers) and its three adapters: the model costs
            little, so what the pipeline itself costs (reading, tokenizing, batching,
@@ -53,7 +53,7 @@ def one_run(model: str, n: int, work: Path) -> dict:
     """Score n generated records in this process; the measurements."""
     from common import _read_status_kb   # /proc/self/status, in kB
 
-    from sqsd_fast import pipeline
+    from sqsd_fast.app import pipeline
     data = work / f"data_{n}.jsonl"
     write_records(data, n)
     if model == "fake":   # the pipeline alone: the test suite's stand-in scorer, no model

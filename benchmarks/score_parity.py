@@ -24,7 +24,7 @@ SCORE_FIELDS = ("index", "sqsd", "p_danger", "p_safety", "projection", "score", 
 
 
 def _cli(*args) -> None:
-    subprocess.run([sys.executable, "-m", "sqsd_fast.cli", *map(str, args), "--quiet"], check=True)
+    subprocess.run([sys.executable, "-m", "sqsd_fast.app.cli", *map(str, args), "--quiet"], check=True)
 
 
 def _table_digest(path: Path) -> str:

@@ -163,7 +163,7 @@ class Run:
 
 def sqsd(*args: str) -> None:
     """Run one ``sqsd-fast`` command as a user would; a failure stops the experiment."""
-    command = [sys.executable, "-m", "sqsd_fast.cli", *map(str, args)]
+    command = [sys.executable, "-m", "sqsd_fast.app.cli", *map(str, args)]
     print("  $ sqsd-fast " + " ".join(map(str, args)), flush=True)
     result = subprocess.run(command)
     if result.returncode != 0:
@@ -706,7 +706,7 @@ def stage_controls(run: Run, training: Training) -> None:
 def drift_monitor_available() -> bool:
     """Whether train-adapter takes --monitor-direction (asked in a fresh process, so that
     a package updated while this long run goes on is seen)."""
-    check = ("import dataclasses, sys; from sqsd_fast.training.options import TrainAdapterOptions "
+    check = ("import dataclasses, sys; from sqsd_fast.options.train_adapter import TrainAdapterOptions "
              "as O; sys.exit(0 if 'monitor_direction' in {f.name for f in dataclasses.fields(O)} "
              "else 1)")
     return subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0

@@ -37,7 +37,7 @@ def part_indices(scores: list[dict], n: int) -> list[int]:
 def write_sets(run: v.Run, n: int) -> dict[str, Path]:
     """The three data files (records in pool order) and, kept with the results, which pool
     indices each holds."""
-    from sqsd_fast.filtering import filter_data
+    from sqsd_fast.app.filtering import filter_data
     from sqsd_fast.io.writers import write_rows
     scores = v.read_csv(v.score_file(run, "sqsd-anchor"))
     part = part_indices(scores, n)

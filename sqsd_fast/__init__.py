@@ -4,6 +4,7 @@ The package imports, and the float64 reference backend works, even when the comp
 extension is not built; ``backend="auto"`` then warns once and says how to build it.
 """
 
+from sqsd_fast import _moved
 from sqsd_fast.ops import (
     backend_available,
     build_info,
@@ -16,6 +17,8 @@ from sqsd_fast.ops import (
 )
 
 __version__ = "0.1.0"
+
+_moved.install()   # old module paths (sqsd_fast.pipeline, ...) keep working
 
 
 def __getattr__(name: str):
@@ -33,11 +36,11 @@ def __getattr__(name: str):
         from sqsd_fast.influence.stats import GradientStats
         return GradientStats
     if name in ("score_file", "project_file", "baseline_file"):
-        from sqsd_fast import pipeline
+        from sqsd_fast.app import pipeline
 
         return getattr(pipeline, name)
     if name == "run_command":
-        from sqsd_fast.commands import run_command
+        from sqsd_fast.app.commands import run_command
 
         return run_command
     raise AttributeError(f"module 'sqsd_fast' has no attribute {name!r}")

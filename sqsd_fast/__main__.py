@@ -1,4 +1,4 @@
 """``python -m sqsd_fast``: the ``sqsd-fast`` command line (same commands, same exit codes)."""
-from sqsd_fast.cli import main
+from sqsd_fast.app.cli import main
 
 raise SystemExit(main())

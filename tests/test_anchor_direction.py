@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-import sqsd_fast.cli as cli
+import sqsd_fast.app.cli as cli
 from sqsd_fast.influence import GradientStats
 from sqsd_fast.influence.anchor_direction import anchor_direction
 from sqsd_fast.models.adapters import read_adapter, save_direction
-from sqsd_fast.quiet import quiet_libraries
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.scoring import SQSDScorer
 
 ANCHORS = [

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-import sqsd_fast.cli as cli
+import sqsd_fast.app.cli as cli
 from sqsd_fast.io.writers import read_rows
-from sqsd_fast.quiet import quiet_libraries
+from sqsd_fast.models.quiet import quiet_libraries
 
 # Odd lengths and mixed forms (instruction / context / chat) so no shape is special.
 HARMFUL = [

@@ -8,9 +8,9 @@ import pytest
 
 from sqsd_fast.testing.assertions import require_module
 
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
-from sqsd_fast.quiet import quiet_libraries
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
 from sqsd_fast.testing.fake_scorer import FakeScorer, make_workspace, score_args
 
 

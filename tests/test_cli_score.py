@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.testing.fake_scorer import RECORDS, FakeScorer, make_workspace, score_args
@@ -146,8 +146,8 @@ def test_resume_when_everything_is_done_skips_the_model(ws, tmp_path, monkeypatc
 
 KILL_SCRIPT = """
 import sys
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
 from sqsd_fast.testing.fake_scorer import FakeScorer
 pipeline.load_scorer = lambda options: FakeScorer(sleep_after_first=60)
 sys.exit(cli.main(sys.argv[1:]))

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-import sqsd_fast.cli as cli
+import sqsd_fast.app.cli as cli
 from sqsd_fast.io.writers import DATA_FORMATS, SCORE_COLUMNS, read_rows, write_rows
-from sqsd_fast.subsets import select_subsets, window_starts
+from sqsd_fast.app.subsets import select_subsets, window_starts
 
 N = 23
 

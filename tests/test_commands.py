@@ -1,4 +1,4 @@
-"""sqsd_fast.commands: one table of commands that the CLI, the pipeline and Python share."""
+"""sqsd_fast.app.commands: one table of commands that the CLI, the pipeline and Python share."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 
 import sqsd_fast
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
-from sqsd_fast.commands import COMMANDS, command, run_command
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
+from sqsd_fast.app.commands import COMMANDS, command, run_command
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.options import FilterOptions
 from sqsd_fast.testing.fake_scorer import FakeScorer, make_workspace, score_args

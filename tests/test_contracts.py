@@ -18,37 +18,39 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "sqsd_fast"
 
 # layer -> the layers it may import (docs/CONTRACTS.md, "Imports go one way"). A layer is a
-# subpackage or a top-level module of sqsd_fast; "__init__" is the package's lazy API.
-EVERYTHING_BELOW_APP = {"ops", "anchors", "choices", "data", "io", "models", "quiet", "checks", "distributed", "engine",
-                        "scoring", "influence", "options", "run_scorer", "ranking", "subsets", "filtering", "training",
-                        "evaluation"}
+# subpackage or a top-level module of sqsd_fast, except in the application (``app``), where
+# each module is its own layer, so the order inside it (protocol < pipeline < commands < cli)
+# is kept too; "__init__" is the package's lazy API.
+BELOW_APP = {"ops", "anchors", "choices", "data", "io", "models", "engine", "scoring", "influence", "options",
+             "training", "evaluation"}
+APP_BASE = {"app", "app.run_protocol", "app.distributed", "app.subsets", "app.filtering"}
 ALLOWED = {
     "ops": set(),
     "anchors": set(),
     "choices": {"ops"},
     "data": {"choices"},
     "io": {"data"},
-    "quiet": set(),
-    "distributed": set(),
-    "ranking": set(),
-    "checks": {"data", "io"},
-    "models": {"choices", "data", "io", "quiet"},
-    "engine": {"ops", "choices", "data", "models", "quiet"},
-    "scoring": {"engine", "ops", "choices", "data", "models", "ranking"},
+    "models": {"choices", "data", "io"},
+    "engine": {"ops", "choices", "data", "models"},
+    "scoring": {"engine", "ops", "choices", "data", "io", "models"},
     "options": {"anchors", "choices", "data", "io", "models"},
-    "influence": {"engine", "ops", "choices", "data", "io", "models", "options", "quiet", "checks"},
-    "run_scorer": {"options"},
-    "subsets": {"data", "io", "ranking"},
-    "filtering": {"choices", "data", "io", "subsets"},
-    "training": {"influence", "engine", "choices", "data", "io", "models", "options", "checks", "quiet"},
-    "evaluation": {"choices", "data", "io", "models", "options", "checks", "quiet"},
-    "pipeline": EVERYTHING_BELOW_APP,
-    "commands": EVERYTHING_BELOW_APP | {"pipeline"},
-    "cli": EVERYTHING_BELOW_APP | {"pipeline", "commands"},
-    "__main__": {"cli"},
-    "__init__": {"ops", "scoring", "influence", "training", "pipeline", "commands"},
-    "testing": EVERYTHING_BELOW_APP | {"pipeline", "commands", "cli"},
-    "demo": EVERYTHING_BELOW_APP | {"pipeline", "commands", "cli", "testing"},
+    "influence": {"engine", "ops", "choices", "data", "io", "models", "options"},
+    "training": {"influence", "engine", "choices", "data", "io", "models", "options"},
+    "evaluation": {"choices", "data", "io", "models", "options"},
+    "app": set(),
+    "app.run_protocol": {"options"},
+    "app.distributed": set(),
+    "app.subsets": {"data", "io"},
+    "app.filtering": {"choices", "data", "io", "app.subsets"},
+    "app.pipeline": BELOW_APP | APP_BASE,
+    "app.commands": BELOW_APP | APP_BASE | {"app.pipeline"},
+    "app.cli": BELOW_APP | APP_BASE | {"app.pipeline", "app.commands"},
+    "__main__": {"app.cli"},
+    "__init__": {"ops", "scoring", "influence", "training", "app.pipeline", "app.commands", "_moved"},
+    # the table of old module paths names every layer (as strings) and imports on demand
+    "_moved": BELOW_APP | APP_BASE | {"app.pipeline", "app.commands", "app.cli", "__init__"},
+    "testing": BELOW_APP | APP_BASE | {"app.pipeline", "app.commands", "app.cli"},
+    "demo": BELOW_APP | APP_BASE | {"app.pipeline", "app.commands", "app.cli", "testing"},
 }
 
 
@@ -62,7 +64,7 @@ def _modules() -> dict[str, Path]:
 
 
 # A string naming a module of the package, as importlib.import_module takes it, or a function
-# in one as "module:function" (the command table, sqsd_fast/commands.py).
+# in one as "module:function" (the command table, sqsd_fast/app/commands.py).
 MODULE_STRING = re.compile(r"sqsd_fast(\.[A-Za-z_][A-Za-z0-9_]*)+(:[A-Za-z_][A-Za-z0-9_]*)?")
 
 
@@ -94,7 +96,9 @@ def _imports(path: Path, module: str | None = None):
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    return "__init__" if len(parts) == 1 else parts[1]
+    if len(parts) == 1:
+        return "__init__"
+    return ".".join(parts[1:3]) if parts[1] == "app" else parts[1]
 
 
 def _resolve(name: str, modules) -> str:
@@ -133,13 +137,14 @@ def test_relative_and_string_imports_are_read_too(tmp_path):
     """A planted relative import and a planted import_module string, each breaking the
     table (the ops layer importing the pipeline and the CLI), are both caught."""
     planted = tmp_path / "planted.py"
-    planted.write_text("import importlib\nfrom ..pipeline import run\n"
-                       "CLI = importlib.import_module('sqsd_fast.cli')\nRUN = 'sqsd_fast.commands:run_command'\n")
+    planted.write_text("import importlib\nfrom ..app.pipeline import run\n"
+                       "CLI = importlib.import_module('sqsd_fast.app.cli')\n"
+                       "RUN = 'sqsd_fast.app.commands:run_command'\n")
     modules = {**_modules(), "sqsd_fast.ops.planted": planted}
     broken = [b for b in _broken_imports(modules) if b.startswith("planted.py")]
-    assert any("imports sqsd_fast.pipeline.run (pipeline)" in b for b in broken), broken
-    assert any("imports sqsd_fast.cli (cli)" in b for b in broken), broken
-    assert any("imports sqsd_fast.commands.run_command (commands)" in b for b in broken), broken
+    assert any("imports sqsd_fast.app.pipeline.run (app.pipeline)" in b for b in broken), broken
+    assert any("imports sqsd_fast.app.cli (app.cli)" in b for b in broken), broken
+    assert any("imports sqsd_fast.app.commands.run_command (app.commands)" in b for b in broken), broken
 
 
 def test_no_import_circles():
@@ -189,10 +194,12 @@ def test_the_rule_checker_sees_a_planted_violation(tmp_path, monkeypatch):
     bad.mkdir(parents=True)
     (tmp_path / "sqsd_fast" / "__init__.py").write_text("")
     (bad / "__init__.py").write_text("")
-    (bad / "leak.py").write_text("def f():\n    from sqsd_fast.pipeline import run\n")
-    (tmp_path / "sqsd_fast" / "pipeline.py").write_text("from sqsd_fast.ops.leak import f\n")
+    (bad / "leak.py").write_text("def f():\n    from sqsd_fast.app.pipeline import run\n")
+    (tmp_path / "sqsd_fast" / "app").mkdir()
+    (tmp_path / "sqsd_fast" / "app" / "__init__.py").write_text("")
+    (tmp_path / "sqsd_fast" / "app" / "pipeline.py").write_text("from sqsd_fast.ops.leak import f\n")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "sqsd_fast")
-    with pytest.raises(AssertionError, match=r"ops/leak.py:2 \(ops\) imports sqsd_fast.pipeline.run"):
+    with pytest.raises(AssertionError, match=r"ops/leak.py:2 \(ops\) imports sqsd_fast.app.pipeline.run"):
         test_imports_go_one_way()
     with pytest.raises(AssertionError, match="import circles"):
         test_no_import_circles()
@@ -215,7 +222,7 @@ def test_fake_scorer_keeps_the_scorers_signatures(method):
 def test_run_scorers_follow_the_protocol(tmp_path):
     from sqsd_fast.influence.baselines import BaselineScorer
     from sqsd_fast.options import BaselineOptions, ScoreOptions
-    from sqsd_fast.run_scorer import RunScorer, SQSDRun
+    from sqsd_fast.app.run_protocol import RunScorer, SQSDRun
     from sqsd_fast.testing.fake_scorer import FakeScorer, make_workspace
 
     ws = make_workspace(tmp_path)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-import sqsd_fast.cli as cli
-import sqsd_fast.distributed as distributed
-import sqsd_fast.pipeline as pipeline
-from sqsd_fast.quiet import quiet_libraries
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.distributed as distributed
+import sqsd_fast.app.pipeline as pipeline
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.io.checkpoint import rank_part, sidecar_parts, sidecar_paths
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.options import ScoreOptions
@@ -376,7 +376,7 @@ def test_torchrun_two_processes_write_the_one_process_rows(toy, one_process_rows
 DIES_AFTER_ONE_BATCH = """
 import os, signal
 if os.environ.get("RANK") == "1":
-    import sqsd_fast.pipeline as pipeline
+    import sqsd_fast.app.pipeline as pipeline
     _iterate = pipeline._iterate
 
     def _dies_after_one_batch(*args, **kwargs):
@@ -416,7 +416,7 @@ PYTHON_API = """
 import json, sys
 from pathlib import Path
 import torch.distributed as dist
-from sqsd_fast.pipeline import score_file
+from sqsd_fast.app.pipeline import score_file
 dist.init_process_group("cpu:gloo,cuda:gloo")
 result = score_file(**json.loads(sys.argv[1]))
 report = {"rank": result.rank, "rows": result.rows, "group": dist.is_initialized()}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import sqsd_fast.cli as cli
+import sqsd_fast.app.cli as cli
 from sqsd_fast.models.adapters import LoraFactors, read_adapter
 from sqsd_fast.testing.toy_model import (TOY_CORPUS, TOY_REFUSAL_TEXTS, TOY_UNSAFE_TEXTS,
                                          build_toy_adapter, build_toy_model,

@@ -22,10 +22,10 @@ import pytest
 from sqsd_fast.testing.assertions import require_module
 import torch
 
-import sqsd_fast.checks as checks
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
-from sqsd_fast.quiet import quiet_libraries
+import sqsd_fast.options.checks as checks
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.data.records import read_records
 from sqsd_fast.data.tokenize import TokenizedSample, tokenize_records
 from sqsd_fast.io.atomic import current_umask
@@ -295,9 +295,9 @@ def test_hub_id_without_network_fails_fast(ws, tmp_path, capsys, monkeypatch):
 
 KILL_SCRIPT = """
 import sys
-import sqsd_fast.checks as checks
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
+import sqsd_fast.options.checks as checks
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
 from sqsd_fast.testing.fake_scorer import FakeScorer
 pipeline.load_scorer = lambda options: FakeScorer(sleep_after_first=60)
 sys.exit(cli.main(sys.argv[1:]))

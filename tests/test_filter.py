@@ -1,4 +1,4 @@
-"""`sqsd-fast filter` / `sqsd_fast.filtering.filter_data`: the data without its riskiest
+"""`sqsd-fast filter` / `sqsd_fast.app.filtering.filter_data`: the data without its riskiest
 samples, or with 0/1 weights, on a real score file (the stand-in scorer writes it, with its
 run record, as `score` does)."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
-from sqsd_fast.filtering import filter_data
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
+from sqsd_fast.app.filtering import filter_data
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.testing.fake_scorer import RECORDS, FakeScorer, make_workspace, score_args
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import sqsd_fast.cli as cli
+import sqsd_fast.app.cli as cli
 from sqsd_fast.io.writers import read_rows
-from sqsd_fast.quiet import quiet_libraries
+from sqsd_fast.models.quiet import quiet_libraries
 
 RECORDS = [{"instruction": f"describe item {i} " + "with care " * (i % 3), "response": "it is " + "fine " * (i % 5 + 1)}
            for i in range(9)]

@@ -19,7 +19,7 @@ from torch.func import functional_call, grad
 
 from sqsd_fast.influence import GradientStats, QueryGradients, sketch_maps
 from sqsd_fast.options import BaselineOptions
-from sqsd_fast.pipeline import baseline_file as run_baseline
+from sqsd_fast.app.pipeline import baseline_file as run_baseline
 from sqsd_fast.options import OptionError
 from sqsd_fast.testing.toy_model import (build_random_lora, build_toy_model, build_toy_tokenizer,
                                          save_lora_adapters)

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from sqsd_fast.quiet import quiet_libraries
+from sqsd_fast.models.quiet import quiet_libraries
 
 RECORDS = [{"instruction": f"tell me about the {w} number {i}", "response": "it is " + f"{w} " * (i % 4 + 1)}
            for i, w in enumerate(["odd", "even", "large", "small", "prime", "round", "tiny"])]
@@ -168,7 +168,7 @@ def test_trls_sft_trainer_keeps_each_rows_identity(toy, tmp_path):
 def test_train_adapter_online_score_end_to_end(toy, tmp_path, capsys):
     """--online-score: rows per sample and step, the per-epoch summary, and each epoch's
     Spearman with the start-weight scores (epoch 1 at a tiny learning rate: close to 1)."""
-    import sqsd_fast.cli as cli
+    import sqsd_fast.app.cli as cli
     from sqsd_fast.training.online import read_scores
     assets, root = toy
     out = tmp_path / "adapter"
@@ -244,7 +244,7 @@ def test_online_drop_leaves_out_the_top_running_scores_from_the_given_epoch(toy,
     out the 2 of 7 samples (round(0.3 x 7)) whose mean online sqsd over the epochs before is
     highest, named in the log and in dropped.csv. Resuming such a run is refused, not
     misplaced (the Trainer counts epochs at full length)."""
-    import sqsd_fast.cli as cli
+    import sqsd_fast.app.cli as cli
     from sqsd_fast.training.online import epoch_means, read_scores
     assets, root = toy
     out = tmp_path / "adapter"
@@ -290,7 +290,7 @@ def test_online_drop_leaves_out_the_top_running_scores_from_the_given_epoch(toy,
 
 def test_online_drop_options_are_checked():
     from sqsd_fast.options import OptionError
-    from sqsd_fast.training.options import TrainAdapterOptions
+    from sqsd_fast.options.train_adapter import TrainAdapterOptions
     base = dict(model="m", data="d.jsonl", out="o")
     for drop, message in ((["top=1.5"], "top must be in"), (["after=1"], "takes top=FRACTION"),
                           (["top=0.1", "every=2"], "takes top=FRACTION")):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import sqsd_fast
-import sqsd_fast.cli as cli
-import sqsd_fast.pipeline as pipeline
+import sqsd_fast.app.cli as cli
+import sqsd_fast.app.pipeline as pipeline
 from sqsd_fast.testing.fake_scorer import FakeScorer, make_workspace, score_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_resume_of_a_finished_run_returns_it_without_rescoring(tmp_path, monkeyp
 
 
 def test_library_calls_are_quiet(tmp_path, capfd):
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     from sqsd_fast.scoring import SQSDScorer
     from sqsd_fast.testing.toy_model import build_toy_assets
     with quiet_libraries():

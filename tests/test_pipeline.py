@@ -5,16 +5,16 @@ import dataclasses
 
 import pytest
 
-import sqsd_fast.pipeline as pipeline
-from sqsd_fast.cli import build_parser
+import sqsd_fast.app.pipeline as pipeline
+from sqsd_fast.app.cli import build_parser
 from sqsd_fast.data.records import looks_like_local_path
 from sqsd_fast.io.checkpoint import sidecar_paths
 from sqsd_fast.io.writers import read_rows
-from sqsd_fast.evaluation.options import EvaluateOptions
+from sqsd_fast.options.evaluate import EvaluateOptions
 from sqsd_fast.options import BaselineOptions
 from sqsd_fast.options import OptionError, ProjectOptions, ScoreOptions, SubsetsOptions
-from sqsd_fast.training.options import TrainAdapterOptions
-from sqsd_fast.ranking import add_ranks, sort_scored
+from sqsd_fast.options.train_adapter import TrainAdapterOptions
+from sqsd_fast.io.ranking import add_ranks, sort_scored
 from sqsd_fast.testing.fake_scorer import RECORDS, FakeScorer, make_workspace
 
 
@@ -128,7 +128,7 @@ def test_one_rule_tells_local_paths_from_hub_ids(name, local):
 
 @pytest.mark.parametrize("method", ["length", "random"])
 def test_baseline_command_runs_through_the_pipeline(ws, tmp_path, method):
-    from sqsd_fast import cli
+    from sqsd_fast.app import cli
     out = tmp_path / "b.jsonl"
     argv = ["baseline", "--method", method, "--model", str(ws["model"]), "--data", str(ws["data"]),
             "--out", str(out), "--max-length", "64", "--batch-size", "3", "--quiet"]

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-import sqsd_fast.cli as cli  # noqa: E402
+import sqsd_fast.app.cli as cli  # noqa: E402
 from sqsd_fast.models.adapters import load_base_model  # noqa: E402
 from sqsd_fast.scoring import SQSDScorer  # noqa: E402
 from sqsd_fast.testing.dense_reference import authors_project  # noqa: E402

@@ -316,7 +316,7 @@ def test_bad_options_name_the_option(kwargs, option):
 def test_scheduler_choices_are_transformers_schedules():
     from transformers.trainer_utils import SchedulerType
 
-    from sqsd_fast.training.options import SCHEDULERS
+    from sqsd_fast.options.train_adapter import SCHEDULERS
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
 
 
@@ -375,7 +375,7 @@ def test_merge_adapter_is_w_plus_scaled_ba(toy, trained, tmp_path):
 
 
 def test_merge_adapter_refuses_bad_input_before_loading(toy, trained, tmp_path, capsys):
-    from sqsd_fast.cli import main
+    from sqsd_fast.app.cli import main
     from sqsd_fast.training.merge import merge_adapter
     _, lora, _ = trained
     other = tmp_path / "other_lora"

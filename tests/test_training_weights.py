@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sqsd_fast.quiet import quiet_libraries
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.training.sample_fields import SAMPLE_INDEX, SAMPLE_WEIGHT
 from sqsd_fast.training.weights import SampleWeightedLoss, read_weights, weighted_loss
 

@@ -154,7 +154,7 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
 
     from sqsd_fast.demo.demo_data import DEMO_RECORDS
     from sqsd_fast.io.writers import SCORE_COLUMNS, write_rows
-    from sqsd_fast.pipeline import score_file
+    from sqsd_fast.app.pipeline import score_file
     print(f"\n[3/5] scoring {len(DEMO_RECORDS)} demo instructions (score_file, float32, "
           f"cpu) ...", flush=True)
     scores = out_dir / "scores.jsonl"
@@ -171,7 +171,7 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
     if not scored:
         raise ValueError(f"no demo record could be scored (see the status column of {scores})")
 
-    from sqsd_fast.subsets import write_subsets
+    from sqsd_fast.app.subsets import write_subsets
     print(f"\n[4/5] cutting the ranking into subsets S1 (riskiest) .. S{NUM_SUBSETS} ...",
           flush=True)
     summary = write_subsets(scores, data, out_dir / "subsets", num=NUM_SUBSETS, window=WINDOW)

@@ -60,8 +60,8 @@ def run(out_dir: Path, *, quiet_progress: bool = True) -> int:
 
 
 def _run(out_dir: Path, *, quiet_progress: bool) -> int:
-    from sqsd_fast import cli
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.app import cli
+    from sqsd_fast.models.quiet import quiet_libraries
     from sqsd_fast.demo.demo_data import DEMO_RECORDS
     from sqsd_fast.io.writers import SCORE_COLUMNS, read_rows, write_rows
 

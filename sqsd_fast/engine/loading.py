@@ -16,7 +16,7 @@ def load_model_and_tokenizer(model, *, dtype="float32", device=None, tokenizer=N
     given). The tokenizer, unless given, is loaded from ``model`` when it is a path (a
     .gguf: the converted directory's), else None."""
     from sqsd_fast.models.adapters import load_base_model
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
 
     with quiet_libraries():       # a library call shows our progress, not transformers' loading chatter
         base = load_base_model(model, dtype=dtype, device=device, quantization=quantization)
@@ -67,6 +67,6 @@ def use_or_attach_state(model, source, name: str, *, held: frozenset | None = No
         state_modules(model, source)
         return model, source
     adapter = free_adapter_name(model, name)
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     with quiet_libraries():
         return attach_state(model, source, adapter), adapter

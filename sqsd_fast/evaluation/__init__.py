@@ -10,7 +10,7 @@ Modules: options.py (EvaluateOptions), prompts.py (reading prompt files), genera
 (greedy left-padded batches), judges.py (refusal keywords, guard/classifier models),
 run.py (the resumable run, summary and its printout).
 """
-from sqsd_fast.evaluation.options import JUDGES, EvaluateOptions
+from sqsd_fast.options.evaluate import JUDGES, EvaluateOptions
 from sqsd_fast.evaluation.run import EvaluateResult, evaluate, format_summary
 
 __all__ = ["JUDGES", "EvaluateOptions", "EvaluateResult", "evaluate", "format_summary"]

@@ -64,7 +64,7 @@ class Generator:
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.pad_token_id,
                                   eos_token_id=list(self.eos_token_ids))
-        from sqsd_fast.quiet import quiet_libraries
+        from sqsd_fast.models.quiet import quiet_libraries
         with quiet_libraries():   # no "flags ignored" notes about the model's sampling config
             out = self.model.generate(input_ids=input_ids.to(self.device),
                                       attention_mask=mask.to(self.device),
@@ -166,7 +166,7 @@ def check_adapter_fits(adapter: str, model_source: str, option: str = "--adapter
 def load_generator(model_source: str, tokenizer, *, adapter: str | None = None,
                    dtype: str = "float32", device: str = "cpu") -> Generator:
     """The model (with the adapter, unmerged, when given) in eval mode, and ``tokenizer``."""
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     from sqsd_fast.models.adapters import load_base_model
     with quiet_libraries():
         try:

@@ -132,7 +132,7 @@ def load_model_judge(spec: JudgeModelSpec, *, dtype: str = "float32", device: st
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from sqsd_fast.evaluation.generation import LOAD_ERRORS
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     from sqsd_fast.models.adapters import resolve_dtype
     cls = AutoModelForSequenceClassification if spec.kind == "classifier" \
         else AutoModelForCausalLM

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqsd_fast.evaluation.content_judge import COMPLIANCE, VERDICTS
-from sqsd_fast.evaluation.options import EvaluateOptions
+from sqsd_fast.options.evaluate import EvaluateOptions
 
 # Row columns, in order. Untyped: booleans have no writer kind, and every format keeps
 # them (JSON true/false, CSV True/False, Parquet bool).
@@ -155,7 +155,7 @@ def _generate(gen, options: EvaluateOptions, prompts, encoded, rows: dict, check
 def check_paths(options: EvaluateOptions) -> None:
     """Refuse bad paths and devices before anything is read or loaded."""
     from sqsd_fast.data.records import looks_like_local_path
-    from sqsd_fast.checks import (check_adapter_path, check_device_available,
+    from sqsd_fast.options.checks import (check_adapter_path, check_device_available,
                                   check_output_path)
     check_output_path(options.out, options.prompts)
     summary, out = Path(options.summary), Path(options.out)
@@ -182,7 +182,7 @@ def resolve_model_source(options: EvaluateOptions) -> str:
     passes directories and hub ids through and turns a .gguf file into a cached
     de-quantized directory; then the pipeline's model checks apply to it."""
     from sqsd_fast.models import resolve_model
-    from sqsd_fast.checks import check_model_path
+    from sqsd_fast.options.checks import check_model_path
     try:
         source = str(resolve_model(options.model, progress=options.progress))
     except ValueError as exc:

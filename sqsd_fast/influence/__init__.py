@@ -10,7 +10,7 @@ A face on the engine (sqsd_fast/engine/: the batch runner, the reducers, the Kro
 sketch maps), as SQSDScorer is. ``stats.py``: the object and its verbs; ``results.py``:
 what a pass returns; ``factors.py``: query gradients and directions; ``inputs.py``: the
 accepted samples, named by role; ``baselines.py``: length, random, self-inf, self-inf-n
-and gradmatch as a RunScorer for the resumable run (``sqsd_fast.pipeline.baseline_file``).
+and gradmatch as a RunScorer for the resumable run (``sqsd_fast.app.pipeline.baseline_file``).
 """
 from sqsd_fast.influence.factors import QueryGradients
 from sqsd_fast.influence.results import GradientResult

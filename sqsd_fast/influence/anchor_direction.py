@@ -163,11 +163,11 @@ def cached_mean_update(stats, samples, key: dict, *, label: str, response_tokens
 
 def anchor_direction(options: AnchorDirectionOptions | None = None, /, **kwargs) -> AnchorDirectionResult:
     """Writes the anchors' mean induced update at ``state`` to ``out`` (see the options)."""
-    from sqsd_fast.checks import check_adapter_path, check_device_available, check_model_path
+    from sqsd_fast.options.checks import check_adapter_path, check_device_available, check_model_path
     from sqsd_fast.influence.stats import GradientStats
     from sqsd_fast.models import resolve_model
     from sqsd_fast.models.adapters import save_direction
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
 
     o = options if options is not None else AnchorDirectionOptions(**kwargs)
     started = time.perf_counter()

@@ -24,7 +24,7 @@ first. Samples without a response token get no score (status ``no_response_token
 every method, so that all rankings cover the same samples.
 
 The options are ``sqsd_fast.options.BaselineOptions`` (beside every other command's); the
-resumable run is ``sqsd_fast.pipeline.baseline_file``, which loads the scorer here
+resumable run is ``sqsd_fast.app.pipeline.baseline_file``, which loads the scorer here
 (:func:`load_baseline_scorer`) and runs it as any ``RunScorer``.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sqsd_fast.options import BaselineOptions
 
 class BaselineScorer:
     """Rows of one baseline, batch by batch, for the resumable run (it is a
-    ``sqsd_fast.run_scorer.RunScorer``; build it with :func:`load_baseline_scorer`).
+    ``sqsd_fast.app.run_protocol.RunScorer``; build it with :func:`load_baseline_scorer`).
 
     ``stats``: a :class:`GradientStats` at the state (gradient methods); ``queries``: the
     gradmatch anchors' mean normalized gradients (harmful first, then safe if any).
@@ -150,7 +150,7 @@ def load_baseline_scorer(options: BaselineOptions, tokenizer=None) -> BaselineSc
     from sqsd_fast.data.tokenize import load_tokenizer, tokenize_records
     from sqsd_fast.influence.stats import GradientStats
     from sqsd_fast.models import resolve_model
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
 
     if tokenizer is None:
         tokenizer = load_tokenizer(options.tokenizer or resolve_model(options.model, progress=options.progress),

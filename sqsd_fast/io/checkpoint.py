@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 from sqsd_fast.io.atomic import atomic_write_text, fsync_dir
 from sqsd_fast.io.writers import clean_value
 
-# 2: the fingerprint lists each option of the command (sqsd_fast/options.py) by name.
+# 2: the fingerprint lists each option of the command (sqsd_fast/options/) by name.
 MANIFEST_VERSION = 2
 # Files above this size are fingerprinted by size and modification time, not hashed
 # (model weights can be tens of GB; adapters and data files are hashed in full).

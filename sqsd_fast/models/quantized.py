@@ -15,7 +15,7 @@ INSTALL_HINT = "pip install 'bitsandbytes>=0.50' (or sqsd_fast[quantized])"
 def check_bitsandbytes(option: str) -> None:
     """A one-line ValueError naming ``option`` and what to install when bitsandbytes cannot
     be imported."""
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     try:
         with quiet_libraries():   # its CPU backend announces optional kernels it did not find
             import bitsandbytes  # noqa: F401

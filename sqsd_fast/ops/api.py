@@ -18,7 +18,10 @@ from sqsd_fast.ops import validation as checks
 from sqsd_fast.ops.backends import BUILD_HINT
 from sqsd_fast.ops.constants import BACKEND_NAMES, BACKENDS
 
-_BACKEND_MODULES = {name: f"sqsd_fast.ops.backends.{name}" for name in BACKEND_NAMES}
+# The module of each backend is named after it, except the reference's: ``ops/reference.py``
+# holds the float64 math itself, its backend face is the oracle beside the fast backends.
+_BACKEND_MODULES = {name: f"sqsd_fast.ops.backends.{'float64_oracle' if name == 'reference' else name}"
+                    for name in BACKEND_NAMES}
 # Tried in order by backend="auto". On CUDA both fast backends exist; which one wins is a
 # benchmark question (benchmarks/bench_kernels.py), so the order here is only a default.
 _AUTO_ORDER = {"cuda": ("triton", "cpp"), "cpu": ("cpp",)}

@@ -284,7 +284,7 @@ class SQSDScorer:
     def score(self, samples, **kwargs) -> list[dict]:
         """All rows of :meth:`iter_score` (same arguments), in input order, each with the
         ``rank`` the CLI writes (1 = highest sqsd among scored samples, None if unscored)."""
-        from sqsd_fast.ranking import add_ranks
+        from sqsd_fast.io.ranking import add_ranks
 
         samples = self._samples(samples)
         rows = _in_input_order(samples, self.iter_score(samples, **kwargs))

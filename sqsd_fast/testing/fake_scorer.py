@@ -4,7 +4,7 @@
 and ``iter_project`` yield one list of rows per length-bucketed batch) but computes cheap,
 deterministic numbers from the token ids, so the run logic (ordering, ranks, formats,
 resume) is tested in milliseconds without a model. Install it with
-``monkeypatch.setattr(sqsd_fast.pipeline, "load_scorer", lambda options: FakeScorer())``.
+``monkeypatch.setattr(sqsd_fast.app.pipeline, "load_scorer", lambda options: FakeScorer())``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ scoring commands accept; ``TrainAdapterOptions`` is its option list (and the CLI
 ``format_summary(result)`` describes a finished run in a few lines; ``DriftMonitor`` is a
 Trainer callback logging how far the LoRA update points along direction adapters.
 """
-from sqsd_fast.training.options import TrainAdapterOptions
+from sqsd_fast.options.train_adapter import TrainAdapterOptions
 
 
 def __getattr__(name: str):

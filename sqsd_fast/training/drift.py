@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 # One rule for the names and actions, shared with train-adapter's options.
-from sqsd_fast.training.options import MONITOR_ACTIONS as ACTIONS
+from sqsd_fast.options.train_adapter import MONITOR_ACTIONS as ACTIONS
 from sqsd_fast.choices import DIRECTION_NAME as NAME_PATTERN
 
 DRIFT_CSV = "drift.csv"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqsd_fast.training.outdir import SUMMARY
-from sqsd_fast.training.options import TrainAdapterOptions
+from sqsd_fast.options.train_adapter import TrainAdapterOptions
 
 
 @dataclass

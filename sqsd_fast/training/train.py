@@ -35,7 +35,7 @@ from sqsd_fast.training import outdir
 from sqsd_fast.data.batching import pad_id
 from sqsd_fast.training.data import (ResponseOnlyCollator, prepare_train_data,
                                      read_train_records)
-from sqsd_fast.training.options import TrainAdapterOptions
+from sqsd_fast.options.train_adapter import TrainAdapterOptions
 from sqsd_fast.training.result import TrainResult, epoch_losses, summary_dict
 
 
@@ -46,7 +46,7 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
     ``callbacks``: extra ``transformers.TrainerCallback``s (e.g. to stop early).
     """
     from sqsd_fast.io.lock import output_lock
-    from sqsd_fast.checks import check_model_path
+    from sqsd_fast.options.checks import check_model_path
     if options is None:
         options = TrainAdapterOptions(**kwargs)
     elif kwargs:
@@ -61,7 +61,7 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
 
 
 def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     say = _printer(options)
     # Again under the lock: another run may have finished or started meanwhile.
     state = outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
@@ -325,7 +325,7 @@ def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import set_seed
 
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
     set_seed(options.seed)       # the LoRA A init draws from the global RNG
     with quiet_libraries():

@@ -1,6 +1,6 @@
 """Act on the scores: drop the riskiest samples of a data file, or weight them out.
 
-    from sqsd_fast.filtering import filter_data
+    from sqsd_fast.app.filtering import filter_data
     result = filter_data("scores.jsonl", "train.jsonl", "kept.jsonl", drop_top=0.1)
 
 The rule picks the samples to drop among the *scored* ones (status "ok", a finite score):
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqsd_fast.choices import parse_drop_top
-from sqsd_fast.subsets import (check_indices_in_data, check_scored_data, read_score_rows, scored_order,
+from sqsd_fast.app.subsets import (check_indices_in_data, check_scored_data, read_score_rows, scored_order,
                                unchecked_note)
 
 

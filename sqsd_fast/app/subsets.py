@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sqsd_fast.ranking import sort_scored
+from sqsd_fast.io.ranking import sort_scored
 
 
 @dataclass

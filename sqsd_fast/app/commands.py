@@ -1,7 +1,7 @@
 """Every `sqsd-fast` command in one table: the options it takes, the function that runs it
 (the one Python users call too) and the function that sums its result up.
 
-    from sqsd_fast.commands import run_command
+    from sqsd_fast.app.commands import run_command
     result = run_command("filter", scores="scores.jsonl", data="train.jsonl",
                          out="kept.jsonl", drop_top="0.1")
 
@@ -16,10 +16,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sqsd_fast.evaluation.options import EvaluateOptions
+from sqsd_fast.options.evaluate import EvaluateOptions
 from sqsd_fast.options import (AnchorDirectionOptions, BaselineOptions, FetchModelOptions, FilterOptions,
                                ProjectOptions, ScoreOptions, SubsetsOptions)
-from sqsd_fast.training.options import MergeAdapterOptions, TrainAdapterOptions
+from sqsd_fast.options.train_adapter import MergeAdapterOptions, TrainAdapterOptions
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), function)
 
 
-_SCORING = ("sqsd_fast.pipeline:run", "sqsd_fast.pipeline:format_summary")
+_SCORING = ("sqsd_fast.app.pipeline:run", "sqsd_fast.app.pipeline:format_summary")
 
 COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command(ScoreOptions, *_SCORING),
@@ -52,8 +52,8 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     Command(BaselineOptions, *_SCORING),
     Command(AnchorDirectionOptions, "sqsd_fast.influence.anchor_direction:anchor_direction",
             "sqsd_fast.influence.anchor_direction:format_summary"),
-    Command(SubsetsOptions, "sqsd_fast.subsets:run_subsets", "sqsd_fast.subsets:format_summary"),
-    Command(FilterOptions, "sqsd_fast.filtering:run_filter", "sqsd_fast.filtering:format_summary"),
+    Command(SubsetsOptions, "sqsd_fast.app.subsets:run_subsets", "sqsd_fast.app.subsets:format_summary"),
+    Command(FilterOptions, "sqsd_fast.app.filtering:run_filter", "sqsd_fast.app.filtering:format_summary"),
     Command(TrainAdapterOptions, "sqsd_fast.training:train_adapter", "sqsd_fast.training:format_summary"),
     Command(MergeAdapterOptions, "sqsd_fast.training.merge:merge_adapter",
             "sqsd_fast.training.merge:format_summary"),

@@ -2,7 +2,7 @@
 
 A scoring run started by ``torchrun --nproc_per_node=N --no-python sqsd-fast score ...``
 (or under a ``torch.distributed`` group the caller created) splits the samples between the
-processes ("ranks"); ``sqsd_fast.pipeline`` does the run, this module gives it:
+processes ("ranks"); ``sqsd_fast.app.pipeline`` does the run, this module gives it:
 
 - :func:`launched` / :func:`joined`: whether the environment asks for a multi-process run,
   and the :class:`World` (rank, size, local rank, exchanges of picklable objects), with

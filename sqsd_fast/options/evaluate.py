@@ -1,6 +1,6 @@
 """The options of ``evaluate``: one dataclass that is the CLI parser, the keyword list of
 :func:`sqsd_fast.evaluation.evaluate` and the resume fingerprint (the pattern of
-``sqsd_fast/options.py``: field = ``--option`` = keyword; checked when built)."""
+``sqsd_fast/options/``: field = ``--option`` = keyword; checked when built)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,16 +9,12 @@ from typing import ClassVar, Optional
 from sqsd_fast.choices import DTYPE_NAMES, check_choice, check_device, check_positive_int
 # The field helpers and the check runner are shared with the other commands' options, so
 # every command reports a bad value the same way (OptionError naming the field).
-from sqsd_fast.options import CheckedOptions, option, required_option
+from sqsd_fast.options.base import CheckedOptions, OptionError, option, optional_positive, required_option
 
 # "keywords": the GCG / He et al. refusal list; "keywords-extended": the same plus broader
 # phrases; "content": refusal / degenerate / on-topic compliance (content_judge.py);
 # "model": a guard or classifier model given by --judge-model (judges.py).
 JUDGES = ("keywords", "keywords-extended", "content", "model")
-
-
-def _optional_positive(name, value):
-    return check_positive_int(name, value, optional=True)
 
 
 def _int(name, value):
@@ -109,7 +105,7 @@ class EvaluateOptions(CheckedOptions):
         "device": check_device,
         "max_new_tokens": check_positive_int,
         "batch_size": check_positive_int,
-        "limit": _optional_positive,
+        "limit": optional_positive,
         "seed": _int,
         "prompt_field": _optional_text,
         "system_prompt": _optional_text,
@@ -117,7 +113,6 @@ class EvaluateOptions(CheckedOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from sqsd_fast.options import OptionError
         if self.judge is None:
             self.judge = "model" if self.judge_model else "keywords"
         if self.judge == "model" and not self.judge_model:

@@ -1,5 +1,5 @@
 """The options of ``train-adapter``: one dataclass for the CLI parser, the Python keywords
-and the resume fingerprint, built like the scoring commands' (``sqsd_fast/options.py``).
+and the resume fingerprint, built like the scoring commands' (``sqsd_fast/options/``).
 
 The options that training shares with scoring (data reading, field names, max_length,
 dtype) take their defaults and help text from ``RunOptions`` itself, so the two commands
@@ -14,8 +14,8 @@ from typing import ClassVar, Optional
 
 from sqsd_fast.choices import (DTYPE_NAMES, check_choice, check_device, check_finite_float,
                                check_positive_int, name_value_pairs)
-from sqsd_fast.options import (CheckedOptions, OptionError, RecordFieldOptions, RunOptions,
-                               check_named_directions, option, required_option)
+from sqsd_fast.options.base import CheckedOptions, OptionError, check_named_directions, option, required_option
+from sqsd_fast.options.groups import RecordFieldOptions, RunOptions
 
 # LoRA settings used when neither the caller nor --init-adapter gives them. All linear
 # modules: the SQSD authors train their LoRA states and directions on every linear layer.

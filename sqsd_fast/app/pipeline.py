@@ -1,6 +1,6 @@
 """Score a data file to an output file, resumably: the run the CLI and Python share.
 
-    from sqsd_fast.pipeline import score_file
+    from sqsd_fast.app.pipeline import score_file
     result = score_file(model="BASE", danger_state="lora_initial",
                         danger_direction="lora_unsafe", safety_direction="lora_safe",
                         data="train.jsonl", out="scores.jsonl", resume=True)
@@ -14,7 +14,7 @@ the same call with ``resume=True`` scores only what is missing. Bad input raises
 ``ValueError`` naming the option.
 
 Started on several processes (``torchrun ... sqsd-fast score``, ``accelerate launch``, or
-a caller's ``torch.distributed`` group: see ``sqsd_fast.distributed``), every process
+a caller's ``torch.distributed`` group: see ``sqsd_fast.app.distributed``), every process
 calls :func:`run` with the same options; each scores its token-balanced share of the
 samples into its own sidecars, and rank 0 merges them into ``out``. Only rank 0's result
 holds the rows.
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqsd_fast.checks import (check_adapter_path, check_device_available, check_model_path,
+from sqsd_fast.options.checks import (check_adapter_path, check_device_available, check_model_path,
                               check_output_path)
 from sqsd_fast.options import BaselineOptions, ProjectOptions, RunOptions, ScoreOptions
-from sqsd_fast.run_scorer import RunScorer, SQSDRun
+from sqsd_fast.app.run_protocol import RunScorer, SQSDRun
 
 
 @dataclass
@@ -72,7 +72,7 @@ class RunResult:
     @property
     def failure(self) -> str | None:
         """Why the run failed although it finished: no sample could be scored; else None."""
-        from sqsd_fast.ranking import sort_scored
+        from sqsd_fast.io.ranking import sort_scored
         if not self.is_main or sort_scored(self.rows, self.column):
             return None
         statuses = sorted({r["status"] for r in self.rows})
@@ -105,7 +105,7 @@ def output_columns(options: RunOptions) -> dict[str, str]:
 def run(options: RunOptions) -> RunResult:
     """The resumable run of ``options`` (a :class:`ScoreOptions` or :class:`ProjectOptions`);
     on every process of a multi-process run alike."""
-    from sqsd_fast import distributed
+    from sqsd_fast.app import distributed
     from sqsd_fast.io.lock import output_lock
 
     columns = output_columns(options)
@@ -145,7 +145,7 @@ def _run_locked(options: RunOptions, columns: dict) -> RunResult:
 def _run_ranks(options: RunOptions, columns: dict, world) -> RunResult:
     """:func:`_run_locked` on one rank of several: each step that can fail runs on every
     rank through ``world.agree``, so all ranks stop together, naming the rank that failed."""
-    from sqsd_fast import distributed
+    from sqsd_fast.app import distributed
     from sqsd_fast.io.checkpoint import (ResumeCheckpoint, has_saved_rows, rank_part,
                                          read_saved_rows)
     from sqsd_fast.io.lock import output_lock
@@ -268,7 +268,7 @@ def _write_output(options: RunOptions, columns: dict, prep: Prepared, rows_by_in
     """Rank, write ``out`` and its run record, delete the sidecars; the rows written."""
     from sqsd_fast.io.checkpoint import delete_sidecars, write_run_record
     from sqsd_fast.io.writers import write_rows
-    from sqsd_fast.ranking import add_ranks
+    from sqsd_fast.io.ranking import add_ranks
     missing = sorted({s.index for s in prep.samples} - set(rows_by_index))
     if missing:
         raise ValueError(f"the scorer returned no row for {len(missing)} samples (first: "
@@ -419,7 +419,7 @@ def _load_sqsd_scorer(options: RunOptions):
     is the cached fresh initialisation or directions come from anchors (built at that state,
     cached), the model is loaded once, for both."""
     from sqsd_fast.influence.anchored import build_anchored_inputs
-    from sqsd_fast.quiet import quiet_libraries
+    from sqsd_fast.models.quiet import quiet_libraries
     from sqsd_fast.scoring.scorer import SQSDScorer
     with quiet_libraries():
         if not options.anchor_files() and options.scoring_state() is not None:
@@ -493,7 +493,7 @@ def format_summary(result: RunResult) -> str:
     """The run in a few lines: counts by status, inputs, quantiles, the top and bottom rows."""
     import numpy as np
 
-    from sqsd_fast.ranking import sort_scored
+    from sqsd_fast.io.ranking import sort_scored
     options, rows, column = result.options, result.rows, result.column
     counts: dict[str, int] = {}
     for r in rows:

@@ -1,4 +1,4 @@
-"""What the resumable run (``sqsd_fast.pipeline.run``) needs of a scorer: the RunScorer protocol.
+"""What the resumable run (``sqsd_fast.app.pipeline.run``) needs of a scorer: the RunScorer protocol.
 
 Every command that writes one row per sample (score, project, baseline) hands the pipeline
 a ``RunScorer``; the pipeline does the rest (checks, sidecars, resume, ranks, output) the

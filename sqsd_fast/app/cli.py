@@ -6,7 +6,7 @@ filter, train-adapter, merge-adapter, evaluate, fetch-model.
 
 Argument parsing and printing only: the commands, their options dataclasses (the parser is
 built from them), the functions that run them (which Python users call too) and their
-summaries are one table, sqsd_fast.commands.
+summaries are one table, sqsd_fast.app.commands.
 Every error prints one line to stderr with a non-zero exit code (docs/USAGE.md lists them).
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import sys
 import textwrap
 from typing import Sequence
 
-from sqsd_fast.commands import COMMANDS, command
+from sqsd_fast.app.commands import COMMANDS, command
 from sqsd_fast.options import OptionError, RecordFieldOptions
-from sqsd_fast.training.options import TrainAdapterOptions
+from sqsd_fast.options.train_adapter import TrainAdapterOptions
 
 PROG = "sqsd-fast"
 RECORD_FIELDS = {f.name for f in dataclasses.fields(RecordFieldOptions)}
@@ -215,7 +215,7 @@ def _resume_hint(options) -> str:
 
 
 def run_command(options) -> int:
-    """Run the command (sqsd_fast.commands) and print its summary; the exit code."""
+    """Run the command (sqsd_fast.app.commands) and print its summary; the exit code."""
     entry = command(options.COMMAND)
     result = entry.runner()(options)
     if not getattr(result, "is_main", True):   # rank 0 of a multi-process run reports
