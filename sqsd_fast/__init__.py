@@ -25,22 +25,22 @@ def __getattr__(name: str):
     # The scorer and the pipeline pull in transformers and peft; import them only when
     # asked for, so that the kernel ops stay cheap to import for tools that embed them.
     if name == "SQSDScorer":
-        from sqsd_fast.scoring.scorer import SQSDScorer
+        from sqsd_fast.scoring.scorer import SQSDScorer  # noqa: PLC0415 (lazy API, see above)
 
         return SQSDScorer
     if name == "DriftMonitor":
-        from sqsd_fast.training.drift import DriftMonitor
+        from sqsd_fast.training.drift import DriftMonitor  # noqa: PLC0415 (lazy API, see above)
 
         return DriftMonitor
     if name == "GradientStats":
-        from sqsd_fast.influence.stats import GradientStats
+        from sqsd_fast.influence.stats import GradientStats  # noqa: PLC0415 (lazy API, see above)
         return GradientStats
     if name in ("score_file", "project_file", "baseline_file"):
-        from sqsd_fast.app import pipeline
+        from sqsd_fast.app import pipeline  # noqa: PLC0415 (lazy API, see above)
 
         return getattr(pipeline, name)
     if name == "run_command":
-        from sqsd_fast.app.commands import run_command
+        from sqsd_fast.app.commands import run_command  # noqa: PLC0415 (lazy API, see above)
 
         return run_command
     raise AttributeError(f"module 'sqsd_fast' has no attribute {name!r}")

@@ -220,9 +220,9 @@ def test_fake_scorer_keeps_the_scorers_signatures(method):
 
 
 def test_run_scorers_follow_the_protocol(tmp_path):
+    from sqsd_fast.app.run_protocol import RunScorer, SQSDRun
     from sqsd_fast.influence.baselines import BaselineScorer
     from sqsd_fast.options import BaselineOptions, ScoreOptions
-    from sqsd_fast.app.run_protocol import RunScorer, SQSDRun
     from sqsd_fast.testing.fake_scorer import FakeScorer, make_workspace
 
     ws = make_workspace(tmp_path)
@@ -250,3 +250,12 @@ def test_require_extension_turns_dependency_and_interpreter_skips_into_failures(
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # Triton then cannot run on the CPU
     reason, fails = missing_backend("triton", "cpu")
     assert fails and "Triton cannot run on the CPU" in reason
+
+
+@pytest.mark.parametrize("old, new", sorted(__import__("sqsd_fast._moved", fromlist=["MOVED"]).MOVED.items()))
+def test_old_module_paths_give_the_moved_modules(old, new):
+    """Code written against a module's old place (sqsd_fast.pipeline, ...) gets the module at
+    its new place, the same object, so a patch on one is seen through the other."""
+    import importlib
+
+    assert importlib.import_module(old) is importlib.import_module(new)

@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
+import warnings
+from pathlib import Path
 from typing import Sequence
 
+from sqsd_fast import __version__
 from sqsd_fast.app.commands import COMMANDS, command
+from sqsd_fast.io.checkpoint import has_saved_rows
 from sqsd_fast.options import OptionError, RecordFieldOptions
 from sqsd_fast.options.train_adapter import TrainAdapterOptions
 
@@ -92,7 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "data. Score a data set before fine-tuning on it; higher = riskier.",
         epilog="Try it: python -m sqsd_fast.demo (SmolLM2-135M; --toy: offline, seconds)\n"
                "Run '%(prog)s COMMAND --help' for each command's options.")
-    from sqsd_fast import __version__
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=_command_parser_class())
@@ -133,7 +139,6 @@ def _on_sigterm(signum, frame):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sqsd-fast` console script; returns the exit code."""
-    import logging
     # bitsandbytes (when installed) is imported by transformers wherever a model loads, and
     # its CPU backend logs that an optional kernels package is missing: not for our users.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -168,9 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _install_handlers():
     """SIGTERM raises Terminated (signals can only be set from the main thread); warnings
     print as one line without a source line. Returns what to restore."""
-    import signal
-    import threading
-    import warnings
     previous = (warnings.showwarning, None)
     warnings.showwarning = _show_warning
     if threading.current_thread() is threading.main_thread():
@@ -179,8 +181,6 @@ def _install_handlers():
 
 
 def _restore_handlers(previous) -> None:
-    import signal
-    import warnings
     warnings.showwarning = previous[0]
     if previous[1] is not None:
         signal.signal(signal.SIGTERM, previous[1])
@@ -198,9 +198,7 @@ def _resume_hint(options) -> str:
     out = getattr(options, "out", None)
     if out is None:
         return ""
-    from pathlib import Path
 
-    from sqsd_fast.io.checkpoint import has_saved_rows
     if isinstance(options, TrainAdapterOptions):
         if any((Path(out) / "checkpoints").glob("checkpoint-*")):
             return (f"; checkpoints are kept in {Path(out) / 'checkpoints'}, rerun the same "

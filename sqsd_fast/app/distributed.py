@@ -30,6 +30,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import torch
+import torch.distributed as dist
+
 # Ranks that finish their shard early wait for the slowest one in the final exchange, for
 # as long as the imbalance lasts; torch's default (10 to 30 min) could end a long run
 # there. A rank that dies does not leave the others waiting this long: gloo sees the lost
@@ -70,7 +73,6 @@ class World:
 
     def all_gather(self, value: Any) -> list:
         """Every rank's ``value``, by rank."""
-        import torch.distributed as dist
         gathered = [None] * self.size
         try:
             dist.all_gather_object(gathered, value, group=self.group)
@@ -142,7 +144,6 @@ def launched() -> bool:
             return True
     except ValueError:
         pass
-    import torch.distributed as dist
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -152,8 +153,6 @@ def joined(device: str) -> Iterator[World]:
     launcher's variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) if
     nobody did, with nccl for a CUDA ``device`` and gloo otherwise, and destroys the group
     on exit if it created it; a group the caller created is used and left as it was."""
-    import torch
-    import torch.distributed as dist
     created = False
     if not dist.is_initialized():
         cuda = device.startswith("cuda") and torch.cuda.is_available()
@@ -203,7 +202,6 @@ def rank_device(device: str, world: World) -> str:
     if device != "cuda":
         raise ValueError(f"--device {device}: with several processes each takes its own GPU "
                          f"(cuda:LOCAL_RANK); give --device cuda")
-    import torch
     count = torch.cuda.device_count()
     if world.local_rank < count:
         return f"cuda:{world.local_rank}"

@@ -22,9 +22,17 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sqsd_fast.app.subsets import (
+    check_indices_in_data,
+    check_scored_data,
+    read_score_rows,
+    scored_order,
+    unchecked_note,
+)
 from sqsd_fast.choices import parse_drop_top
-from sqsd_fast.app.subsets import (check_indices_in_data, check_scored_data, read_score_rows, scored_order,
-                               unchecked_note)
+from sqsd_fast.data.records import load_raw
+from sqsd_fast.io.atomic import atomic_write_text
+from sqsd_fast.io.writers import DATA_FORMATS, write_rows
 
 
 @dataclass
@@ -81,9 +89,6 @@ def filter_data(scores, data, out, *, drop_top=None, max_score: float | None = N
                 weight_column: str | None = None, column: str | None = None,
                 data_split: str | None = None) -> FilterResult:
     """Write ``data`` without its riskiest samples (or with 0/1 weights) to ``out``."""
-    from sqsd_fast.data.records import load_raw
-    from sqsd_fast.io.atomic import atomic_write_text
-    from sqsd_fast.io.writers import DATA_FORMATS, write_rows
 
     out = Path(out)
     if out.suffix.lower() not in DATA_FORMATS:

@@ -22,16 +22,49 @@ holds the rows.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqsd_fast.options.checks import (check_adapter_path, check_device_available, check_model_path,
-                              check_output_path)
-from sqsd_fast.options import BaselineOptions, ProjectOptions, RunOptions, ScoreOptions
+import numpy as np
+
+from sqsd_fast.app import distributed
 from sqsd_fast.app.run_protocol import RunScorer, SQSDRun
+from sqsd_fast.data.batching import check_token_budget
+from sqsd_fast.data.records import load_raw, normalize_rows
+from sqsd_fast.data.tokenize import count_truncated, load_tokenizer, tokenize_records
+from sqsd_fast.influence.anchor_direction import (
+    anchors_in_data,
+    check_direction_model,
+    model_digest,
+    model_vocab_size,
+    read_anchor_samples,
+)
+from sqsd_fast.influence.anchored import build_anchored_inputs
+from sqsd_fast.influence.baselines import load_baseline_scorer
+from sqsd_fast.io.checkpoint import (
+    ResumeCheckpoint,
+    delete_sidecars,
+    has_saved_rows,
+    path_fingerprint,
+    rank_part,
+    read_run_record,
+    read_saved_rows,
+    sidecar_parts,
+    write_run_record,
+)
+from sqsd_fast.io.lock import output_lock
+from sqsd_fast.io.ranking import add_ranks, sort_scored
+from sqsd_fast.io.writers import read_rows, select_columns, write_rows
+from sqsd_fast.models import resolve_model
+from sqsd_fast.models.quantized import check_bitsandbytes
+from sqsd_fast.models.quiet import quiet_libraries
+from sqsd_fast.options import BaselineOptions, ProjectOptions, RunOptions, ScoreOptions
+from sqsd_fast.options.checks import check_adapter_path, check_device_available, check_model_path, check_output_path
+from sqsd_fast.scoring.scorer import SQSDScorer
 
 
 @dataclass
@@ -72,7 +105,6 @@ class RunResult:
     @property
     def failure(self) -> str | None:
         """Why the run failed although it finished: no sample could be scored; else None."""
-        from sqsd_fast.io.ranking import sort_scored
         if not self.is_main or sort_scored(self.rows, self.column):
             return None
         statuses = sorted({r["status"] for r in self.rows})
@@ -105,8 +137,6 @@ def output_columns(options: RunOptions) -> dict[str, str]:
 def run(options: RunOptions) -> RunResult:
     """The resumable run of ``options`` (a :class:`ScoreOptions` or :class:`ProjectOptions`);
     on every process of a multi-process run alike."""
-    from sqsd_fast.app import distributed
-    from sqsd_fast.io.lock import output_lock
 
     columns = output_columns(options)
     if distributed.launched():
@@ -118,9 +148,6 @@ def run(options: RunOptions) -> RunResult:
 
 
 def _run_locked(options: RunOptions, columns: dict) -> RunResult:
-    from sqsd_fast.io.checkpoint import ResumeCheckpoint, read_saved_rows
-    from sqsd_fast.io.writers import select_columns
-
     prep = prepare(options)
     fp = fingerprint(options, prep)
     finished = _finished_rows(options, columns, fp) if options.resume else None
@@ -145,11 +172,6 @@ def _run_locked(options: RunOptions, columns: dict) -> RunResult:
 def _run_ranks(options: RunOptions, columns: dict, world) -> RunResult:
     """:func:`_run_locked` on one rank of several: each step that can fail runs on every
     rank through ``world.agree``, so all ranks stop together, naming the rank that failed."""
-    from sqsd_fast.app import distributed
-    from sqsd_fast.io.checkpoint import (ResumeCheckpoint, has_saved_rows, rank_part,
-                                         read_saved_rows)
-    from sqsd_fast.io.lock import output_lock
-    from sqsd_fast.io.writers import select_columns
 
     part = rank_part(world.rank, world.size)
     here: dict[str, Any] = {}   # what this rank keeps from one agreed step to the next
@@ -160,7 +182,6 @@ def _run_ranks(options: RunOptions, columns: dict, world) -> RunResult:
                                    no_progress=options.no_progress or not world.is_main)
         check_paths(mine)
         if world.local_rank == 0:   # a .gguf is converted once per machine, not per rank
-            from sqsd_fast.models import resolve_model
             resolve_model(options.model, progress=mine.progress)
         here["options"] = mine
 
@@ -224,7 +245,6 @@ def _score_into(checkpoint, options: RunOptions, columns: dict, samples, rows_by
                 ) -> None:
     """Score the ``samples`` not in ``rows_by_index`` into it, each batch appended durably
     to ``checkpoint`` (sidecars already checked) before it counts."""
-    from sqsd_fast.io.writers import select_columns
     scorer = run_scorer(options, load_scorer(options))
     checkpoint.open()
     try:
@@ -243,12 +263,9 @@ def _score_into(checkpoint, options: RunOptions, columns: dict, samples, rows_by
 def _finished_rows(options: RunOptions, columns: dict, fp: dict) -> list[dict] | None:
     """The rows of ``out`` when it is this very run, finished (its run record holds the same
     fingerprint and no sidecar is left), typed as the run wrote them; else None."""
-    from sqsd_fast.io.checkpoint import read_run_record, sidecar_parts
-    from sqsd_fast.io.writers import read_rows
     if not Path(options.out).is_file() or sidecar_parts(options.out):
         return None
     record = read_run_record(options.out)
-    import json
     if record is None or record.get("fingerprint") != json.loads(json.dumps(fp, default=str)):
         return None
     cast = {"int": int, "float": float, "str": str}
@@ -266,9 +283,6 @@ def _check_saved_indices(done: dict, prep: Prepared, out: str) -> None:
 def _write_output(options: RunOptions, columns: dict, prep: Prepared, rows_by_index: dict,
                   fp: dict) -> list[dict]:
     """Rank, write ``out`` and its run record, delete the sidecars; the rows written."""
-    from sqsd_fast.io.checkpoint import delete_sidecars, write_run_record
-    from sqsd_fast.io.writers import write_rows
-    from sqsd_fast.io.ranking import add_ranks
     missing = sorted({s.index for s in prep.samples} - set(rows_by_index))
     if missing:
         raise ValueError(f"the scorer returned no row for {len(missing)} samples (first: "
@@ -324,13 +338,11 @@ def check_paths(options: RunOptions) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {path}: file not found")
     check_model_path(options.model)
     if options.quantization():
-        from sqsd_fast.models.quantized import check_bitsandbytes
         check_bitsandbytes(f"--load-in-{options.quantization()}")
     directions = {"--danger-direction": getattr(options, "danger_direction", None),
                   "--safety-direction": getattr(options, "safety_direction", None),
                   "--direction": getattr(options, "direction", None)}
     if any(directions.values()):   # one made from anchors on another model is refused
-        from sqsd_fast.influence.anchor_direction import check_direction_model, model_digest
         digest = model_digest(options.model)
         for option, path in directions.items():
             if path is not None:
@@ -342,9 +354,6 @@ def check_paths(options: RunOptions) -> None:
 
 def prepare(options: RunOptions) -> Prepared:
     """Read, normalize and tokenize the records of ``options.data``."""
-    from sqsd_fast.data.records import load_raw, normalize_rows
-    from sqsd_fast.data.batching import check_token_budget
-    from sqsd_fast.data.tokenize import count_truncated, load_tokenizer, tokenize_records
     raw = load_raw(options.data, split=options.data_split)
     rows = raw.rows if options.limit is None else raw.rows[:options.limit]
     records = normalize_rows(rows, options.field_names(), raw.name)
@@ -352,7 +361,6 @@ def prepare(options: RunOptions) -> Prepared:
     # large set (docs/DEVELOPING.md, bench_large_data.py).
     raw = dataclasses.replace(raw, rows=[])
     del rows
-    from sqsd_fast.models import resolve_model
     source = options.tokenizer or resolve_model(options.model, progress=options.progress)
     tokenizer = load_tokenizer(source, option="--tokenizer")
     samples = tokenize_records(records, tokenizer, max_length=options.max_length)
@@ -365,8 +373,6 @@ def prepare(options: RunOptions) -> Prepared:
 def _prepare_anchors(options: RunOptions, prep: Prepared, model_dir) -> None:
     """Read and check the anchor files of the run's directions (before the model loads)
     and name every anchor that is also a sample of --data."""
-    from sqsd_fast.influence.anchor_direction import (anchors_in_data, model_vocab_size,
-                                                      read_anchor_samples)
     files = options.anchor_files()
     option_of = options.anchor_options()
     for side, path in files.items():
@@ -387,7 +393,6 @@ def _prepare_anchors(options: RunOptions, prep: Prepared, model_dir) -> None:
 def fingerprint(options: RunOptions, prep: Prepared) -> dict:
     """What identifies a run's results: every option that can change a score (paths by
     content), the command and the number of samples."""
-    from sqsd_fast.io.checkpoint import path_fingerprint
     extra = {}
     if options.ANCHOR_SIDES:   # the shipped sets too: a new package version may change them
         extra["anchor_files"] = {side: path_fingerprint(path)["digest"]
@@ -418,9 +423,6 @@ def _load_sqsd_scorer(options: RunOptions):
     """An ``SQSDScorer`` (score, project) at the given state and directions; where the state
     is the cached fresh initialisation or directions come from anchors (built at that state,
     cached), the model is loaded once, for both."""
-    from sqsd_fast.influence.anchored import build_anchored_inputs
-    from sqsd_fast.models.quiet import quiet_libraries
-    from sqsd_fast.scoring.scorer import SQSDScorer
     with quiet_libraries():
         if not options.anchor_files() and options.scoring_state() is not None:
             return SQSDScorer.from_pretrained(
@@ -439,7 +441,6 @@ def _load_sqsd_scorer(options: RunOptions):
 
 
 def _load_baseline_scorer(options: RunOptions):
-    from sqsd_fast.influence.baselines import load_baseline_scorer
     return load_baseline_scorer(options)
 
 
@@ -467,9 +468,6 @@ def _scoring(options: RunOptions):
 def _read_anchors_again(options: RunOptions) -> dict:
     """The run's anchor samples (read again where the scorer is loaded: ``load_scorer`` takes
     only the options, so that tests can stand in for it)."""
-    from sqsd_fast.data.tokenize import load_tokenizer
-    from sqsd_fast.influence.anchor_direction import read_anchor_samples
-    from sqsd_fast.models import resolve_model
     files = options.anchor_files()
     if not files:
         return {}
@@ -491,9 +489,7 @@ def run_scorer(options: RunOptions, scorer) -> RunScorer:
 
 def format_summary(result: RunResult) -> str:
     """The run in a few lines: counts by status, inputs, quantiles, the top and bottom rows."""
-    import numpy as np
 
-    from sqsd_fast.io.ranking import sort_scored
     options, rows, column = result.options, result.rows, result.column
     counts: dict[str, int] = {}
     for r in rows:

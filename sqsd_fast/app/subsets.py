@@ -6,6 +6,7 @@ samples start at floor(linspace(0, N - window, num)), where N counts the scored 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,7 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sqsd_fast.data.records import load_raw
+from sqsd_fast.io.atomic import atomic_path, atomic_write_text
+from sqsd_fast.io.checkpoint import path_fingerprint, read_run_record, run_record_path
 from sqsd_fast.io.ranking import sort_scored
+from sqsd_fast.io.writers import DATA_FORMATS, read_rows, write_rows
 
 
 @dataclass
@@ -82,8 +87,6 @@ def plot_subsets(order: Sequence[tuple[int, float]], subsets: Sequence[Subset],
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from sqsd_fast.io.atomic import atomic_path
-
     scores = np.array([s for _, s in order], dtype=float)
     fig = Figure(figsize=(8, 4.5), dpi=110)
     FigureCanvasAgg(fig)
@@ -135,11 +138,6 @@ def write_subsets(scores: str | os.PathLike, data: str | os.PathLike,
     data become JSONL), ``subsets.png`` and ``subsets.json``; returns what subsets.json
     holds. ``column`` defaults to sqsd (or proj for 'project' output).
     """
-    import json
-
-    from sqsd_fast.data.records import load_raw
-    from sqsd_fast.io.atomic import atomic_write_text
-    from sqsd_fast.io.writers import DATA_FORMATS, write_rows
 
     score_rows, column = read_score_rows(scores, column)
     order, subsets = select_subsets(score_rows, num=num, window=window, column=column)
@@ -193,7 +191,6 @@ def unchecked_note(scores) -> str:
 def read_score_rows(scores, column: str | None = None) -> tuple[list[dict], str]:
     """The rows of a score, project or baseline output (``index`` as int) and the score
     column: ``column``, else sqsd, proj or score, whichever the file has."""
-    from sqsd_fast.io.writers import read_rows
     score_rows = read_rows(scores)
     if not score_rows:
         raise ValueError(f"--scores {scores}: no rows")
@@ -226,7 +223,6 @@ def check_scored_data(scores, data, raw, data_split) -> bool:
     The pipeline writes ``SCORES.meta.json`` with the data file's content digest; without
     it (scores from elsewhere) nothing can be checked and False is returned.
     """
-    from sqsd_fast.io.checkpoint import path_fingerprint, read_run_record, run_record_path
 
     record = read_run_record(scores)
     if record is None:

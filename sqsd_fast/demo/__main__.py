@@ -13,6 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from sqsd_fast.demo.real import run_real_demo
+from sqsd_fast.demo.toy import run
+
 PROG = "python -m sqsd_fast.demo"
 
 
@@ -48,9 +51,7 @@ def main(argv=None) -> int:
             print(f"{PROG}: error: --model-dir is for the real demo; drop it or --toy",
                   file=sys.stderr)
             return 2
-        from sqsd_fast.demo.toy import run
         return run(out_dir, quiet_progress=not args.progress)
-    from sqsd_fast.demo.real import run_real_demo
     try:
         return run_real_demo(out_dir, model_dir=args.model_dir, cache_dir=args.cache_dir,
                              progress=not args.no_progress)

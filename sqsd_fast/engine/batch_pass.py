@@ -6,13 +6,18 @@ the kernels (docs/METHOD.md §1, §5).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
 
 from sqsd_fast.data.batching import collate, length_bucketed_batches
 from sqsd_fast.data.tokenize import IGNORE_INDEX
+from sqsd_fast.engine.token_budget import resolve_max_tokens
 
 
 @dataclass
@@ -88,9 +93,6 @@ class LossHead:
 
 
 def loss_head(peft_model) -> LossHead:
-    import inspect
-
-    from torch import nn
     base = peft_model.get_base_model()
     keeps = "logits_to_keep" in inspect.signature(base.forward).parameters
     config = getattr(base, "config", None)
@@ -121,7 +123,6 @@ def response_loss(model, embeds: torch.Tensor, batch: PackedBatch, plan: LossHea
     model's :func:`loss_head`."""
     kwargs = dict(inputs_embeds=embeds, attention_mask=batch.mask, use_cache=False)
     if plan.head is not None:
-        from torch.utils.checkpoint import checkpoint
         hidden = plan.backbone(**kwargs).last_hidden_state.index_select(1, batch.keep)
         rows = max(1, LOSS_CHUNK_LOGITS // plan.head.out_features)
         step = max(1, rows // batch.size)        # positions per chunk
@@ -146,12 +147,10 @@ def progress_batches(samples, batch_size: int | None, progress: bool, desc: str,
     """Length-bucketed batches (longest first; at most ``batch_size`` samples and
     ``max_tokens`` padded tokens each), with a progress bar counting samples. ``max_tokens``
     None is the default budget of ``model``'s device (engine/token_budget.py), as everywhere."""
-    from sqsd_fast.engine.token_budget import resolve_max_tokens
     device = next(model.parameters()).device
     batches = length_bucketed_batches(samples, batch_size, resolve_max_tokens(max_tokens, model, device, samples))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=len(samples), unit="samples", desc=desc, dynamic_ncols=True)
     try:
         for batch in batches:

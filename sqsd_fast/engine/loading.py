@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import os
 
+from sqsd_fast.data.tokenize import load_tokenizer
+from sqsd_fast.models import resolve_model
+from sqsd_fast.models.adapters import attach_state, load_base_model, state_modules
+from sqsd_fast.models.quiet import quiet_libraries
+
 
 def load_model_and_tokenizer(model, *, dtype="float32", device=None, tokenizer=None, quantization=None):
     """(base model, tokenizer): ``model`` is a directory, hub id or .gguf (loaded with
@@ -15,14 +20,10 @@ def load_model_and_tokenizer(model, *, dtype="float32", device=None, tokenizer=N
     ``quantization``) or an in-memory model (dtype kept, moved only when ``device`` is
     given). The tokenizer, unless given, is loaded from ``model`` when it is a path (a
     .gguf: the converted directory's), else None."""
-    from sqsd_fast.models.adapters import load_base_model
-    from sqsd_fast.models.quiet import quiet_libraries
 
     with quiet_libraries():       # a library call shows our progress, not transformers' loading chatter
         base = load_base_model(model, dtype=dtype, device=device, quantization=quantization)
     if tokenizer is None and isinstance(model, (str, os.PathLike)):
-        from sqsd_fast.models import resolve_model
-
         tokenizer = load_tokenizer_or_none(resolve_model(model))
     return base, tokenizer
 
@@ -30,7 +31,6 @@ def load_model_and_tokenizer(model, *, dtype="float32", device=None, tokenizer=N
 def load_tokenizer_or_none(path: str):
     """The tokenizer of a model directory, or None: scoring works without one (padding ids
     are masked out); only data files and records need it."""
-    from sqsd_fast.data.tokenize import load_tokenizer
 
     try:
         return load_tokenizer(path)
@@ -60,13 +60,11 @@ def use_or_attach_state(model, source, name: str, *, held: frozenset | None = No
     from disk), or is an adapter directory loaded onto ``model`` under ``name`` (or a free
     variant of it; the model is wrapped in place if it is not a ``PeftModel`` yet). The
     state's modules are checked either way."""
-    from sqsd_fast.models.adapters import attach_state, state_modules
 
     held = adapter_names(model) if held is None else held
     if isinstance(source, str) and source in held:
         state_modules(model, source)
         return model, source
     adapter = free_adapter_name(model, name)
-    from sqsd_fast.models.quiet import quiet_libraries
     with quiet_libraries():
         return attach_state(model, source, adapter), adapter

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sqsd_fast.models.adapters import state_modules
+
 
 @dataclass(frozen=True)
 class LoraModule:
@@ -26,7 +28,6 @@ class LoraModule:
 def lora_modules(peft_model, adapter: str) -> list[LoraModule]:
     """Every LoRA module of ``adapter`` on ``peft_model``, in model order. Refuses what the
     engine cannot take (LoRA on embeddings, DoRA, ...; ``models.adapters.state_modules``)."""
-    from sqsd_fast.models.adapters import state_modules
 
     return [LoraModule(name, layer, layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach())
             for name, layer in state_modules(peft_model, adapter).items()]

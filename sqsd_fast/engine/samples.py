@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-from sqsd_fast.data.tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX
+from sqsd_fast.data.records import Record, read_records
+from sqsd_fast.data.tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX, tokenize_records
 
 
 class DictSample:
@@ -27,8 +28,6 @@ class DictSample:
 
 def as_samples(samples, tokenizer=None, *, max_length: int = DEFAULT_MAX_LENGTH) -> list:
     """Tokenized samples from any accepted input; refuses repeated indices."""
-    from sqsd_fast.data.records import Record, read_records
-    from sqsd_fast.data.tokenize import tokenize_records
 
     if isinstance(samples, (str, os.PathLike)):
         samples = read_records(samples)

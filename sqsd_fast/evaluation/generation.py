@@ -23,6 +23,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from sqsd_fast.data.tokenize import render_prompt
+from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
+from sqsd_fast.models.quiet import quiet_libraries
 
 # What loading a model, a tokenizer or an adapter raises for bad input (missing files,
 # damaged JSON, unknown architectures, shape misfits). Deliberately not Exception: a
@@ -64,7 +66,6 @@ class Generator:
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=self.pad_token_id,
                                   eos_token_id=list(self.eos_token_ids))
-        from sqsd_fast.models.quiet import quiet_libraries
         with quiet_libraries():   # no "flags ignored" notes about the model's sampling config
             out = self.model.generate(input_ids=input_ids.to(self.device),
                                       attention_mask=mask.to(self.device),
@@ -141,7 +142,6 @@ def check_adapter_fits(adapter: str, model_source: str, option: str = "--adapter
     modules and shapes are checked against the model's layers built on the meta device."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from sqsd_fast.models.adapters import check_against_model, read_adapter
     weights = ("adapter_model.safetensors", "adapter_model.bin")
     if not any(os.path.isfile(os.path.join(adapter, w)) for w in weights):
         raise ValueError(f"{option} {adapter}: no adapter weights ({' or '.join(weights)})")
@@ -166,8 +166,6 @@ def check_adapter_fits(adapter: str, model_source: str, option: str = "--adapter
 def load_generator(model_source: str, tokenizer, *, adapter: str | None = None,
                    dtype: str = "float32", device: str = "cpu") -> Generator:
     """The model (with the adapter, unmerged, when given) in eval mode, and ``tokenizer``."""
-    from sqsd_fast.models.quiet import quiet_libraries
-    from sqsd_fast.models.adapters import load_base_model
     with quiet_libraries():
         try:
             model = load_base_model(model_source, dtype=dtype, device=device)

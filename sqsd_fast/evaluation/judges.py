@@ -28,7 +28,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import torch
+from tqdm.auto import tqdm
+
+from sqsd_fast.data.tokenize import has_chat_template, load_tokenizer
+from sqsd_fast.evaluation.content_judge import ContentJudge
+from sqsd_fast.evaluation.generation import LOAD_ERRORS, Generator, iter_answers, special_ids
 from sqsd_fast.evaluation.verdict import Verdict, normalize_apostrophes
+from sqsd_fast.models.adapters import resolve_dtype
+from sqsd_fast.models.quiet import quiet_libraries
 
 # The refusal phrases of the GCG evaluation (Zou et al. 2023, "Universal and Transferable
 # Adversarial Attacks on Aligned Language Models", github.com/llm-attacks/llm-attacks,
@@ -97,8 +105,6 @@ def inspect_judge_model(path: str) -> JudgeModelSpec:
     """Check the judge model's contract (module docstring) without loading its weights."""
     from transformers import AutoConfig
 
-    from sqsd_fast.data.tokenize import has_chat_template, load_tokenizer
-    from sqsd_fast.evaluation.generation import LOAD_ERRORS
     try:
         config = AutoConfig.from_pretrained(path)
     except LOAD_ERRORS as exc:
@@ -128,12 +134,8 @@ def inspect_judge_model(path: str) -> JudgeModelSpec:
 def load_model_judge(spec: JudgeModelSpec, *, dtype: str = "float32", device: str = "cpu",
                      batch_size: int = 8):
     """The judge of ``spec`` with its weights loaded."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from sqsd_fast.evaluation.generation import LOAD_ERRORS
-    from sqsd_fast.models.quiet import quiet_libraries
-    from sqsd_fast.models.adapters import resolve_dtype
     cls = AutoModelForSequenceClassification if spec.kind == "classifier" \
         else AutoModelForCausalLM
     with quiet_libraries():
@@ -163,7 +165,6 @@ class ClassifierJudge:
         self.max_length = min(int(x) for x in limits if x)
 
     def __call__(self, prompts, answers, *, progress=False) -> list[Verdict]:
-        import torch
         labels = self.model.config.id2label
         out = []
         with _bar(progress, total=len(prompts)) as bar:
@@ -186,7 +187,6 @@ class GuardJudge:
     name = "model"
 
     def __init__(self, spec: JudgeModelSpec, model, batch_size: int):
-        from sqsd_fast.evaluation.generation import Generator, special_ids
         tokenizer = spec.tokenizer
         pad, eos = special_ids(tokenizer, model.config, getattr(model, "generation_config",
                                                                 None),
@@ -194,7 +194,6 @@ class GuardJudge:
         self.generator, self.batch_size = Generator(model, tokenizer, pad, eos), batch_size
 
     def __call__(self, prompts, answers, *, progress=False) -> list[Verdict]:
-        from sqsd_fast.evaluation.generation import iter_answers
         tok = self.generator.tokenizer
         texts = [tok.apply_chat_template([{"role": "user", "content": p},
                                           {"role": "assistant", "content": a}],
@@ -225,7 +224,6 @@ def build_judge(name: str, spec: JudgeModelSpec | None = None, **load_kwargs):
     if name in KEYWORD_LISTS:
         return KeywordJudge(name)
     if name == "content":
-        from sqsd_fast.evaluation.content_judge import ContentJudge
         return ContentJudge()
     if spec is None:
         raise ValueError("judge 'model' needs --judge-model")
@@ -233,7 +231,6 @@ def build_judge(name: str, spec: JudgeModelSpec | None = None, **load_kwargs):
 
 
 def _bar(enabled: bool, total: int) -> Any:
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc="judge", unit="answers", disable=not enabled,
                 dynamic_ncols=True)
 

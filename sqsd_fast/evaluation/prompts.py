@@ -17,6 +17,8 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
+from sqsd_fast.data.records import FILE_FORMATS, load_raw
+
 DEFAULT_FIELDS = ("prompt", "goal", "instruction")
 TEXT_SUFFIXES = (".txt", ".text")
 
@@ -71,7 +73,6 @@ def _unquote(text: str, name: str, lineno: int) -> str:
 
 
 def _read_table(p: Path, name: str, field: str | None) -> list[str]:
-    from sqsd_fast.data.records import FILE_FORMATS, load_raw
     if p.suffix.lower() not in FILE_FORMATS:
         allowed = ", ".join(sorted({*TEXT_SUFFIXES, *FILE_FORMATS}))
         raise ValueError(f"--prompts {name}: unknown prompt file extension "

@@ -17,13 +17,29 @@ interruption while judging keeps every answer, and a run may resume with another
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
+from sqsd_fast.data.records import looks_like_local_path
+from sqsd_fast.data.tokenize import load_tokenizer
+from sqsd_fast.evaluation import content_judge, generation, judges
 from sqsd_fast.evaluation.content_judge import COMPLIANCE, VERDICTS
+from sqsd_fast.evaluation.generation import iter_answers
+from sqsd_fast.evaluation.prompts import read_prompts
+from sqsd_fast.io.atomic import atomic_write_text
+from sqsd_fast.io.checkpoint import ResumeCheckpoint
+from sqsd_fast.io.lock import output_lock
+from sqsd_fast.io.writers import write_rows
+from sqsd_fast.models import resolve_model
+from sqsd_fast.options.checks import check_adapter_path, check_device_available, check_model_path, check_output_path
 from sqsd_fast.options.evaluate import EvaluateOptions
 
 # Row columns, in order. Untyped: booleans have no writer kind, and every format keeps
@@ -52,7 +68,6 @@ class EvaluateResult:
 
 def evaluate(options: EvaluateOptions | None = None, /, **kwargs) -> EvaluateResult:
     """Generate, judge and summarize (see :class:`EvaluateOptions` for every keyword)."""
-    from sqsd_fast.io.lock import output_lock
 
     options = options if options is not None else EvaluateOptions(**kwargs)
     check_paths(options)
@@ -61,13 +76,6 @@ def evaluate(options: EvaluateOptions | None = None, /, **kwargs) -> EvaluateRes
 
 
 def _evaluate_locked(options: EvaluateOptions) -> EvaluateResult:
-    from sqsd_fast.data.tokenize import load_tokenizer
-    from sqsd_fast.evaluation import content_judge, generation, judges
-    from sqsd_fast.evaluation.prompts import read_prompts
-    from sqsd_fast.io.atomic import atomic_write_text
-    from sqsd_fast.io.checkpoint import ResumeCheckpoint
-    from sqsd_fast.io.writers import write_rows
-
     started = time.perf_counter()
     prompts = read_prompts(options.prompts, field=options.prompt_field, limit=options.limit)
     spec = judges.inspect_judge_model(options.judge_model) if options.judge == "model" else None
@@ -132,9 +140,7 @@ def _evaluate_locked(options: EvaluateOptions) -> EvaluateResult:
 
 def _generate(gen, options: EvaluateOptions, prompts, encoded, rows: dict, checkpoint) -> None:
     """Answer the prompts missing from ``rows``, one durable sidecar append per batch."""
-    from tqdm.auto import tqdm
 
-    from sqsd_fast.evaluation.generation import iter_answers
     missing = len(prompts) - len(rows)
     with tqdm(total=missing, desc="generate", unit="prompts", disable=not options.progress,
               dynamic_ncols=True) as bar:
@@ -154,9 +160,6 @@ def _generate(gen, options: EvaluateOptions, prompts, encoded, rows: dict, check
 
 def check_paths(options: EvaluateOptions) -> None:
     """Refuse bad paths and devices before anything is read or loaded."""
-    from sqsd_fast.data.records import looks_like_local_path
-    from sqsd_fast.options.checks import (check_adapter_path, check_device_available,
-                                  check_output_path)
     check_output_path(options.out, options.prompts)
     summary, out = Path(options.summary), Path(options.out)
     if summary.suffix.lower() != ".json":
@@ -181,8 +184,6 @@ def resolve_model_source(options: EvaluateOptions) -> str:
     """What ``from_pretrained`` loads for --model: ``sqsd_fast.models.resolve_model``
     passes directories and hub ids through and turns a .gguf file into a cached
     de-quantized directory; then the pipeline's model checks apply to it."""
-    from sqsd_fast.models import resolve_model
-    from sqsd_fast.options.checks import check_model_path
     try:
         source = str(resolve_model(options.model, progress=options.progress))
     except ValueError as exc:
@@ -192,14 +193,10 @@ def resolve_model_source(options: EvaluateOptions) -> str:
 
 
 def _seed(seed: int) -> None:
-    import torch
     torch.manual_seed(seed)
 
 
 def _release(gen) -> None:
-    import gc
-
-    import torch
     gen.model = None
     gc.collect()
     if torch.cuda.is_available():
@@ -218,9 +215,6 @@ def fingerprint(options: EvaluateOptions, n_prompts: int) -> dict:
 
 def summarize(options: EvaluateOptions, rows: list[dict], model_source: str, *,
               runtime: dict, n_resumed: int) -> dict:
-    import platform
-
-    import torch
     import transformers
     judged = [r for r in rows if r["attack_success"] is not None]
     n = len(rows)

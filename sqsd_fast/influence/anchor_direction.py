@@ -26,9 +26,15 @@ from pathlib import Path
 from sqsd_fast.data.records import read_records
 from sqsd_fast.data.tokenize import count_response_tokens, load_tokenizer, tokenize_records
 from sqsd_fast.influence.inputs import limit_response_tokens
+from sqsd_fast.influence.stats import GradientStats
 from sqsd_fast.io.checkpoint import path_fingerprint
+from sqsd_fast.models import resolve_model
+from sqsd_fast.models.adapters import save_direction
 from sqsd_fast.models.cache import cache_root
+from sqsd_fast.models.quantized import check_bitsandbytes
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.options import AnchorDirectionOptions
+from sqsd_fast.options.checks import check_adapter_path, check_device_available, check_model_path
 
 # A mean over one sample is that sample's own update: its cosine with itself is 1 and with
 # everything else is what that one sample happens to share, not what a set has in common.
@@ -138,7 +144,6 @@ def cached_mean_update(stats, samples, key: dict, *, label: str, response_tokens
                        cache_dir=None) -> tuple[Path, bool]:
     """(directory, whether it was cached) of the anchors' mean update at ``stats``' state;
     ``announce``: say on stderr that it is being built (it takes minutes on a CPU)."""
-    from sqsd_fast.models.adapters import save_direction
     path = cached_direction_path(key, cache_dir)
     if (path / "adapter_config.json").is_file():
         check_cached_direction(path, key)
@@ -163,11 +168,6 @@ def cached_mean_update(stats, samples, key: dict, *, label: str, response_tokens
 
 def anchor_direction(options: AnchorDirectionOptions | None = None, /, **kwargs) -> AnchorDirectionResult:
     """Writes the anchors' mean induced update at ``state`` to ``out`` (see the options)."""
-    from sqsd_fast.options.checks import check_adapter_path, check_device_available, check_model_path
-    from sqsd_fast.influence.stats import GradientStats
-    from sqsd_fast.models import resolve_model
-    from sqsd_fast.models.adapters import save_direction
-    from sqsd_fast.models.quiet import quiet_libraries
 
     o = options if options is not None else AnchorDirectionOptions(**kwargs)
     started = time.perf_counter()
@@ -182,7 +182,6 @@ def anchor_direction(options: AnchorDirectionOptions | None = None, /, **kwargs)
     check_model_path(o.model)
     check_device_available(o.device)
     if o.quantization():
-        from sqsd_fast.models.quantized import check_bitsandbytes
         check_bitsandbytes(f"--load-in-{o.quantization()}")
     source = resolve_model(o.model, progress=not o.quiet)
     tokenizer = load_tokenizer(o.tokenizer or source, option="--tokenizer")

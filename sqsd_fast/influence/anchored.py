@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqsd_fast.data.tokenize import load_tokenizer
 from sqsd_fast.engine.loading import load_model_and_tokenizer, use_or_attach_state
 from sqsd_fast.influence.anchor_direction import cached_mean_update, direction_key, model_digest
 from sqsd_fast.influence.stats import GradientStats
@@ -71,6 +72,5 @@ def build_anchored_inputs(*, model, state, anchors: dict[str, list], anchor_file
 def _tokenizer(source):
     if source is None:
         return None
-    from sqsd_fast.data.tokenize import load_tokenizer
     return load_tokenizer(source, option="--tokenizer")
 

@@ -32,8 +32,14 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-from sqsd_fast.data.tokenize import count_response_tokens
+import numpy as np
+
+from sqsd_fast.data.records import read_records
+from sqsd_fast.data.tokenize import count_response_tokens, load_tokenizer, tokenize_records
 from sqsd_fast.engine.status import NO_RESPONSE_TOKENS, OK
+from sqsd_fast.influence.stats import GradientStats
+from sqsd_fast.models import resolve_model
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.options import BaselineOptions
 
 
@@ -105,7 +111,6 @@ def _length(sample, options) -> float:
 
 
 def _random(sample, options) -> float:
-    import numpy as np
     return float(np.random.default_rng([options.seed, int(sample.index)]).random())
 
 
@@ -146,11 +151,6 @@ def load_baseline_scorer(options: BaselineOptions, tokenizer=None) -> BaselineSc
     ``tokenizer``: the run's (default: loaded from --tokenizer or --model, as ``prepare``)."""
     if check_method(options.method) in PLAIN_SCORES:
         return BaselineScorer(options)
-    from sqsd_fast.data.records import read_records
-    from sqsd_fast.data.tokenize import load_tokenizer, tokenize_records
-    from sqsd_fast.influence.stats import GradientStats
-    from sqsd_fast.models import resolve_model
-    from sqsd_fast.models.quiet import quiet_libraries
 
     if tokenizer is None:
         tokenizer = load_tokenizer(options.tokenizer or resolve_model(options.model, progress=options.progress),

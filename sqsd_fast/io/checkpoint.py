@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from sqsd_fast import __version__
 from sqsd_fast.io.atomic import atomic_write_text, fsync_dir
 from sqsd_fast.io.writers import clean_value
 
@@ -161,7 +162,6 @@ def write_run_record(out_path: str | os.PathLike, fingerprint: Mapping[str, Any]
     """Record beside a finished output which inputs and options produced it, so a later
     step (``subsets``) can check it is given the same data file; ``about``: more to say
     (e.g. which directions and state a score used, in words)."""
-    from sqsd_fast import __version__
     record = {"version": MANIFEST_VERSION, "sqsd_fast": __version__, "output": str(out_path),
               "n_rows": n_rows, **about, "fingerprint": fingerprint}
     atomic_write_text(run_record_path(out_path), json.dumps(record, indent=1) + "\n")

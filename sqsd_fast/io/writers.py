@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from sqsd_fast.data.records import load_raw
 from sqsd_fast.io.atomic import atomic_path
 
 # Formats for score / projection outputs.
@@ -73,7 +74,6 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
 
     CSV cells come back as text; empty cells as None.
     """
-    from sqsd_fast.data.records import load_raw
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{path}: file not found")

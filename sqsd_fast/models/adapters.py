@@ -17,13 +17,18 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sqsd_fast.choices import DTYPE_NAMES, check_choice
 from sqsd_fast.data.records import looks_like_local_path
+from sqsd_fast.models import resolve_model
+from sqsd_fast.models.cache import atomic_directory
+from sqsd_fast.models.quantized import quantization_config
 
 PEFT_PREFIX = "base_model.model."
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -64,7 +69,6 @@ def load_base_model(model, *, dtype="float32", device=None, quantization: str | 
         return model if device is None else model.to(device)
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path, a hub id or a torch.nn.Module; got {type(model).__name__}")
-    from sqsd_fast.models import resolve_model
 
     path = resolve_model(model)  # a .gguf file -> its de-quantized, cached model directory
     if looks_like_local_path(path) and not os.path.isdir(path):
@@ -72,7 +76,6 @@ def load_base_model(model, *, dtype="float32", device=None, quantization: str | 
     from transformers import AutoModelForCausalLM
 
     if quantization is not None:
-        from sqsd_fast.models.quantized import quantization_config
         config = quantization_config(quantization, resolve_dtype(dtype))
         return AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), quantization_config=config,
                                                     device_map={"": str(device or "cpu")}).eval()
@@ -137,8 +140,6 @@ def _load_adapter_weights(path: str, weights_path: str) -> dict[str, torch.Tenso
     """The weights file's tensors on the CPU; a damaged file is one ``ValueError``, whatever the loader raised."""
     try:
         if weights_path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             return load_file(weights_path, device="cpu")
         return torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors and pickle raise many types for a damaged file
@@ -402,11 +403,7 @@ def save_direction(factors: Mapping[str, LoraFactors], path, *, base_model: str 
     ``adapter_model.safetensors`` (float32). ``about`` (JSON) goes to ``direction.json``:
     where the direction came from. The directory appears whole or not at all; an existing
     ``path`` is refused."""
-    from pathlib import Path
 
-    from safetensors.torch import save_file
-
-    from sqsd_fast.models.cache import atomic_directory
     path = Path(path)
     if path.exists():
         raise ValueError(f"{path} already exists; give a new directory for the direction")

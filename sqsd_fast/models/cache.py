@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from tqdm.auto import tqdm
+
 from sqsd_fast.io.atomic import current_umask, fsync_dir
 
 CACHE_ENV = "SQSD_FAST_CACHE"
@@ -47,8 +49,6 @@ def file_sha256(path: str | os.PathLike, *, progress: bool = True) -> str:
     size = os.path.getsize(path)
     bar = None
     if progress and size >= _HASH_BAR_FROM:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=size, unit="B", unit_scale=True, desc="sqsd_fast: hashing", file=sys.stderr)
     digest = hashlib.sha256()
     try:

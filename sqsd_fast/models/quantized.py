@@ -8,6 +8,8 @@ model it was made from). bitsandbytes is optional (`pip install sqsd_fast[quanti
 """
 from __future__ import annotations
 
+from sqsd_fast.models.quiet import quiet_libraries
+
 QUANTIZATIONS = ("4bit", "8bit")
 INSTALL_HINT = "pip install 'bitsandbytes>=0.50' (or sqsd_fast[quantized])"
 
@@ -15,7 +17,6 @@ INSTALL_HINT = "pip install 'bitsandbytes>=0.50' (or sqsd_fast[quantized])"
 def check_bitsandbytes(option: str) -> None:
     """A one-line ValueError naming ``option`` and what to install when bitsandbytes cannot
     be imported."""
-    from sqsd_fast.models.quiet import quiet_libraries
     try:
         with quiet_libraries():   # its CPU backend announces optional kernels it did not find
             import bitsandbytes  # noqa: F401

@@ -3,6 +3,8 @@ while a model loads, so the user sees this tool's progress bar and summary. Used
 command that loads a model (scoring, baselines, training, evaluation)."""
 from __future__ import annotations
 
+import logging
+import warnings
 from contextlib import contextmanager
 
 
@@ -10,8 +12,6 @@ from contextlib import contextmanager
 def quiet_libraries():
     """Silence loading progress bars and deprecation chatter from transformers/peft, so
     the user sees our progress bar and summary; restores the previous settings."""
-    import logging
-    import warnings
 
     from transformers.utils import logging as hf_logging
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -58,7 +58,7 @@ def build_info() -> dict:
     "cuda_default_tile"}``; not built: ``{"built": False, "error": str}``.
     """
     try:
-        from sqsd_fast.ops.backends import cpp
+        from sqsd_fast.ops.backends import cpp  # noqa: PLC0415 (the extension may be unbuilt: reported, not raised)
     except ImportError as error:
         return {"built": False, "error": str(error)}
     return cpp.build_info()

@@ -8,7 +8,9 @@ from dataclasses import field
 from typing import Any, Callable, ClassVar
 
 from sqsd_fast.choices import check_positive_int, name_value_pairs
-
+from sqsd_fast.io.checkpoint import path_fingerprint
+from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter
+from sqsd_fast.models.names import model_by_name
 
 
 def check_named_directions(name, value):
@@ -16,7 +18,6 @@ def check_named_directions(name, value):
     that a bad directory is a usage error, not a failed run; as a list of ``NAME=DIR``."""
     pairs = name_value_pairs(name, value, "NAME=DIR")
     if pairs:   # read now, so that a bad directory is a usage error, not a failed run
-        from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter
         for key, path in pairs:
             try:
                 check_direction_is_usable(read_adapter(path))
@@ -68,7 +69,6 @@ class CheckedOptions:
             except ValueError as exc:
                 raise OptionError(name, str(exc)) from None
         if isinstance(getattr(self, "model", None), str):    # --model smollm2, gemma3-270m
-            from sqsd_fast.models.names import model_by_name
             try:
                 self.model = model_by_name(self.model, progress=not getattr(self, "quiet", False))
             except Exception as exc:     # a failed download: the option and why
@@ -86,7 +86,6 @@ class CheckedOptions:
         in ``NOT_FINGERPRINTED`` (``PATH_FIELDS`` and ``ADAPTER_FIELDS`` by content), the
         input field ``whole_file`` hashed in full whatever its size (a hub name as given
         when not ``whole_file_is_local``), and ``extra``."""
-        from sqsd_fast.io.checkpoint import path_fingerprint
         by_content = {*getattr(self, "PATH_FIELDS", ()), *getattr(self, "ADAPTER_FIELDS", ())}
         named = set(getattr(self, "NAMED_ADAPTER_FIELDS", ()))
         fp: dict[str, Any] = {"command": self.COMMAND, **extra}

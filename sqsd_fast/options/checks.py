@@ -7,11 +7,18 @@ message everywhere.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from sqsd_fast.data.records import looks_like_local_path
+from sqsd_fast.io.writers import output_format
 
 
 def check_device_available(device: str) -> None:
-    import torch
     if not device.startswith("cuda"):
         return
     if not torch.cuda.is_available():
@@ -24,7 +31,6 @@ def check_device_available(device: str) -> None:
 
 
 def check_output_path(out: str, data: str) -> None:
-    from sqsd_fast.io.writers import output_format
     output_format(out)
     p = Path(out)
     if p.is_dir():
@@ -49,7 +55,6 @@ def check_adapter_path(option: str, path: str) -> None:
 
 
 def check_model_path(path: str) -> None:
-    from sqsd_fast.data.records import looks_like_local_path
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".gguf":
         return  # converted (once, cached) when the model is loaded
@@ -74,9 +79,6 @@ def check_hub_reachable(model_id: str, timeout: float = 3.0) -> None:
     if constants.HF_HUB_OFFLINE:
         raise ValueError(f"--model {model_id}: not a local directory, not in the Hugging Face "
                          f"cache, and HF_HUB_OFFLINE is set; give a local model directory")
-    import socket
-    import threading
-    from urllib.parse import urlparse
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     reached = []
 

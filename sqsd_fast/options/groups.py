@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from sqsd_fast.choices import (BACKENDS, DTYPE_NAMES, METRICS, check_choice, check_device,
-                               check_positive_int)
+from sqsd_fast.choices import BACKENDS, DTYPE_NAMES, METRICS, check_choice, check_device, check_positive_int
+from sqsd_fast.data.records import FieldNames
 from sqsd_fast.options.base import CheckedOptions, OptionError, option, optional_positive, required_option
+
 
 @dataclass(kw_only=True)
 class RecordFieldOptions(CheckedOptions):
@@ -26,7 +27,6 @@ class RecordFieldOptions(CheckedOptions):
 
     def field_names(self):
         """The record field names these options select (``sqsd_fast.data.FieldNames``)."""
-        from sqsd_fast.data.records import FieldNames
         default = FieldNames()
         return FieldNames(
             instruction=self.instruction_field,

@@ -6,9 +6,13 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
+from sqsd_fast.anchors import DEFAULTS, DESCRIPTIONS
 from sqsd_fast.choices import check_finite_float
-from sqsd_fast.options.base import optional_positive, OptionError, check_named_directions, option, required_option
+from sqsd_fast.io.writers import PROJECT_COLUMNS, SCORE_COLUMNS
+from sqsd_fast.models.fresh_state import DESCRIPTION
+from sqsd_fast.options.base import OptionError, check_named_directions, option, optional_positive, required_option
 from sqsd_fast.options.groups import RunOptions
+
 
 @dataclass(kw_only=True)
 class _ScoreInputs:
@@ -119,14 +123,11 @@ class ScoreOptions(RunOptions, _ScoreInputs):
     def anchor_files(self) -> dict[str, str]:
         """{side: anchor file} of the directions built in the run: the given files, or the
         shipped sets where a side has neither a direction nor anchors."""
-        from sqsd_fast.anchors import DEFAULTS
         return {side: getattr(self, f"{side}_anchors") or os.fspath(DEFAULTS[side])
                 for side in ("danger", "safety") if getattr(self, f"{side}_direction") is None}
 
     def sources(self) -> dict[str, str]:
         """What each input of the score is, in words (the summary and OUT.meta.json)."""
-        from sqsd_fast.anchors import DESCRIPTIONS
-        from sqsd_fast.models.fresh_state import DESCRIPTION
         out = {"danger_state": self.danger_state or DESCRIPTION}
         for side in ("danger", "safety"):
             direction, anchors = getattr(self, f"{side}_direction"), getattr(self, f"{side}_anchors")
@@ -138,7 +139,6 @@ class ScoreOptions(RunOptions, _ScoreInputs):
         return out
 
     def columns(self) -> dict[str, str]:
-        from sqsd_fast.io.writers import SCORE_COLUMNS
         columns = {}
         for name, kind in SCORE_COLUMNS.items():
             columns[name] = kind
@@ -196,13 +196,11 @@ class ProjectOptions(RunOptions, _ProjectInputs):
         return dict(danger_state=state, danger_direction=self.direction or built["danger"])
 
     def sources(self) -> dict[str, str]:
-        from sqsd_fast.models.fresh_state import DESCRIPTION
         return {"state": self.state or DESCRIPTION,
                 "direction": f"adapter {self.direction}" if self.direction else
                 f"mean update of the anchors {self.anchors} at the state"}
 
     def columns(self) -> dict[str, str]:
-        from sqsd_fast.io.writers import PROJECT_COLUMNS
         return dict(PROJECT_COLUMNS)
 
 

@@ -10,10 +10,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Optional
 
-from sqsd_fast.choices import (DTYPE_NAMES, check_choice, check_device, check_finite_float,
-                               check_positive_int, name_value_pairs)
+from sqsd_fast.choices import (
+    DTYPE_NAMES,
+    check_choice,
+    check_device,
+    check_finite_float,
+    check_positive_int,
+    name_value_pairs,
+)
 from sqsd_fast.options.base import CheckedOptions, OptionError, check_named_directions, option, required_option
 from sqsd_fast.options.groups import RecordFieldOptions, RunOptions
 
@@ -348,7 +355,6 @@ def _normalize_target(value) -> str:
 
 
 def _same_path(a: str, b: str) -> bool:
-    from pathlib import Path
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 

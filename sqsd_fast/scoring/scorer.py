@@ -19,15 +19,16 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
-from sqsd_fast.choices import METRICS, check_choice
-from sqsd_fast.data.tokenize import count_response_tokens
-from sqsd_fast.engine.directions import resolve_direction
+from sqsd_fast.choices import DIRECTION_NAME, METRICS, check_choice
 from sqsd_fast.data.batching import pad_id
+from sqsd_fast.data.tokenize import count_response_tokens
+from sqsd_fast.engine.batch_pass import progress_batches
+from sqsd_fast.engine.directions import resolve_direction
 from sqsd_fast.engine.loading import adapter_names, load_model_and_tokenizer, use_or_attach_state
 from sqsd_fast.engine.samples import as_samples, check_fits_model
 from sqsd_fast.engine.status import NON_FINITE_GRADIENT, OK
+from sqsd_fast.io.ranking import add_ranks
 from sqsd_fast.models.adapters import LoraFactors
-from sqsd_fast.engine.batch_pass import progress_batches
 from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
 
 DANGER_STATE, SAFETY_STATE = "danger_state", "safety_state"
@@ -284,7 +285,6 @@ class SQSDScorer:
     def score(self, samples, **kwargs) -> list[dict]:
         """All rows of :meth:`iter_score` (same arguments), in input order, each with the
         ``rank`` the CLI writes (1 = highest sqsd among scored samples, None if unscored)."""
-        from sqsd_fast.io.ranking import add_ranks
 
         samples = self._samples(samples)
         rows = _in_input_order(samples, self.iter_score(samples, **kwargs))
@@ -348,7 +348,6 @@ def _named(label: str):
 
 def _named_directions(directions) -> dict:
     """``more_danger_directions`` checked: a mapping of column-safe names to sources."""
-    from sqsd_fast.choices import DIRECTION_NAME
     if directions is None:
         return {}
     if not hasattr(directions, "items"):

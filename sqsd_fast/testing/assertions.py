@@ -8,9 +8,12 @@ so a broken build cannot pass as a run with skips.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import torch
+
+from sqsd_fast.ops import backend_available, backend_unavailable_reason, build_info
 
 # Set to anything but "" or "0": tests that need sqsd_fast._C fail, not skip, without it.
 REQUIRE_EXTENSION_ENV = "SQSD_FAST_REQUIRE_EXTENSION"
@@ -62,7 +65,6 @@ def _missing_backend(name: str, device: str | torch.device) -> tuple[str, bool]:
     backend that cannot run on the CPU (the interpreter: ``make test`` installs triton, so
     its tests must run there); a missing GPU or a build without CUDA stay skips.
     """
-    from sqsd_fast.ops import backend_available, backend_unavailable_reason, build_info
 
     if backend_available(name, device):
         return "", False
@@ -85,7 +87,6 @@ def missing_backend(name: str, device: str | torch.device = "cpu") -> tuple[str,
 def require_module(name: str):
     """``pytest.importorskip(name)``, except under :func:`extension_required` (``make test``,
     which installs every dependency), where a missing module fails the test instead."""
-    import importlib
 
     import pytest
 

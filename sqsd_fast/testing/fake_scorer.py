@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from sqsd_fast.data.batching import length_bucketed_batches
+from sqsd_fast.testing.toy_model import build_toy_tokenizer
 
 RECORDS = [
     {"instruction": "Write a haiku about rain.", "context": "", "response": "Soft rain on the roof."},
@@ -85,7 +86,6 @@ class FakeScorer:
 
 @functools.lru_cache(maxsize=None)
 def _toy_tokenizer():
-    from sqsd_fast.testing.toy_model import build_toy_tokenizer
     return build_toy_tokenizer()
 
 

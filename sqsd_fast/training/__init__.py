@@ -12,13 +12,13 @@ def __getattr__(name: str):
     # train.py pulls in transformers' Trainer; import it only when asked for, so that
     # building the CLI parser from TrainAdapterOptions stays cheap.
     if name == "train_adapter":
-        from sqsd_fast.training.train import train_adapter
+        from sqsd_fast.training.train import train_adapter  # noqa: PLC0415 (lazy: transformers only when asked)
         return train_adapter
     if name == "DriftMonitor":
-        from sqsd_fast.training.drift import DriftMonitor
+        from sqsd_fast.training.drift import DriftMonitor  # noqa: PLC0415 (lazy: transformers only when asked)
         return DriftMonitor
     if name in ("format_summary", "TrainResult"):
-        from sqsd_fast.training import result
+        from sqsd_fast.training import result  # noqa: PLC0415 (lazy: transformers only when asked)
         return getattr(result, name)
     raise AttributeError(f"module 'sqsd_fast.training' has no attribute {name!r}")
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sqsd_fast.data.batching import collate
-from sqsd_fast.data.tokenize import TokenizedSample
+from sqsd_fast.data.records import load_raw, normalize_rows
+from sqsd_fast.data.tokenize import TokenizedSample, count_truncated, load_tokenizer, tokenize_records
+from sqsd_fast.training.weights import read_weights
 
 
 @dataclass
@@ -28,19 +30,16 @@ class TrainData:
 def read_train_records(options):
     """(raw data, normalized records) of ``options.data``: a bad or empty file, or a bad
     --weight-column, fails here, before the model (maybe a GGUF conversion) is touched."""
-    from sqsd_fast.data.records import load_raw, normalize_rows
     raw = load_raw(options.data, split=options.data_split)
     rows = raw.rows if options.limit is None else raw.rows[:options.limit]
     records = normalize_rows(rows, options.field_names(), raw.name)
     if options.weight_column is not None:
-        from sqsd_fast.training.weights import read_weights
         read_weights(rows, options.weight_column, f"--weight-column {options.weight_column} of --data {raw.name}")
     return raw, records
 
 
 def prepare_train_data(options, raw, records, model_source: str) -> TrainData:
     """Tokenize the records as scoring does; refuse data with nothing to learn."""
-    from sqsd_fast.data.tokenize import count_truncated, load_tokenizer, tokenize_records
     tokenizer = load_tokenizer(options.tokenizer or model_source, option="--tokenizer")
     samples = tokenize_records(records, tokenizer, max_length=options.max_length)
     # A sample without a response token has no loss term: a batch of only such samples
@@ -53,7 +52,6 @@ def prepare_train_data(options, raw, records, model_source: str) -> TrainData:
                          f"(--response-field)")
     weights = None
     if options.weight_column is not None:
-        from sqsd_fast.training.weights import read_weights
         rows = raw.rows if options.limit is None else raw.rows[:options.limit]
         weights = dict(enumerate(read_weights(rows, options.weight_column, raw.name)))
     return TrainData(kept, len(samples), len(samples) - len(kept), count_truncated(samples),

@@ -3,7 +3,6 @@
 SQSD scores samples *before* fine-tuning (docs/METHOD.md §1). ``DriftMonitor`` watches the
 fine-tuning itself: every N optimizer steps it compares the LoRA update made since training
 began with direction adapters (e.g. a danger and a safety direction), per LoRA module m:
-
     U_m = s (B A - B0 A0)       s: the trained adapter's scaling, B0 A0: its factors at the start
     D_m = s_d B_d A_d           s_d: the direction adapter's own scaling for that module
     proj_d = sum_m <U_m, D_m> / sqrt(sum_m ||D_m||^2)            (scalar projection)
@@ -20,17 +19,23 @@ norm comes from the (small) differences, not from the cancellation of two large 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import warnings
 from typing import Any, Mapping
 
 import torch
-from transformers import TrainerCallback
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback  # noqa: TID253 (a TrainerCallback subclass is defined at import; only training loads this)
+
+from sqsd_fast.choices import DIRECTION_NAME as NAME_PATTERN
+from sqsd_fast.engine.directions import resolve_direction
+from sqsd_fast.io.atomic import atomic_path
+from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter, state_modules
 
 # One rule for the names and actions, shared with train-adapter's options.
 from sqsd_fast.options.train_adapter import MONITOR_ACTIONS as ACTIONS
-from sqsd_fast.choices import DIRECTION_NAME as NAME_PATTERN
 
 DRIFT_CSV = "drift.csv"
 DRIFT_PLOT = "drift.png"
@@ -110,7 +115,6 @@ class DriftMonitor(TrainerCallback):
     def bind(self, model) -> None:
         """Resolve the directions against ``model``'s trained LoRA (its active adapter):
         same modules and shapes required, else a ``ValueError`` naming the direction."""
-        from sqsd_fast.engine.directions import resolve_direction
         self._adapter, self._modules = _trained_modules(model)
         self._scaling = {n: float(m.scaling[self._adapter]) for n, m in self._modules.items()}
         shapes = {}     # {module: (r, d_in, d_out)}, what resolve_direction checks against
@@ -153,7 +157,6 @@ class DriftMonitor(TrainerCallback):
         _save_factors(self.start_path, self.snapshot(model))
 
     def _load_start(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        from safetensors.torch import load_file
         try:
             stored = load_file(self.start_path, device="cpu")
         except Exception as exc:  # safetensors raises several types for a damaged file
@@ -292,7 +295,6 @@ class DriftMonitor(TrainerCallback):
                 else:
                     warnings.warn(f"drift monitor: {self.csv_path} has other columns (other "
                                   f"directions?); starting it over", DriftWarning, stacklevel=3)
-        from sqsd_fast.io.atomic import atomic_path
         with atomic_path(self.csv_path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
@@ -306,7 +308,6 @@ def plot_drift(history, names, path, *, threshold: Mapping[str, float] | None = 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from sqsd_fast.io.atomic import atomic_path
     fig = Figure(figsize=(7, 4), dpi=110)
     FigureCanvasAgg(fig)     # no pyplot: leaves the caller's matplotlib backend alone
     ax = fig.add_subplot(1, 1, 1)
@@ -339,7 +340,6 @@ def _inner(B1: torch.Tensor, A1: torch.Tensor, B2: torch.Tensor, A2: torch.Tenso
 
 def _trained_modules(model) -> tuple[str, dict]:
     """The active adapter of a ``PeftModel`` and its LoRA layers ``{module name: layer}``."""
-    from sqsd_fast.models.adapters import state_modules
     if not hasattr(model, "peft_config") or not hasattr(model, "active_adapter"):
         raise ValueError(f"DriftMonitor needs a peft LoRA model (PeftModel); got "
                          f"{type(model).__name__}")
@@ -359,9 +359,7 @@ def _direction_scalings(spec, model, factors) -> dict[str, float]:
     if isinstance(spec, Mapping):
         return {name: 1.0 for name in factors}
     if isinstance(spec, str) and spec in getattr(model, "peft_config", {}):
-        from sqsd_fast.models.adapters import state_modules
         return {n: float(m.scaling[spec]) for n, m in state_modules(model, spec).items()}
-    import json
 
     from peft.utils.other import get_pattern_key
     with open(os.path.join(os.fspath(spec), "adapter_config.json"), encoding="utf-8") as f:
@@ -376,9 +374,6 @@ def _direction_scalings(spec, model, factors) -> dict[str, float]:
 
 
 def _save_factors(path, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    from safetensors.torch import save_file
-
-    from sqsd_fast.io.atomic import atomic_path
     tensors = {}
     for name, (A, B) in factors.items():
         tensors[f"{name}.lora_A"] = A.detach().to("cpu", torch.float64).contiguous()
@@ -400,7 +395,6 @@ def _check_directions(directions) -> dict:
                 os.path.exists(spec) or "/" in spec or os.sep in spec)):
             # A directory is checked now, before any training; a plain word that is not
             # a path may name an adapter on the model, resolved when training begins.
-            from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter
             try:
                 check_direction_is_usable(read_adapter(spec))
             except ValueError as exc:

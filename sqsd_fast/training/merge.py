@@ -15,7 +15,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sqsd_fast.data.tokenize import load_tokenizer
+from sqsd_fast.models import resolve_model
+from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
+from sqsd_fast.models.quiet import quiet_libraries
+from sqsd_fast.options.checks import check_adapter_path, check_model_path
 from sqsd_fast.options.train_adapter import MergeAdapterOptions
+from sqsd_fast.training import outdir
 
 MERGE_RECORD = "merged_from.json"
 
@@ -30,12 +36,6 @@ class MergeResult:
 
 def merge_adapter(options: MergeAdapterOptions | None = None, /, **kwargs) -> MergeResult:
     """Writes ``model`` with ``adapter`` merged in to ``out`` (see MergeAdapterOptions)."""
-    from sqsd_fast.options.checks import check_adapter_path, check_model_path
-    from sqsd_fast.data.tokenize import load_tokenizer
-    from sqsd_fast.models import resolve_model
-    from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
-    from sqsd_fast.models.quiet import quiet_libraries
-    from sqsd_fast.training import outdir
 
     if options is None:
         options = MergeAdapterOptions(**kwargs)

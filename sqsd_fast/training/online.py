@@ -34,12 +34,22 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback  # noqa: TID253 (a TrainerCallback subclass is defined at import; only training loads this)
 
+from sqsd_fast.engine.directions import resolve_direction
+from sqsd_fast.engine.modules import lora_modules
+from sqsd_fast.engine.reducers import BatchLayout, projection_reducer
+from sqsd_fast.engine.taps import TapSession
+from sqsd_fast.influence import GradientStats
+from sqsd_fast.io.atomic import atomic_path
+from sqsd_fast.io.writers import read_rows, write_rows
+from sqsd_fast.training.drift import _check_directions, _trained_modules
 from sqsd_fast.training.sample_fields import SAMPLE_INDEX
 
 SCORES_DIR = "online_scores"
@@ -64,7 +74,6 @@ class OnlineSQSD(TrainerCallback):
 
     def __init__(self, directions: Mapping[str, Any], *, out_dir: str | os.PathLike | None = None,
                  backend: str = "auto", drop_top: float | None = None, drop_after: int = 1):
-        from sqsd_fast.training.drift import _check_directions
         self.directions = _check_directions(directions)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.backend = backend
@@ -86,9 +95,6 @@ class OnlineSQSD(TrainerCallback):
     # ----------------------------------------------------------------- binding
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from sqsd_fast.engine.directions import resolve_direction
-        from sqsd_fast.engine.taps import TapSession
-        from sqsd_fast.training.drift import _trained_modules
         self._rank = int(getattr(args, "process_index", 0))
         self._adapter, layers = _trained_modules(model)
         self._layers = layers
@@ -136,7 +142,6 @@ class OnlineSQSD(TrainerCallback):
         return self.dropped[epoch]
 
     def _log_drop(self, epoch, left_out, running, column) -> None:
-        import sys
         shown = ", ".join(str(i) for i in left_out[:20]) + (" ..." if len(left_out) > 20 else "")
         print(f"online drop: epoch {epoch} leaves out {len(left_out)} of {len(running)} samples (the top "
               f"{self.drop_top:g} by running {column}): {shown}", file=sys.stderr)
@@ -166,8 +171,6 @@ class OnlineSQSD(TrainerCallback):
     def begin_batch(self, model, inputs: Mapping, fields: Mapping) -> None:
         """Called by ``SampleFields`` before each micro-batch's forward: the layout of its
         rows and the projection maps at the current weights."""
-        from sqsd_fast.engine.modules import lora_modules
-        from sqsd_fast.engine.reducers import BatchLayout, projection_reducer
         self._announced = True
         self._collect()
         if self._session is None or not model.training or not torch.is_grad_enabled():
@@ -295,7 +298,6 @@ COLUMN_TYPES = {"step": "int", "epoch": "int", "sample_index": "int", "n_tokens"
 
 def write_part(directory: Path, rows: list[dict], rank: int) -> Path:
     """One Parquet part of rows (steps first..last of this rank), written atomically."""
-    from sqsd_fast.io.writers import write_rows
     directory.mkdir(parents=True, exist_ok=True)
     steps = [r["step"] for r in rows]
     path = directory / f"rank{rank}-steps{min(steps):08d}-{max(steps):08d}.parquet"
@@ -306,7 +308,6 @@ def write_part(directory: Path, rows: list[dict], rank: int) -> Path:
 
 def read_scores(out_dir) -> list[dict]:
     """Every row of a run's parts (all ranks), sorted by step and sample."""
-    from sqsd_fast.io.writers import read_rows
     directory = Path(out_dir) / SCORES_DIR
     rows = [r for part in sorted(directory.glob("*.parquet")) for r in read_rows(part)]
     return sorted(rows, key=lambda r: (r["step"], r["sample_index"]))
@@ -314,7 +315,6 @@ def read_scores(out_dir) -> list[dict]:
 
 def _drop_replayed_steps(directory: Path, resumed_at: int, rank: int) -> None:
     """A run resumed at step g replays steps after g: their rows go first."""
-    from sqsd_fast.io.writers import read_rows
     for part in sorted(directory.glob(f"rank{rank}-steps*.parquet")):
         first, last = (int(x) for x in part.stem.split("steps")[1].split("-"))
         if first > resumed_at:
@@ -347,7 +347,6 @@ def write_summary(out_dir) -> Path:
     for r in rows:
         key = (int(r["epoch"]), int(r["sample_index"]))
         counts[key] = counts.get(key, 0) + 1
-    from sqsd_fast.io.atomic import atomic_path
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["epoch", "sample_index", "n_steps", *columns])
@@ -371,9 +370,6 @@ def score_at_start(peft_model, samples, directions: Mapping[str, Any], tokenizer
                    batch_size: int = 8, max_length: int = 1024) -> Path:
     """Every sample's offline scores at the model's current (start) weights, to ``path``
     (CSV: sample_index, <name>_proj..., sqsd): one pass of the influence engine."""
-    from sqsd_fast.influence import GradientStats
-    from sqsd_fast.io.writers import write_rows
-    from sqsd_fast.training.drift import _trained_modules
     adapter, _ = _trained_modules(peft_model)
     names = list(directions)
     stats = GradientStats(peft_model, adapter=adapter, tokenizer=tokenizer, batch_size=batch_size,
@@ -392,7 +388,6 @@ def score_at_start(peft_model, samples, directions: Mapping[str, Any], tokenizer
 
 def spearman(a: list[float], b: list[float]) -> float | None:
     """Spearman's rank correlation (ties by order: scores are floats); None below 3 pairs."""
-    import numpy as np
     if len(a) < 3:
         return None
     ra, rb = (np.argsort(np.argsort(np.asarray(v, dtype=float))).astype(float) for v in (a, b))
@@ -403,7 +398,6 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 def stationarity(out_dir) -> dict[str, float | None]:
     """{epoch: Spearman of that epoch's mean online score with the start score}."""
-    from sqsd_fast.io.writers import read_rows
     start_path = Path(out_dir) / "start_scores.csv"
     rows = read_scores(out_dir)
     if not rows or not start_path.is_file():

@@ -1,7 +1,6 @@
 """The adapter output directory of ``train-adapter``: checks, resume state, finishing.
 
 Layout of ``out``:
-
     out/checkpoints/checkpoint-N/   Trainer checkpoints (adapter, optimizer, RNG state)
     out/checkpoints/train_options.json   what the run was started with (resume check)
     out/train_summary.json          losses, options, counts (written when training ends)
@@ -18,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,6 @@ def write_merged(peft_model, tokenizer, merge_to: str, *, extra_files: dict[str,
     """The base model with the LoRA merged in, plus the tokenizer (and ``extra_files``,
     {name: text}), written to a temporary directory beside ``merge_to`` and renamed into
     place (``merge_to`` is new or empty)."""
-    import tempfile
     target = Path(merge_to).expanduser()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

@@ -6,8 +6,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqsd_fast.training.outdir import SUMMARY
+import torch
+
 from sqsd_fast.options.train_adapter import TrainAdapterOptions
+from sqsd_fast.training.outdir import SUMMARY
 
 
 @dataclass
@@ -63,7 +65,6 @@ def epoch_losses(history: list[dict]) -> list[float]:
 
 def summary_dict(result: TrainResult) -> dict:
     import peft
-    import torch
     import transformers
     summary = {k: v for k, v in vars(result).items() if k != "options"}
     summary["options"] = result.options.to_dict()

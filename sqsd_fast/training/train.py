@@ -31,12 +31,23 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sqsd_fast.training import outdir
+import torch
+
 from sqsd_fast.data.batching import pad_id
-from sqsd_fast.training.data import (ResponseOnlyCollator, prepare_train_data,
-                                     read_train_records)
+from sqsd_fast.io.checkpoint import path_fingerprint
+from sqsd_fast.io.lock import output_lock
+from sqsd_fast.models import resolve_model
+from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
+from sqsd_fast.models.quiet import quiet_libraries
+from sqsd_fast.options.checks import check_model_path
 from sqsd_fast.options.train_adapter import TrainAdapterOptions
+from sqsd_fast.training import outdir
+from sqsd_fast.training.data import ResponseOnlyCollator, prepare_train_data, read_train_records
+from sqsd_fast.training.drift import DRIFT_CSV, DRIFT_PLOT, DRIFT_START, DriftMonitor
+from sqsd_fast.training.online import OnlineSQSD, score_at_start, stationarity
 from sqsd_fast.training.result import TrainResult, epoch_losses, summary_dict
+from sqsd_fast.training.sample_fields import SAMPLE_INDEX, SAMPLE_WEIGHT, FieldsCollator, SampleFields
+from sqsd_fast.training.weights import SampleWeightedLoss
 
 
 def train_adapter(options: TrainAdapterOptions | None = None, /, *,
@@ -45,8 +56,6 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
 
     ``callbacks``: extra ``transformers.TrainerCallback``s (e.g. to stop early).
     """
-    from sqsd_fast.io.lock import output_lock
-    from sqsd_fast.options.checks import check_model_path
     if options is None:
         options = TrainAdapterOptions(**kwargs)
     elif kwargs:
@@ -61,7 +70,6 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
 
 
 def _train_locked(options: TrainAdapterOptions, callbacks) -> TrainResult:
-    from sqsd_fast.models.quiet import quiet_libraries
     say = _printer(options)
     # Again under the lock: another run may have finished or started meanwhile.
     state = outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
@@ -157,7 +165,6 @@ def build_monitor(options: TrainAdapterOptions, state, peft_model):
     """
     if not options.monitor_direction:
         return None
-    from sqsd_fast.training.drift import DRIFT_CSV, DRIFT_PLOT, DRIFT_START, DriftMonitor
     work = state.path / outdir.CHECKPOINTS
     monitor = DriftMonitor(options.monitor_directions(), every_n_steps=options.monitor_steps,
                            csv_path=work / DRIFT_CSV, plot_path=work / DRIFT_PLOT,
@@ -179,7 +186,6 @@ def build_online(options: TrainAdapterOptions, state, peft_model, data):
     in one extra pass: the reference of the stationarity check."""
     if not options.online_score:
         return None
-    from sqsd_fast.training.online import OnlineSQSD, score_at_start
     work = state.path / outdir.CHECKPOINTS / ONLINE_DIR
     drop = options.online_drop_settings()
     online = OnlineSQSD(options.online_directions(), out_dir=work, drop_top=drop and drop[0],
@@ -195,7 +201,6 @@ def build_online(options: TrainAdapterOptions, state, peft_model, data):
 def online_summary(options: TrainAdapterOptions, state, online) -> dict | None:
     if online is None:
         return None
-    from sqsd_fast.training.online import stationarity
     work = state.path / outdir.CHECKPOINTS / ONLINE_DIR
     return {"directions": options.online_directions(), "rows_this_run": len(online.rows),
             "start_pass_s": round(getattr(online, "start_pass_s", 0.0), 1),
@@ -223,7 +228,6 @@ def drift_summary(options: TrainAdapterOptions, state, monitor) -> dict | None:
 def resolve_model_source(model: str, *, progress: bool = True) -> str:
     """The loadable form of ``--model``: a directory or hub id as given, a ``.gguf`` file
     de-quantized once into a cached model directory (``sqsd_fast.models``)."""
-    from sqsd_fast.models import resolve_model
     return str(resolve_model(model, progress=progress))
 
 
@@ -231,7 +235,6 @@ def _read_init_config(options: TrainAdapterOptions) -> dict | None:
     """The init adapter's config, after checking it is a plain LoRA adapter directory."""
     if options.init_adapter is None:
         return None
-    from sqsd_fast.models.adapters import read_adapter
     read_adapter(options.init_adapter)
     with open(Path(options.init_adapter) / "adapter_config.json", encoding="utf-8") as f:
         return json.load(f)
@@ -241,7 +244,6 @@ def _check_fits_model(options: TrainAdapterOptions, lora: dict, model_source: st
     """The init adapter, the monitored directions and the --target-modules names must fit
     the base model: checked against an empty skeleton of the model, so no weights are
     loaded for it."""
-    from sqsd_fast.models.adapters import check_against_model, read_adapter
     targets = lora["target_modules"]
     if options.init_adapter is None and targets == "all-linear" \
             and not options.monitor_direction and not options.online_score:
@@ -274,7 +276,6 @@ def _check_fits_model(options: TrainAdapterOptions, lora: dict, model_source: st
 def _model_skeleton(model_source: str):
     """The model's modules on the meta device, or None where its config cannot be built
     that way (the adapter is then checked against the loaded model)."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     try:
         config = AutoConfig.from_pretrained(model_source)
@@ -285,7 +286,6 @@ def _model_skeleton(model_source: str):
 
 
 def _check_device(device: str, dtype: str) -> None:
-    import torch
     if not device.startswith("cuda"):
         return
     if not torch.cuda.is_available():
@@ -302,12 +302,10 @@ def fingerprint(options: TrainAdapterOptions, lora: dict, data) -> dict:
     extra = {}
     if options.online_drop:
         # Which samples are left out follows the online scores: their directions count.
-        from sqsd_fast.io.checkpoint import path_fingerprint
         extra["online_drop_scores"] = {n: path_fingerprint(d) for n, d in options.online_directions().items()}
     if options.monitor_action == "stop":
         # The monitor's thresholds decide where training ends; only then do they change
         # the adapter (see NOT_FINGERPRINTED). Without it the key is absent, as before.
-        from sqsd_fast.io.checkpoint import path_fingerprint
         thresholds = options.monitor_thresholds()
         directions = options.monitor_directions()
         extra["monitor_stop"] = {
@@ -325,8 +323,6 @@ def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import set_seed
 
-    from sqsd_fast.models.quiet import quiet_libraries
-    from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
     set_seed(options.seed)       # the LoRA A init draws from the global RNG
     with quiet_libraries():
         base = load_base_model(model_source, dtype=options.dtype, device=options.device)
@@ -394,15 +390,12 @@ def trainer_class(data):
     scorer) and, with --weight-column, the loss sum w_s loss_s / sum w_s."""
     from transformers import Trainer
 
-    from sqsd_fast.training.sample_fields import SampleFields
-    from sqsd_fast.training.weights import SampleWeightedLoss
     mixin = SampleWeightedLoss if data.weights is not None else SampleFields
     return type(f"{mixin.__name__}Trainer", (mixin, Trainer), {})
 
 
 def collator(data):
     """Right-padded batches by the scoring engine's ``collate``, with the sample fields."""
-    from sqsd_fast.training.sample_fields import SAMPLE_INDEX, SAMPLE_WEIGHT, FieldsCollator
     inner = ResponseOnlyCollator(pad_id(data.tokenizer))
     if data.weights is None:
         return FieldsCollator(inner, (SAMPLE_INDEX,))
