@@ -28,7 +28,7 @@ from sqsd_fast.engine.samples import as_samples, check_fits_model
 from sqsd_fast.engine.status import NON_FINITE_GRADIENT, OK
 from sqsd_fast.models.adapters import LoraFactors
 from sqsd_fast.engine.batch_pass import progress_batches
-from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
+from sqsd_fast.scoring.projection import BatchProjection, ProjectionEngine
 
 DANGER_STATE, SAFETY_STATE = "danger_state", "safety_state"
 DANGER, SAFETY = "danger", "safety"
