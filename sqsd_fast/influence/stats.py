@@ -30,7 +30,7 @@ from sqsd_fast.engine.modules import lora_modules
 from sqsd_fast.engine.reducers import GradientMoments, GradientSum, KroneckerSketch, Reducers
 from sqsd_fast.engine.runner import BatchRunner
 from sqsd_fast.engine.sketch import sketch_maps
-from sqsd_fast.engine.status import NO_RESPONSE_TOKENS, ZERO_GRADIENT, sample_status
+from sqsd_fast.engine.status import ZERO_GRADIENT, batch_statuses
 from sqsd_fast.engine.directions import prepare_directions, resolve_direction
 from sqsd_fast.influence.factors import QueryGradients, mean_update_direction
 from sqsd_fast.influence.inputs import limit_response_tokens, prepare_samples
@@ -164,15 +164,8 @@ class GradientStats:
             upd_sq = out.values.get("update_sq", torch.zeros(n, m, dtype=torch.float64))
             proj = out.values.get("proj", torch.zeros(n, m, k, dtype=torch.float64))
             sketch = out.values.get("sketch", torch.zeros(n, sketch_width, dtype=torch.float64)) if maps else None
-            status = []
-            for i in range(n):
-                if not out.ran[i]:
-                    status.append(NO_RESPONSE_TOKENS)
-                    continue
-                values = [grad_sq[i], upd_sq[i], proj[i]] + ([sketch[i]] if maps else [])
-                finite = out.finite_loss[i] and all(bool(torch.isfinite(v).all()) for v in values)
-                status.append(sample_status(finite=finite,
-                                            zero=ZERO_GRADIENT if float(grad_sq[i].sum()) == 0.0 else None))
+            status = batch_statuses(out, [grad_sq, upd_sq, proj] + ([sketch] if maps else []),
+                                    zero=ZERO_GRADIENT, zero_when=grad_sq)
             yield GradientResult(
                 indices=[s.index for s in batch], module_names=list(shapes), status=status,
                 n_tokens=[len(s.input_ids) for s in batch],
