@@ -36,7 +36,6 @@ from sqsd_fast.influence.factors import QueryGradients, mean_update_direction
 from sqsd_fast.influence.inputs import limit_response_tokens, prepare_samples
 from sqsd_fast.influence.results import GradientResult
 from sqsd_fast.models.adapters import LoraFactors
-from sqsd_fast.ops import resolve_backend
 from sqsd_fast.engine.batch_pass import progress_batches
 
 
@@ -76,9 +75,9 @@ class GradientStats:
         self.max_tokens = check_positive_int("max_tokens", max_tokens, optional=True)
         self.max_length = check_positive_int("max_length", max_length)
         self.runner = BatchRunner(peft_model, pad_token_id=pad_id(tokenizer),
-                                  scalings={adapter: float(scaling)} if scaling is not None else None)
+                                  scalings={adapter: float(scaling)} if scaling is not None else None, backend=backend)
         self.device = self.runner.device
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = self.runner.backend
 
     @classmethod
     def from_pretrained(cls, model, adapter, *, tokenizer=None, dtype="float32", device=None, quantization=None,

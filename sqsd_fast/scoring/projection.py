@@ -20,7 +20,7 @@ from sqsd_fast.engine.reducers import UpdateProjection, projection_reducer
 from sqsd_fast.engine.runner import BatchRunner
 from sqsd_fast.engine.status import ZERO_UPDATE, batch_statuses
 from sqsd_fast.models.adapters import LoraFactors, check_direction_matches_state
-from sqsd_fast.ops import resolve_backend
+
 
 @dataclass
 class BatchProjection:
@@ -80,12 +80,12 @@ class ProjectionEngine:
     def __init__(self, peft_model, directions: dict[str, dict[str, LoraFactors]], *, pad_token_id: int = 0,
                  backend: str = "auto", scalings: dict[str, float] | None = None,
                  labels: dict[str, str] | None = None):
-        self.runner = BatchRunner(peft_model, pad_token_id=pad_token_id, scalings=scalings)
+        self.runner = BatchRunner(peft_model, pad_token_id=pad_token_id, scalings=scalings, backend=backend)
         self.model = peft_model
         self.labels = dict(labels or {})
         self.directions = dict(directions)
         self.device = self.runner.device
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = self.runner.backend
         self._prepared: dict[tuple[str, tuple[str, ...]], tuple[list[LoraModule], UpdateProjection, torch.Tensor]] = {}
 
     def clear_cache(self) -> None:
