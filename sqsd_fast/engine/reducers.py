@@ -28,6 +28,7 @@ from sqsd_fast.engine.directions import prepare_directions
 from sqsd_fast.engine.modules import LoraModule
 from sqsd_fast.engine.sketch import KroneckerMaps
 from sqsd_fast.ops import factor_grad_stats, lora_update_stats_projected, resolve_backend
+from sqsd_fast.ops.api import update_sqnorm_from_grams
 
 
 class BatchLayout:
@@ -170,8 +171,8 @@ class GradientMoments(_PerModule):
         _, cross = factor_grad_stats(hp, up, cu, None, "frobenius", backend, False)
         gram_A, gram_B = gram_A.double(), gram_B.double()
         self.grad_sq[slot] = gram_A.diagonal(dim1=1, dim2=2).sum(1) + gram_B.diagonal(dim1=1, dim2=2).sum(1)
-        self.update_sq[slot] = ((gram_B * self.gram_AAt[slot]).sum((1, 2)) + (gram_A * self.gram_BtB[slot]).sum((1, 2))
-                                + 2.0 * cross.double())
+        self.update_sq[slot] = update_sqnorm_from_grams(gram_A, gram_B, cross.double(), self.gram_AAt[slot],
+                                                        self.gram_BtB[slot])
         self.proj[slot] = (proj_A + proj_B).double()
 
     def results(self, device) -> dict[str, torch.Tensor]:
@@ -234,7 +235,9 @@ class GradientSum(_PerModule):
 
 class Reducers:
     """Several reducers in one pass; their results merged (names must not collide, except
-    ``update_sq``, which every reducer that computes it computes the same way)."""
+    ``update_sq``: every reducer that computes it uses the one identity,
+    ``ops.api.update_sqnorm_from_grams``, UpdateProjection in float32 as SQSD's scores
+    always have, GradientMoments in float64; the later reducer's is kept)."""
 
     def __init__(self, *reducers):
         self.reducers = [r for r in reducers if r is not None]
