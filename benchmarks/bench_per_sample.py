@@ -129,7 +129,7 @@ def opacus_method(st, batch, stats):
 
 
 def engine_method(st, batch, stats, backend):
-    from sqsd_fast.scoring.engine import ProjectionEngine
+    from sqsd_fast.scoring.projection import ProjectionEngine
     from sqsd_fast.scoring.scorer import SQSDScorer
 
     scorer = SQSDScorer.from_peft_model(st.model, danger_state=STATE, danger_direction=DIRECTION,

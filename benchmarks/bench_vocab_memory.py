@@ -32,7 +32,7 @@ SCRIPT = "bench_vocab_memory"
 def build(vocab: int, hidden: int, layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sqsd_fast.scoring.engine import ProjectionEngine
+    from sqsd_fast.scoring.projection import ProjectionEngine
     from sqsd_fast.testing.toy_model import build_random_lora
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,

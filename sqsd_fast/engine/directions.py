@@ -1,19 +1,24 @@
-"""Directions from what users have, for every face: one map ``{module: LoraFactors}``.
+"""Directions for every face: resolved from what users have, and prepared for a state.
 
 A direction is a low-rank matrix per LoRA module, ``D_m = B_d A_d`` (a LoRA adapter with its
 alpha/r dropped, docs/METHOD.md §1). SQSD's danger and safety directions, the influence
-API's direction scores and the drift monitor all resolve theirs here, so an adapter
-directory, an adapter already on the model and factors in memory are accepted alike.
+API's direction scores, online scoring and the drift monitor all resolve theirs here
+(:func:`resolve_direction`), so an adapter directory, an adapter already on the model and
+factors in memory are accepted alike; and every reducer that projects onto directions gets
+them from :func:`prepare_directions`, so V_A, V_B and ||D||^2 are computed one way.
 """
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import torch
 
+from sqsd_fast.engine.modules import LoraModule
 from sqsd_fast.models.adapters import (LoraFactors, check_direction_is_usable, check_direction_matches_state,
                                        load_direction)
+from sqsd_fast.ops import direction_sqnorm, project_directions
 
 
 def resolve_direction(spec, peft_model, shapes: Mapping[str, tuple[int, int, int]] | None = None, *,
@@ -51,3 +56,39 @@ def resolve_direction(spec, peft_model, shapes: Mapping[str, tuple[int, int, int
             raise ValueError(f"{where}: module {name} has A {tuple(A.shape)} and B {tuple(B.shape)}; "
                              f"expected (r_d, {d_in}) and ({d_out}, r_d)")
     return factors
+
+
+@dataclass(frozen=True)
+class PreparedDirections:
+    """K directions as the factor gradients of one state see them (docs/METHOD.md §3).
+
+    ``V_A[m]`` (K, r, d_in) and ``V_B[m]`` (K, d_out, r), float32 on module m's device, so
+    that ``<dW_m, D_mk> = -(<G_A, V_A[m][k]> + <G_B, V_B[m][k]>)``; ``sqnorm`` (M, K) float64
+    on the CPU: ``||D_mk||^2``."""
+
+    V_A: list[torch.Tensor]
+    V_B: list[torch.Tensor]
+    sqnorm: torch.Tensor
+
+
+def prepare_directions(modules: Sequence[LoraModule], directions: Sequence[Mapping[str, LoraFactors]]
+                       ) -> PreparedDirections:
+    """``directions`` (K maps ``{module: LoraFactors}``, ranks may differ) at the state whose
+    ``modules`` (live factors) are given. V_A and V_B depend on the state's A and B: prepare
+    again after the state changes.
+
+    Every direction is taken in float32, as one read from an adapter directory is, whatever
+    dtype factors given in memory have; ``||D||^2`` is computed from those float32 factors in
+    float64 and kept at float32 precision (``ops.direction_sqnorm``), as SQSD's scores have
+    always used it."""
+    V_A, V_B, sqnorms = [], [], []
+    for module in modules:
+        pairs = [(f.A.to(module.A.device, torch.float32).unsqueeze(0),
+                  f.B.to(module.A.device, torch.float32).unsqueeze(0))
+                 for f in (d[module.name] for d in directions)]
+        maps = [project_directions(module.A, module.B, dA, dB) for dA, dB in pairs]
+        V_A.append(torch.cat([v for v, _ in maps]))
+        V_B.append(torch.cat([v for _, v in maps]))
+        sqnorms.append(torch.cat([direction_sqnorm(dA, dB) for dA, dB in pairs]))
+    sqnorm = torch.stack(sqnorms).double().cpu() if sqnorms else torch.zeros(0, len(directions), dtype=torch.float64)
+    return PreparedDirections(V_A, V_B, sqnorm)

@@ -24,10 +24,11 @@ from typing import Protocol
 
 import torch
 
+from sqsd_fast.engine.directions import prepare_directions
 from sqsd_fast.engine.modules import LoraModule
 from sqsd_fast.engine.sketch import KroneckerMaps
-from sqsd_fast.ops import (direction_sqnorm, factor_grad_stats, lora_update_stats_projected,
-                           project_directions, resolve_backend)
+from sqsd_fast.ops import factor_grad_stats, lora_update_stats_projected, resolve_backend
+from sqsd_fast.ops.api import update_sqnorm_from_grams
 
 
 class BatchLayout:
@@ -129,19 +130,14 @@ def projection_reducer(modules: list[LoraModule], directions, backend: str) -> t
     K directions (``[{module: LoraFactors}]``), and ``||D_mk||^2`` (M, K) float64 on the CPU.
 
     ``<dW_m, D> = <-(G_B A + B G_A), D>`` is linear in the per-sample factor gradients, so
-    each direction is mapped once to the state's rank (V_A, V_B, which depend on the
-    state's A and B: rebuild after the state changes); directions may differ in rank.
-    ``backend``: a kernel backend name, or "auto" (resolved for the modules' device)."""
+    each direction is mapped once to the state's rank (``directions.prepare_directions``:
+    V_A, V_B depend on the state's A and B, rebuild after the state changes); directions
+    may differ in rank. ``backend``: a kernel backend name, or "auto" (resolved for the
+    modules' device)."""
     if backend == "auto" and modules:
         backend = resolve_backend(backend, modules[0].A.device)
-    V_A, V_B, sqnorms = [], [], []
-    for module in modules:
-        pairs = [d[module.name] for d in directions]
-        maps = [project_directions(module.A, module.B, f.A.unsqueeze(0), f.B.unsqueeze(0)) for f in pairs]
-        V_A.append(torch.cat([v for v, _ in maps]))
-        V_B.append(torch.cat([v for _, v in maps]))
-        sqnorms.append(torch.cat([direction_sqnorm(f.A.unsqueeze(0), f.B.unsqueeze(0)) for f in pairs]))
-    return UpdateProjection(modules, V_A, V_B, backend), torch.stack(sqnorms).double().cpu()
+    prepared = prepare_directions(modules, directions)
+    return UpdateProjection(modules, prepared.V_A, prepared.V_B, backend), prepared.sqnorm
 
 
 class GradientMoments(_PerModule):
@@ -175,8 +171,8 @@ class GradientMoments(_PerModule):
         _, cross = factor_grad_stats(hp, up, cu, None, "frobenius", backend, False)
         gram_A, gram_B = gram_A.double(), gram_B.double()
         self.grad_sq[slot] = gram_A.diagonal(dim1=1, dim2=2).sum(1) + gram_B.diagonal(dim1=1, dim2=2).sum(1)
-        self.update_sq[slot] = ((gram_B * self.gram_AAt[slot]).sum((1, 2)) + (gram_A * self.gram_BtB[slot]).sum((1, 2))
-                                + 2.0 * cross.double())
+        self.update_sq[slot] = update_sqnorm_from_grams(gram_A, gram_B, cross.double(), self.gram_AAt[slot],
+                                                        self.gram_BtB[slot])
         self.proj[slot] = (proj_A + proj_B).double()
 
     def results(self, device) -> dict[str, torch.Tensor]:
@@ -239,7 +235,9 @@ class GradientSum(_PerModule):
 
 class Reducers:
     """Several reducers in one pass; their results merged (names must not collide, except
-    ``update_sq``, which every reducer that computes it computes the same way)."""
+    ``update_sq``: every reducer that computes it uses the one identity,
+    ``ops.api.update_sqnorm_from_grams``, UpdateProjection in float32 as SQSD's scores
+    always have, GradientMoments in float64; the later reducer's is kept)."""
 
     def __init__(self, *reducers):
         self.reducers = [r for r in reducers if r is not None]

@@ -24,6 +24,7 @@ from sqsd_fast.engine.modules import LoraModule
 from sqsd_fast.engine.reducers import BatchLayout, Reducer
 from sqsd_fast.engine.taps import TapSession
 from sqsd_fast.engine.batch_pass import loss_head, pack_batch, response_loss
+from sqsd_fast.ops import resolve_backend
 
 
 @dataclass
@@ -45,13 +46,18 @@ class BatchRunner:
             parameter, sets eval mode and the state's scaling override (``scalings``:
             {adapter: LoRA scaling}), and restores the caller's settings afterwards.
         pad_token_id: padding id for collation (any id works: padding is masked and dropped).
+        backend: the kernel backend of the reducers run on this model ("auto", "reference",
+            "cpp", "triton"): resolved once for the model's device into ``self.backend``
+            (a named one that cannot run there is refused now, not at the first batch).
     """
 
-    def __init__(self, peft_model, *, pad_token_id: int = 0, scalings: dict[str, float] | None = None):
+    def __init__(self, peft_model, *, pad_token_id: int = 0, scalings: dict[str, float] | None = None,
+                 backend: str = "auto"):
         self.model = peft_model
         self.settings = ModelSettings(peft_model, scalings)
         self.pad_token_id = int(pad_token_id)
         self.device = next(peft_model.parameters()).device
+        self.backend = resolve_backend(backend, self.device)
         self._loss_head = loss_head(peft_model)
 
     def use_checkpointing(self, enabled: bool = True) -> None:

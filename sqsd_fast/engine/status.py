@@ -1,10 +1,14 @@
-"""The one vocabulary of per-sample statuses, shared by every face of the engine.
+"""The one vocabulary of per-sample statuses, and the one rule that gives them, for every face.
 
 Every row the engine produces (SQSD scores, projections, gradient statistics, baselines)
 carries one of these; a sample whose status is not "ok" gets no number (None / NaN),
 never a silently wrong one.
 """
 from __future__ import annotations
+
+from typing import Sequence
+
+import torch
 
 OK = "ok"
 # No loss position: every label is -100 after the causal shift (e.g. truncated inside the prompt).
@@ -21,9 +25,21 @@ NON_FINITE_GRADIENT = "non_finite_gradient"
 STATUSES = (OK, NO_RESPONSE_TOKENS, ZERO_GRADIENT, ZERO_UPDATE, NON_FINITE_GRADIENT)
 
 
-def sample_status(*, finite: bool, zero: str | None = None) -> str:
-    """The status of a sample that had response tokens: NON_FINITE_GRADIENT unless
-    ``finite``; else ``zero`` (ZERO_GRADIENT or ZERO_UPDATE) when given; else OK."""
-    if not finite:
-        return NON_FINITE_GRADIENT
-    return zero if zero is not None else OK
+def batch_statuses(out, checked: Sequence[torch.Tensor], *, zero: str, zero_when: torch.Tensor) -> list[str]:
+    """The status of every sample of one batch, the one rule both faces use.
+
+    ``out``: the batch runner's ``BatchOutput`` (``ran``, ``finite_loss``); ``checked``:
+    the face's per-sample statistics (first dimension = the batch's samples). A sample that
+    did not run: NO_RESPONSE_TOKENS; whose loss or any checked value is NaN or infinite:
+    NON_FINITE_GRADIENT; whose row of ``zero_when`` sums to exactly 0: ``zero``
+    (ZERO_UPDATE for SQSD, which sees only the update; ZERO_GRADIENT for the gradient
+    statistics); else OK."""
+    statuses = []
+    for i, ran in enumerate(out.ran):
+        if not ran:
+            statuses.append(NO_RESPONSE_TOKENS)
+        elif not (out.finite_loss[i] and all(bool(torch.isfinite(v[i]).all()) for v in checked)):
+            statuses.append(NON_FINITE_GRADIENT)
+        else:
+            statuses.append(zero if float(zero_when[i].sum()) == 0.0 else OK)
+    return statuses

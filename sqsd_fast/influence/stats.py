@@ -30,13 +30,12 @@ from sqsd_fast.engine.modules import lora_modules
 from sqsd_fast.engine.reducers import GradientMoments, GradientSum, KroneckerSketch, Reducers
 from sqsd_fast.engine.runner import BatchRunner
 from sqsd_fast.engine.sketch import sketch_maps
-from sqsd_fast.engine.status import NO_RESPONSE_TOKENS, ZERO_GRADIENT, sample_status
-from sqsd_fast.engine.directions import resolve_direction
+from sqsd_fast.engine.status import ZERO_GRADIENT, batch_statuses
+from sqsd_fast.engine.directions import prepare_directions, resolve_direction
 from sqsd_fast.influence.factors import QueryGradients, mean_update_direction
 from sqsd_fast.influence.inputs import limit_response_tokens, prepare_samples
 from sqsd_fast.influence.results import GradientResult
 from sqsd_fast.models.adapters import LoraFactors
-from sqsd_fast.ops import direction_sqnorm, project_directions, resolve_backend
 from sqsd_fast.engine.batch_pass import progress_batches
 
 
@@ -76,9 +75,9 @@ class GradientStats:
         self.max_tokens = check_positive_int("max_tokens", max_tokens, optional=True)
         self.max_length = check_positive_int("max_length", max_length)
         self.runner = BatchRunner(peft_model, pad_token_id=pad_id(tokenizer),
-                                  scalings={adapter: float(scaling)} if scaling is not None else None)
+                                  scalings={adapter: float(scaling)} if scaling is not None else None, backend=backend)
         self.device = self.runner.device
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = self.runner.backend
 
     @classmethod
     def from_pretrained(cls, model, adapter, *, tokenizer=None, dtype="float32", device=None, quantization=None,
@@ -164,15 +163,8 @@ class GradientStats:
             upd_sq = out.values.get("update_sq", torch.zeros(n, m, dtype=torch.float64))
             proj = out.values.get("proj", torch.zeros(n, m, k, dtype=torch.float64))
             sketch = out.values.get("sketch", torch.zeros(n, sketch_width, dtype=torch.float64)) if maps else None
-            status = []
-            for i in range(n):
-                if not out.ran[i]:
-                    status.append(NO_RESPONSE_TOKENS)
-                    continue
-                values = [grad_sq[i], upd_sq[i], proj[i]] + ([sketch[i]] if maps else [])
-                finite = out.finite_loss[i] and all(bool(torch.isfinite(v).all()) for v in values)
-                status.append(sample_status(finite=finite,
-                                            zero=ZERO_GRADIENT if float(grad_sq[i].sum()) == 0.0 else None))
+            status = batch_statuses(out, [grad_sq, upd_sq, proj] + ([sketch] if maps else []),
+                                    zero=ZERO_GRADIENT, zero_when=grad_sq)
             yield GradientResult(
                 indices=[s.index for s in batch], module_names=list(shapes), status=status,
                 n_tokens=[len(s.input_ids) for s in batch],
@@ -277,22 +269,21 @@ class GradientStats:
     def _queries_and_directions(self, q, dirs):
         """The state's modules (live weights) and, per module, the K = queries + directions
         parameter-space vectors ``GradientMoments`` takes inner products with: the query
-        gradients as they are, each direction as its V_A, V_B (docs/METHOD.md §3); and
+        gradients as they are, then the directions as the engine prepares them
+        (``engine.directions.prepare_directions``: V_A, V_B, docs/METHOD.md §3); and
         ||D_m||^2 (M, J) of the directions."""
         modules, dtype = lora_modules(self.model, self.adapter), self._dtype()
-        dir_sq = torch.zeros(len(modules), len(dirs), dtype=torch.float64)
+        prepared = prepare_directions(modules, dirs) if dirs else None
         queries_A, queries_B = [], []
         for m, module in enumerate(modules):
             parts_A = [q.modules[module.name][0]] if q is not None else []
             parts_B = [q.modules[module.name][1]] if q is not None else []
-            for j, d in enumerate(dirs):
-                dA, dB = d[module.name].A.to(self.device)[None], d[module.name].B.to(self.device)[None]
-                V_A, V_B = project_directions(module.A, module.B, dA, dB)
-                parts_A.append(V_A)
-                parts_B.append(V_B)
-                dir_sq[m, j] = float(direction_sqnorm(dA.double(), dB.double())[0])
+            if prepared is not None:
+                parts_A.append(prepared.V_A[m])
+                parts_B.append(prepared.V_B[m])
             queries_A.append(torch.cat([p.to(self.device, dtype) for p in parts_A]) if parts_A else None)
             queries_B.append(torch.cat([p.to(self.device, dtype) for p in parts_B]) if parts_B else None)
+        dir_sq = prepared.sqnorm if prepared is not None else torch.zeros(len(modules), 0, dtype=torch.float64)
         return modules, queries_A, queries_B, dir_sq
 
 

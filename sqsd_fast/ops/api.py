@@ -171,16 +171,26 @@ def lora_update_stats_projected(
     with torch.no_grad():
         proj_A, gram_A = factor_grad_stats(u, x, cu_seqlens, V_A, "left", backend, check_inputs)
         proj_B, gram_B = factor_grad_stats(e, h, cu_seqlens, V_B, "right", backend, check_inputs)
-        # The cross term 2 <G_B A, B G_A> = 2 ||H^T U||_F^2 (docs/METHOD.md §3): G_s = sum_t h_t u_t^T.
         _, cross = factor_grad_stats(h, u, cu_seqlens, None, "frobenius", backend, False)
         A32, B32 = A.float(), B.float()
-        sqnorm = (
-            (gram_B * (A32 @ A32.T)).sum(dim=(1, 2))
-            + (gram_A * (B32.T @ B32)).sum(dim=(1, 2))
-            + 2.0 * cross
-        )
+        sqnorm = update_sqnorm_from_grams(gram_A, gram_B, cross, A32 @ A32.T, B32.T @ B32)
         dot = -(proj_A + proj_B)
     return dot, sqnorm
+
+
+def update_sqnorm_from_grams(gram_A: torch.Tensor, gram_B: torch.Tensor, cross: torch.Tensor,
+                             gram_AAt: torch.Tensor, gram_BtB: torch.Tensor) -> torch.Tensor:
+    """``||dW_s||_F^2`` of the induced updates ``dW_s = -(G_B A + B G_A)`` from the factor
+    gradients' Gram statistics (docs/METHOD.md §3), the one place this identity is written:
+
+        ||dW||^2 = <G_B^T G_B, A A^T> + <G_A G_A^T, B^T B> + 2 ||H^T U||_F^2
+
+    gram_A: (S, r, r) ``G_A G_A^T`` (``factor_grad_stats(u, x, ..., "left")``); gram_B:
+    (S, r, r) ``G_B^T G_B`` (``(e, h, ..., "right")``); cross: (S,) ``||H^T U||_F^2``
+    (``(h, u, ..., "frobenius")``: the cross term ``2 <G_B A, B G_A>``); gram_AAt (r, r) =
+    ``A A^T`` and gram_BtB (r, r) = ``B^T B`` of the state. Computed in the arguments' dtype
+    (the caller chooses the precision); returns (S,)."""
+    return (gram_B * gram_AAt).sum(dim=(1, 2)) + (gram_A * gram_BtB).sum(dim=(1, 2)) + 2.0 * cross
 
 
 def lora_update_stats(

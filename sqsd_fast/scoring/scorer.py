@@ -28,8 +28,7 @@ from sqsd_fast.engine.loading import adapter_names, load_model_and_tokenizer, us
 from sqsd_fast.engine.samples import as_samples, check_fits_model
 from sqsd_fast.engine.status import NON_FINITE_GRADIENT, OK
 from sqsd_fast.io.ranking import add_ranks
-from sqsd_fast.models.adapters import LoraFactors
-from sqsd_fast.scoring.engine import BatchProjection, ProjectionEngine
+from sqsd_fast.scoring.projection import BatchProjection, ProjectionEngine
 
 DANGER_STATE, SAFETY_STATE = "danger_state", "safety_state"
 DANGER, SAFETY = "danger", "safety"
@@ -127,9 +126,7 @@ class SQSDScorer:
                 continue
             labels[logical] = _label(option, source)
             with _named(labels[logical]):
-                # float32 as a direction read from disk is, whatever an in-memory one holds
-                directions[logical] = {name: LoraFactors(f.A.float(), f.B.float()) for name, f in
-                                       resolve_direction(source, peft_model, where=labels[logical]).items()}
+                directions[logical] = resolve_direction(source, peft_model, where=labels[logical])
         engine = ProjectionEngine(peft_model, directions, pad_token_id=pad_id(tokenizer), backend=backend,
                                   scalings=scalings, labels=labels)
         scorer = cls(engine, states=states, tokenizer=tokenizer, labels=labels)

@@ -18,9 +18,9 @@ from sqsd_fast.choices import METRICS, check_choice
 from sqsd_fast.engine.modules import LoraModule, lora_modules
 from sqsd_fast.engine.reducers import UpdateProjection, projection_reducer
 from sqsd_fast.engine.runner import BatchRunner
-from sqsd_fast.engine.status import NO_RESPONSE_TOKENS, ZERO_UPDATE, sample_status
+from sqsd_fast.engine.status import ZERO_UPDATE, batch_statuses
 from sqsd_fast.models.adapters import LoraFactors, check_direction_matches_state
-from sqsd_fast.ops import resolve_backend
+
 
 @dataclass
 class BatchProjection:
@@ -80,12 +80,12 @@ class ProjectionEngine:
     def __init__(self, peft_model, directions: dict[str, dict[str, LoraFactors]], *, pad_token_id: int = 0,
                  backend: str = "auto", scalings: dict[str, float] | None = None,
                  labels: dict[str, str] | None = None):
-        self.runner = BatchRunner(peft_model, pad_token_id=pad_token_id, scalings=scalings)
+        self.runner = BatchRunner(peft_model, pad_token_id=pad_token_id, scalings=scalings, backend=backend)
         self.model = peft_model
         self.labels = dict(labels or {})
         self.directions = dict(directions)
         self.device = self.runner.device
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = self.runner.backend
         self._prepared: dict[tuple[str, tuple[str, ...]], tuple[list[LoraModule], UpdateProjection, torch.Tensor]] = {}
 
     def clear_cache(self) -> None:
@@ -134,13 +134,7 @@ class ProjectionEngine:
         n, m, k = len(batch), len(modules), len(directions)
         dot = out.values.get("dot", torch.zeros((n, m, k), dtype=torch.float64))
         upd = out.values.get("update_sq", torch.zeros((n, m), dtype=torch.float64))
-        status = []
-        for j in range(n):
-            if not out.ran[j]:
-                status.append(NO_RESPONSE_TOKENS)
-                continue
-            finite = out.finite_loss[j] and bool(torch.isfinite(dot[j]).all()) and bool(torch.isfinite(upd[j]).all())
-            status.append(sample_status(finite=finite, zero=ZERO_UPDATE if float(upd[j].sum()) == 0.0 else None))
+        status = batch_statuses(out, [dot, upd], zero=ZERO_UPDATE, zero_when=upd)
         indices = [s.index for s in batch]
         names = [module.name for module in modules]
         return {d: BatchProjection(indices=indices, module_names=names, dot=dot[:, :, i].clone(),
