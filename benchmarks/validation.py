@@ -10,7 +10,7 @@ a stage whose output is complete is skipped, an interrupted one continues (``--r
 so rerunning the script after a crash or a session's end loses nothing. Models and
 adapters go to the work directory (default ``$SQSD_FAST_CACHE/validation``); what is worth
 keeping (splits, recipe, the alignment adapter, every generation with its verdict, ASR
-tables, drift logs, stage times) goes to ``benchmarks/results/validation/``, from which
+tables, drift logs, stage times) goes to ``results/validation/``, from which
 ``docs/VALIDATION.md`` is regenerated after every stage (``validation_report.py``).
 
 The recipe below (``FULL``) and the criterion in ``validation_report.py`` were written
@@ -34,9 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # validation_report beside us
 
+from paths import RESULTS_DIR  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "validation"
+DEFAULT_RESULTS = RESULTS_DIR / "validation"
 
 # Refusal styles the alignment and the safety direction teach. Each holds a phrase of the
 # keyword judge's list (Zou et al. 2023), so an aligned answer is judged a refusal.

@@ -95,7 +95,7 @@ def act_section(results: Path, seeds: int | None) -> list[str]:
         return []
     by = {name: [float(r["asr_content"]) for r in rows if r["set"] == name] for name in SETS}
     lines = ["## Does acting on the scores help? (issue #26)", "",
-             "Pre-registered in `benchmarks/results/validation/preregistration_act.md`: 300 scored pool "
+             "Pre-registered in `results/validation/preregistration_act.md`: 300 scored pool "
              "samples, fine-tuned whole, without the top 20% by v2's SQSD-anchor ranking, and without a "
              "random 20%; three seeds each; content-judge ASR.", ""]
     table = [[name, len(asr), (_fmt(mean(asr)) + (f" ± {_fmt(stdev(asr))}" if len(asr) > 1 else "")) if asr else "—"]

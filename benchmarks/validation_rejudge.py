@@ -1,7 +1,7 @@
 """v1's answers judged again by the content judge (post hoc, issue #17).
 
 v1 (docs/VALIDATION.md) judged its 32-token answers with the GCG keyword judge only. This
-script reads every generation file of v1 (``benchmarks/results/validation/generations``),
+script reads every generation file of v1 (``results/validation/generations``),
 judges each answer with ``sqsd_fast.evaluation.content_judge`` and writes, per fine-tune,
 the keyword ASR beside the content judge's verdict counts and ASR to
 ``v1_content_judge.csv``. It is a reading of answers that exist, not a new experiment:
@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from paths import RESULTS_DIR  # noqa: E402
 from sqsd_fast.evaluation.content_judge import VERDICTS, judge_answer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "validation"
+RESULTS = RESULTS_DIR / "validation"
 
 
 def rejudge(results: Path = RESULTS) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The v3 section of docs/VALIDATION.md (issue #25), from benchmarks/results/validation/.
+"""The v3 section of docs/VALIDATION.md (issue #25), from results/validation/.
 
 What ``preregistration_v3.md`` asks the report to show: per arm (a: the authors' recipe,
 b: anchors with full answers, c: the zero-configuration default) the S1..S5 table and v2's
@@ -27,7 +27,7 @@ GRADMATCH_GAP, ANCHOR_V2_GAP = 0.375, 0.381      # v2's gaps (docs above), for s
 
 def v3_section(results: Path, num_windows: int, *, seeds: int | None) -> list[str]:
     lines = ["## v3: where the danger direction comes from (issue #25)", "",
-             "Pre-registered in `benchmarks/results/validation/preregistration_v3.md` before any v3 "
+             "Pre-registered in `results/validation/preregistration_v3.md` before any v3 "
              "stage ran; run by `benchmarks/validation_v3.py`. Same pool, fine-tuning recipe, seeds, "
              "evaluation and content judge as v2; v2's random windows are the control.", ""]
     sets = _json(results / "v3_sets.json")
