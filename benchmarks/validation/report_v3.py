@@ -10,11 +10,11 @@ every window of an arm has all its seeds.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import mean, stdev
 
-from validation_report import V2_CRITERION, _fmt, _fmt_p, _jsonl, _rows, _table, v2_numbers
+from .report_common import _fmt, _fmt_p, _json, _jsonl, _rows, _table
+from .report_v2 import V2_CRITERION, v2_numbers
 
 ARMS = {"v3-authors": "a. authors' recipe", "v3-anchors-full": "b. anchors, full answers",
         "v3-default": "c. zero-configuration default"}
@@ -45,10 +45,6 @@ def v3_section(results: Path, num_windows: int, *, seeds: int | None) -> list[st
         lines += _length_control(results, rows, seeds)
         lines += _harmbench(results, rows, num_windows, seeds)
     return lines + _outside(results)
-
-
-def _json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _verdicts(counts: dict) -> str:
