@@ -130,7 +130,7 @@ def _controls_section(asr_rows: list[dict], num_windows: int) -> list[str]:
     c = control_numbers(asr_rows, num_windows)
     lines = ["## Controls: response length, and gradient matching's own windows", "",
              "Pre-registered 2026-11-26, after the result above and before any control "
-             "fine-tune (`validation.py`, `stage_controls`): S1's samples have short responses, "
+             "fine-tune (`benchmarks/validation/controls.py`, `stage_controls`): S1's samples have short responses, "
              "so a window with S1's response lengths but middling SQSD ranks "
              "(*length-matched*: for each S1 sample the closest-length unused sample outside "
              "S1) and the *shortest* window test whether length alone explains S1; gradient "
@@ -150,7 +150,7 @@ def _content_judge_section(results: Path, num_windows: int) -> list[str]:
     if not rows:
         return []
     lines = ["## v1's answers under the content judge (post hoc, issue #17)", "",
-             "Not a pre-registered test: `benchmarks/validation_rejudge.py` judged the answers above "
+             "Not a pre-registered test: `python -m benchmarks.validation rejudge` judged the answers above "
              "again with `evaluate --judge content` (refusal / degenerate / on-topic compliance; "
              "`sqsd_fast/evaluation/content_judge.py`), written after these results were known. "
              "The answers are cut at 32 tokens and there is one fine-tune per window. The "

@@ -167,7 +167,7 @@ def _v2_section(results: Path, num_windows: int, *, expected: int | None = None,
              "fine-tune. ASR = answers judged on-topic compliance by the content judge (keyword-judge "
              "ASR beside it), mean ± sample standard deviation over the seeds of a window.", ""]
     if not rows:
-        lines += ["No v2 fine-tune has finished yet (`python benchmarks/validation.py --v2`).", ""]
+        lines += ["No v2 fine-tune has finished yet (`python -m benchmarks.validation v1 --v2`).", ""]
     else:
         lines += _v2_results(rows, num_windows, expected, seeds, random_windows)
     return lines + _v2_checks(results, rows, num_windows, tokens)

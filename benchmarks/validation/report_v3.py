@@ -28,7 +28,7 @@ GRADMATCH_GAP, ANCHOR_V2_GAP = 0.375, 0.381      # v2's gaps (docs above), for s
 def v3_section(results: Path, num_windows: int, *, seeds: int | None) -> list[str]:
     lines = ["## v3: where the danger direction comes from (issue #25)", "",
              "Pre-registered in `results/validation/preregistration_v3.md` before any v3 "
-             "stage ran; run by `benchmarks/validation_v3.py`. Same pool, fine-tuning recipe, seeds, "
+             "stage ran; run by `python -m benchmarks.validation v3`. Same pool, fine-tuning recipe, seeds, "
              "evaluation and content judge as v2; v2's random windows are the control.", ""]
     sets = _json(results / "v3_sets.json")
     if sets:
