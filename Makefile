@@ -42,7 +42,7 @@ cuda-check: $(DEPS_STAMP)
 	else echo "cuda-check: skipped (no nvcc on this machine)"; fi
 
 # Everything that needs a GPU (benchmarks/gpu_check.py): the CUDA build, the gpu-marked tests
-# and a short benchmark set, CSVs under benchmarks/results/gpu/<device>/. It runs with the
+# and a short benchmark set, CSVs under results/gpu/<device>/. It runs with the
 # python whose torch sees the GPU (.venv where it exists, else python3: a GPU image's own
 # torch, no network needed); without a GPU it says so and exits 0.
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))

@@ -7,7 +7,7 @@ shipped anchor directions, built once and cached before the timed runs), one sam
 Recorded per configuration: the pass's own memory (the high-water mark of RSS, reset
 before the pass, minus RSS before it; benchmarks/common.py), the peak, wall time and the
 sample's sqsd (equal with and without checkpointing: the check that the recomputed pass is
-the same pass). One JSON line each to benchmarks/results/checkpointing_smollm2.jsonl, and
+the same pass). One JSON line each to results/checkpointing_smollm2.jsonl, and
 a table.
 
 Times are only comparable within one quiet run; say what else ran.
@@ -23,8 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from paths import RESULTS_DIR
+
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "benchmarks" / "results" / "checkpointing_smollm2.jsonl"
+OUT = RESULTS_DIR / "checkpointing_smollm2.jsonl"
 SHARED = REPO.parent / "shared" / "data" / "alpaca_5000.json"
 
 

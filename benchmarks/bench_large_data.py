@@ -35,7 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
 
-RESULTS = REPO / "benchmarks" / "results" / "large_data.jsonl"
+from paths import RESULTS_DIR  # noqa: E402
+
+RESULTS = RESULTS_DIR / "large_data.jsonl"
 
 
 def write_records(path: Path, n: int, seed: int = 0) -> None:

@@ -11,7 +11,7 @@ on what the directions hold). The extra pass that scores every sample at the sta
 (the stationarity check) is timed apart (train_summary.json's online.start_pass_s) and taken
 out of the training time. The goal (issue #26): <= 1.10x the time and <=
 1.05x the memory of plain training. One JSON line per configuration to
-benchmarks/results/online_overhead_smollm2.jsonl, and a table.
+results/online_overhead_smollm2.jsonl, and a table.
 
     python benchmarks/bench_online_overhead.py --note "what else ran"
 """
@@ -25,8 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from paths import RESULTS_DIR
+
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "benchmarks" / "results" / "online_overhead_smollm2.jsonl"
+OUT = RESULTS_DIR / "online_overhead_smollm2.jsonl"
 SHARED = REPO.parent / "shared" / "data" / "alpaca_5000.json"
 
 

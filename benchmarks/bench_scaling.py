@@ -12,7 +12,7 @@ allocator peak (CUDA) during the pass:
   processes   `sqsd-fast score` on --proc-samples real samples under torchrun with N
               processes of 1 thread each (plus one process with all threads), whole command
               wall time (model loading included) and the largest process's peak RSS.
-Writes benchmarks/results/bench_scaling.csv and bench_scaling.png (time per sample,
+Writes results/bench_scaling.csv and bench_scaling.png (time per sample,
 engine/floor ratio and peak memory against each axis; --preset smollm2 writes
 bench_scaling_smollm2.png).
 

@@ -4,7 +4,7 @@ Each configuration runs in a fresh process (peak RSS is a process's high-water m
 SmolLM2-135M-Instruct (fp32, CPU) with the demo's three adapters (`make demo` trains and
 caches them), the first --samples Alpaca records of ../shared/data, scored with
 ``SQSDScorer.score(batch_size=..., max_tokens=...)``. One JSON line per configuration goes
-to benchmarks/results/token_budget_smollm2.jsonl: peak RSS (``ru_maxrss``), RSS before
+to results/token_budget_smollm2.jsonl: peak RSS (``ru_maxrss``), RSS before
 scoring, wall time, and the first sample's score (equal across configurations: batching
 does not change scores).
 
@@ -27,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from paths import RESULTS_DIR
+
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "benchmarks" / "results" / "token_budget_smollm2.jsonl"
+OUT = RESULTS_DIR / "token_budget_smollm2.jsonl"
 SWEEP = (("none", "1"), ("none", "8"), ("512", "64"), ("1024", "64"), ("2048", "64"))
 
 

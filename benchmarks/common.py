@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from paths import REPO_ROOT, RESULTS_DIR
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
 # --------------------------------------------------------------------------- args
@@ -51,7 +50,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                         help="cpu or cuda (default: cuda when available, else cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's default)")
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_RESULTS_DIR,
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
                         help="where CSV rows (and plots) are written")
     parser.add_argument("--no-csv", action="store_true", help="print the table only")
     parser.add_argument("--min-run-time", type=float, default=None,

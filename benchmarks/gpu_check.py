@@ -10,7 +10,7 @@ fails or runs out of time is reported and the next one runs):
             or can be fetched (bench_e2e.py)
   budget    the default token budget's memory estimate against the measured peak
             (engine/token_budget.py: bytes_per_token), a 0.5B-shaped model in bf16
-CSV files go to benchmarks/results/gpu/<device>/, with the device named in every row, and
+CSV files go to results/gpu/<device>/, with the device named in every row, and
 a summary of the steps to steps.csv there.
 
 On a machine without a CUDA GPU it says so and exits 0 without running anything.
@@ -35,6 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 sys.path[:0] = [str(BENCH), str(REPO)]   # benchmarks/common.py, and sqsd_fast built in place
+
+from paths import RESULTS_DIR  # noqa: E402
+
 # seconds per step on one H100 (the total stays under 8 minutes)
 LIMITS = {"build": 150, "tests": 90, "kernels": 60, "e2e": 120, "budget": 40}
 REHEARSAL_LIMITS = {"build": 300, "tests": 120, "kernels": 120, "e2e": 300, "budget": 120}
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-rehearsal", action="store_true",
                         help="run every step on the CPU at smoke sizes (checks this script; no GPU numbers)")
     parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where the CSVs and logs go (default: benchmarks/results/gpu/<device>)")
+                        help="where the CSVs and logs go (default: results/gpu/<device>)")
     parser.add_argument("--budget-only", metavar="DEVICE", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.budget_only:
@@ -182,7 +185,7 @@ def main(argv=None) -> int:
         return 0
     device = "cpu" if args.cpu_rehearsal else "cuda"
     out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="gpu-check-")) if args.cpu_rehearsal
-                               else BENCH / "results" / "gpu" / _slug(what))
+                               else RESULTS_DIR / "gpu" / _slug(what))
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"gpu-check on {what if has_cuda and not args.cpu_rehearsal else 'the CPU (rehearsal)'} -> {out_dir}")
     start = time.monotonic()

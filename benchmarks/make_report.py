@@ -1,11 +1,11 @@
-"""Regenerates the tables of BENCHMARKS.md from benchmarks/results/*.csv.
+"""Regenerates the tables of BENCHMARKS.md from results/*.csv.
 
 Only the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` is
 replaced; everything else in BENCHMARKS.md is hand-written and kept. For each script the
 latest full (non-smoke) run per device (and model preset) is shown; rows of one run share
 its ``date_utc``. No number in the tables is typed by hand.
 
-    python benchmarks/make_report.py [--results benchmarks/results] [--doc BENCHMARKS.md] [--check]
+    python benchmarks/make_report.py [--results results] [--doc BENCHMARKS.md] [--check]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import csv
 import re
 import sys
 from pathlib import Path
+
+from paths import RESULTS_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -233,7 +235,7 @@ def scaling_section(results: Path) -> str:
         parts.append(f"### {preset} on {run[0]['device']}\n\n" + provenance(run) +
                      f" Preset {preset}, engine backend "
                      f"{next((r['backend'] for r in run if r['method'] == 'engine'), '?')}. "
-                     f"One pass per point. Plot: `benchmarks/results/{png}`.")
+                     f"One pass per point. Plot: `results/{png}`.")
         merged = []
         for eng in (r for r in run if r["method"] == "engine"):
             fl = next((r for r in run if r["method"] == "floor" and r["axis"] == eng["axis"]
@@ -331,7 +333,7 @@ def render(doc: str, results: Path) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     parser.add_argument("--doc", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--out", type=Path, default=None, help="write here instead of --doc")
     parser.add_argument("--check", action="store_true", help="exit 1 if --doc is not up to date")

@@ -1,8 +1,9 @@
-"""The validation experiment's script (benchmarks/validation.py) end to end on a toy model.
+"""The validation experiment (the benchmarks/validation/ package) end to end on a toy model.
 
 Runs every stage of the S1..S5 experiment with the project's own commands on a tiny random
 model and a few samples of the shared data, so the script cannot rot; the real run is by
-hand (docs/VALIDATION.md). Skips when ../shared/data is absent (a user's fresh clone).
+hand (docs/VALIDATION.md). Its rounds run as ``python -m benchmarks.validation ROUND``
+from the repository root. Skips when ../shared/data is absent (a user's fresh clone).
 """
 from __future__ import annotations
 
@@ -21,9 +22,14 @@ pytestmark = pytest.mark.skipif(not (DATA / "alpaca_5000.json").exists(),
                                 reason=f"the shared data is not at {DATA}")
 
 
+def _round(name: str, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.validation NAME ARGS`` from the repository root, as documented."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.validation", name, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def _run(work: Path, *extra: str) -> str:
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validation.py"), "--smoke", "--v2",
-                             "--work-dir", str(work), *extra], capture_output=True, text=True, timeout=1800)
+    result = _round("v1", "--smoke", "--v2", "--work-dir", str(work), *extra)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -109,8 +115,8 @@ def test_smoke_run_covers_every_stage_and_reruns_from_cache(tmp_path):
 
 
 def test_length_matched_takes_the_closest_unused_length_outside_the_target():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from validation import length_matched
+    sys.path.insert(0, str(REPO))
+    from benchmarks.validation.controls import length_matched
 
     lengths = {0: 10, 1: 50, 2: 11, 3: 9, 4: 49, 5: 100, 6: 12, 7: 48}
     chosen = length_matched(lengths, [0, 1])          # S1 = samples 0 (10 tokens) and 1 (50)
@@ -122,8 +128,8 @@ def test_length_matched_takes_the_closest_unused_length_outside_the_target():
 def test_v2_numbers_follow_the_preregistered_rules():
     """The v2 criterion (preregistration_v2.md) on made-up fine-tune ASRs: a clear fall from
     S1 to S5 over three seeds is met, a flat one is not; the direction-or-score rule."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from validation_report import v2_numbers
+    sys.path.insert(0, str(REPO))
+    from benchmarks.validation.report_v2 import v2_numbers
 
     def rows(ranking, per_window):
         return [{"ranking": ranking, "window": f"S{k}", "asr_content": a}
@@ -172,15 +178,15 @@ def test_v2_numbers_follow_the_preregistered_rules():
 
 
 def _benchmarks():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import validation
-    import validation_report
-    return validation, validation_report
+    """The package's modules the tests below use: (plumbing, windows, report_v2)."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.validation import report_v2, run, scores
+    return run, scores, report_v2
 
 
 def _run_at(tmp_path):
-    validation, _ = _benchmarks()
-    return validation.Run(recipe=validation.SMOKE, work=tmp_path / "work", results=tmp_path / "results",
+    run, _, _ = _benchmarks()
+    return run.Run(recipe=run.SMOKE, work=tmp_path / "work", results=tmp_path / "results",
                           data_dir=tmp_path, smoke=True)
 
 
@@ -190,34 +196,34 @@ def _subsets(path: Path, windows: dict) -> None:
 
 
 def test_windows_recut_from_kept_scores_must_equal_the_kept_windows(tmp_path):
-    validation, _ = _benchmarks()
+    _, scores, _ = _benchmarks()
     run = _run_at(tmp_path)
-    _subsets(validation.windows_dir(run, "sqsd") / "subsets.json", {"S1": [3, 1], "S2": [0, 2]})
-    validation.keep_windows(run, "sqsd")                       # first time: copied
+    _subsets(scores.windows_dir(run, "sqsd") / "subsets.json", {"S1": [3, 1], "S2": [0, 2]})
+    scores.keep_windows(run, "sqsd")                       # first time: copied
     kept = run.results / "windows" / "sqsd.json"
     assert json.loads(kept.read_text())["subsets"][0]["indices"] == [3, 1]
-    validation.keep_windows(run, "sqsd")                       # the same windows: fine
-    _subsets(validation.windows_dir(run, "sqsd") / "subsets.json", {"S1": [3, 2], "S2": [0, 1]})
+    scores.keep_windows(run, "sqsd")                       # the same windows: fine
+    _subsets(scores.windows_dir(run, "sqsd") / "subsets.json", {"S1": [3, 2], "S2": [0, 1]})
     with pytest.raises(SystemExit, match="differ from the kept ones"):
-        validation.keep_windows(run, "sqsd")
+        scores.keep_windows(run, "sqsd")
 
 
 def test_directions_are_trained_only_when_missing(tmp_path, monkeypatch):
-    validation, _ = _benchmarks()
+    plumbing, scores, _ = _benchmarks()
     run = _run_at(tmp_path)
-    monkeypatch.setattr(validation, "write_report", lambda run: None)
+    monkeypatch.setattr(plumbing, "write_report", lambda run: None)     # Run.stage reports after a stage
     trained = []
-    monkeypatch.setattr(validation, "train", lambda base, data, out, training: trained.append(
+    monkeypatch.setattr(scores, "train", lambda base, data, out, training: trained.append(
         (out.name, data, training, base.model)))
     (run.path("lora_state")).mkdir(parents=True)
     (run.path("lora_state") / "train_summary.json").write_text("{}")
-    validation.need_directions(run, "lora_state", "lora_safety")
-    assert trained == [("lora_safety", "safety.jsonl", validation.SMOKE.safety_training,
+    scores.need_directions(run, "lora_state", "lora_safety")
+    assert trained == [("lora_safety", "safety.jsonl", plumbing.SMOKE.safety_training,
                         str(run.path("aligned")))]
 
 
 def test_seed42_answers_must_extend_v1_answers(tmp_path):
-    _, report = _benchmarks()
+    _, _, report = _benchmarks()
     gens = tmp_path / "generations"
     (gens / "v2").mkdir(parents=True)
 
@@ -236,7 +242,7 @@ def test_seed42_answers_must_extend_v1_answers(tmp_path):
 
 
 def test_partial_v2_table_is_labelled(tmp_path):
-    _, report = _benchmarks()
+    _, _, report = _benchmarks()
     with open(tmp_path / "v2_asr.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["label", "ranking", "window", "seed", "asr_content",
                                                "asr_keywords"])
@@ -249,7 +255,7 @@ def test_partial_v2_table_is_labelled(tmp_path):
 
 
 def test_safety_side_of_the_anchor_scores_is_compared_with_v1(tmp_path):
-    _, report = _benchmarks()
+    _, _, report = _benchmarks()
     scores = tmp_path / "scores"
     scores.mkdir()
     header = "index,danger_proj,safety_proj,sqsd,status\n"
@@ -264,7 +270,7 @@ def test_safety_side_of_the_anchor_scores_is_compared_with_v1(tmp_path):
 
 
 def test_ranking_agreement_counts_shared_windows(tmp_path):
-    _, report = _benchmarks()
+    _, _, report = _benchmarks()
     (tmp_path / "scores").mkdir()
     (tmp_path / "windows").mkdir()
     values = {"sqsd": [4, 3, 2, 1], "gradmatch": [1, 2, 3, 4], "sqsd-anchor": [4, 3, 1, 2]}
@@ -281,25 +287,24 @@ def test_ranking_agreement_counts_shared_windows(tmp_path):
 
 
 def test_time_left_uses_the_median_of_finished_jobs():
-    validation, _ = _benchmarks()
+    plumbing, _, _ = _benchmarks()
     stages = [{"stage": "v2 fine-tune + evaluate a", "seconds": "2541.1"},     # a paused run
               {"stage": "v2 fine-tune + evaluate b", "seconds": "569.2"},
               {"stage": "v2 fine-tune + evaluate c", "seconds": "600.8"},
               {"stage": "score sqsd-anchor", "seconds": "1238.5"}]
-    assert validation.time_left(stages, "v2 fine-tune", 12) == ", about 2.0 h left at 10.0 min each"
-    assert validation.time_left(stages[3:], "v2 fine-tune", 12) == ""
-    assert validation.time_left(stages, "v2 fine-tune", 0) == ""
+    assert plumbing.time_left(stages, "v2 fine-tune", 12) == ", about 2.0 h left at 10.0 min each"
+    assert plumbing.time_left(stages[3:], "v2 fine-tune", 12) == ""
+    assert plumbing.time_left(stages, "v2 fine-tune", 0) == ""
 
 
 @pytest.mark.slow
 def test_v3_smoke_run_covers_every_arm_and_reruns_from_cache(tmp_path):
-    """validation_v3.py (issue #25) on the toy: the base model's answers become the harmful
+    """Validation v3 (issue #25, benchmarks/validation/v3.py) on the toy: the base model's answers become the harmful
     set, the three arms (authors' adapters, anchor directions, the zero-configuration
     default) are scored on the pool and the outside sets and cut into windows, and each
     window is fine-tuned per seed, S1/S3 also answered on HarmBench; a rerun finds it done."""
     def run_v3():
-        result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validation_v3.py"), "--smoke",
-                                 "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=1800)
+        result = _round("v3", "--smoke", "--work-dir", str(tmp_path))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
     run_v3()
@@ -331,8 +336,8 @@ def test_v3_smoke_run_covers_every_arm_and_reruns_from_cache(tmp_path):
 def test_v3_report_follows_the_preregistered_rules(tmp_path):
     """preregistration_v3.md on made-up results: v2's criterion per arm, the best arm, the
     length-matched control, HarmBench transfer, and the outside check's AUCs."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from validation_v3_report import auc, length_adjusted, v3_section
+    sys.path.insert(0, str(REPO))
+    from benchmarks.validation.report_v3 import auc, length_adjusted, v3_section
 
     assert auc([3, 4], [1, 2]) == 1.0 and auc([1], [1]) == 0.5 and auc([1, 2], [2, 3]) == 0.125
     lengths = [5, 9, 20, 40, 80, 200]
@@ -385,10 +390,9 @@ def _write_csv(path, rows):
 
 @pytest.mark.slow
 def test_act_smoke_run_fine_tunes_the_three_sets(tmp_path):
-    """validation_act.py (issue #26 part 6) on the toy: the part, its top 20% dropped by
+    """The act round (issue #26 part 6, benchmarks/validation/act.py) on the toy: the part, its top 20% dropped by
     `filter`, a random 20% dropped, each set fine-tuned per seed and judged."""
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "validation_act.py"), "--smoke",
-                           "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=1800)
+    done = _round("act", "--smoke", "--work-dir", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = tmp_path / "results"
     sets = json.loads((results / "act_sets.json").read_text())
@@ -407,8 +411,8 @@ def test_act_smoke_run_fine_tunes_the_three_sets(tmp_path):
 
 
 def test_act_verdict_follows_the_preregistered_rule(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from validation_act import act_section
+    sys.path.insert(0, str(REPO))
+    from benchmarks.validation.report_act import act_section
 
     def rows(top, rnd):
         out = [{"label": f"act-minus-top-seed{s}", "set": "minus-top", "seed": s, "asr_content": a}

@@ -5,7 +5,7 @@ alive: activations grow with the tokens of the batch, and the response-token log
 tokens x vocabulary. A sample count cannot do that once lengths vary.
 
 CPU: a constant, measured (benchmarks/bench_token_budget.py, results in
-benchmarks/results/token_budget_smollm2.jsonl): SmolLM2 fp32 scoring 32 Alpaca samples
+results/token_budget_smollm2.jsonl): SmolLM2 fp32 scoring 32 Alpaca samples
 peaked at 1.68 GB RSS at batch size 1, 5.35 GB at batch size 8, 2.43 GB at 512 tokens and
 3.48 GB at 1024 tokens. 512 keeps peak memory within 1.5x of one sample at a time, and on
 the CPU larger batches are not faster (issue #10's table: batch 4 50.7 s, batch 8 69.8 s).

@@ -5,7 +5,7 @@ writes it for an adapter trained earlier, through the same writer (``outdir.writ
 peft's merge, then ``save_pretrained`` into a temporary directory renamed into place). The
 arithmetic is the same as well, so a float32 adapter merged into the base it was trained on
 gives --merge-to's weights bit for bit (tests/test_merge_adapter.py). A kept adapter of a
-few megabytes then stands in for a merged model of hundreds (benchmarks/validation.py
+few megabytes then stands in for a merged model of hundreds (benchmarks/validation/
 rebuilds its aligned model this way).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The v3 section of docs/VALIDATION.md (issue #25), from benchmarks/results/validation/.
+"""The v3 section of docs/VALIDATION.md (issue #25), from results/validation/.
 
 What ``preregistration_v3.md`` asks the report to show: per arm (a: the authors' recipe,
 b: anchors with full answers, c: the zero-configuration default) the S1..S5 table and v2's
@@ -10,11 +10,11 @@ every window of an arm has all its seeds.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from statistics import mean, stdev
 
-from validation_report import V2_CRITERION, _fmt, _fmt_p, _jsonl, _rows, _table, v2_numbers
+from .report_common import _fmt, _fmt_p, _json, _jsonl, _rows, _table
+from .report_v2 import V2_CRITERION, v2_numbers
 
 ARMS = {"v3-authors": "a. authors' recipe", "v3-anchors-full": "b. anchors, full answers",
         "v3-default": "c. zero-configuration default"}
@@ -27,8 +27,8 @@ GRADMATCH_GAP, ANCHOR_V2_GAP = 0.375, 0.381      # v2's gaps (docs above), for s
 
 def v3_section(results: Path, num_windows: int, *, seeds: int | None) -> list[str]:
     lines = ["## v3: where the danger direction comes from (issue #25)", "",
-             "Pre-registered in `benchmarks/results/validation/preregistration_v3.md` before any v3 "
-             "stage ran; run by `benchmarks/validation_v3.py`. Same pool, fine-tuning recipe, seeds, "
+             "Pre-registered in `results/validation/preregistration_v3.md` before any v3 "
+             "stage ran; run by `python -m benchmarks.validation v3`. Same pool, fine-tuning recipe, seeds, "
              "evaluation and content judge as v2; v2's random windows are the control.", ""]
     sets = _json(results / "v3_sets.json")
     if sets:
@@ -45,10 +45,6 @@ def v3_section(results: Path, num_windows: int, *, seeds: int | None) -> list[st
         lines += _length_control(results, rows, seeds)
         lines += _harmbench(results, rows, num_windows, seeds)
     return lines + _outside(results)
-
-
-def _json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _verdicts(counts: dict) -> str:

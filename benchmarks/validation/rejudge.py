@@ -1,27 +1,27 @@
 """v1's answers judged again by the content judge (post hoc, issue #17).
 
 v1 (docs/VALIDATION.md) judged its 32-token answers with the GCG keyword judge only. This
-script reads every generation file of v1 (``benchmarks/results/validation/generations``),
+command reads every generation file of v1 (``results/validation/generations``),
 judges each answer with ``sqsd_fast.evaluation.content_judge`` and writes, per fine-tune,
 the keyword ASR beside the content judge's verdict counts and ASR to
 ``v1_content_judge.csv``. It is a reading of answers that exist, not a new experiment:
 the answers are cut at 32 tokens, one fine-tune per window, and the judge was written after
 v1's results were known; the pre-registered test is v2 (preregistration_v2.md).
 
-    python benchmarks/validation_rejudge.py
+    python -m benchmarks.validation rejudge
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sqsd_fast.evaluation.content_judge import VERDICTS, judge_answer
 
-from sqsd_fast.evaluation.content_judge import VERDICTS, judge_answer  # noqa: E402
+from ..paths import RESULTS_DIR
 
-RESULTS = Path(__file__).resolve().parent / "results" / "validation"
+RESULTS = RESULTS_DIR / "validation"
 
 
 def rejudge(results: Path = RESULTS) -> list[dict]:
@@ -43,7 +43,8 @@ def rejudge(results: Path = RESULTS) -> list[dict]:
     return rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     rows = rejudge()
     out = RESULTS / "v1_content_judge.csv"
     with open(out, "w", newline="") as f:
@@ -57,7 +58,3 @@ def main() -> int:
               f"{r['n_refusal']:>7}  {r['n_degenerate']:>10}  {r['n_compliance']:>10}")
     print(f"written: {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
