@@ -110,6 +110,22 @@ class World:
         raise raised
 
 
+@dataclass
+class OneProcess(World):
+    """A run alone, as rank 0 of a world of 1: each step runs here, and an exception
+    propagates as raised (there is no other rank to tell)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    def all_gather(self, value: Any) -> list:
+        return [value]
+
+    def agree(self, step: Callable[[], Any]) -> list:
+        return [step()]
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, DistributedRunError):
         return str(exc)
@@ -184,6 +200,17 @@ def joined(device: str) -> Iterator[World]:
             dist.destroy_process_group()
         elif side is not None:
             dist.destroy_process_group(side)
+
+
+@contextmanager
+def world_of_run(device: str) -> Iterator[World]:
+    """The world this process runs in: the launch's (see :func:`joined`) when it is one of
+    several (:func:`launched`), else a world of one (:class:`OneProcess`)."""
+    if not launched():
+        yield OneProcess()
+        return
+    with joined(device) as world:
+        yield world
 
 
 def _env_int(name: str, default: int) -> int:

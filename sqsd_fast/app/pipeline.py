@@ -137,123 +137,119 @@ def output_columns(options: RunOptions) -> dict[str, str]:
 def run(options: RunOptions) -> RunResult:
     """The resumable run of ``options`` (a :class:`ScoreOptions` or :class:`ProjectOptions`);
     on every process of a multi-process run alike."""
-
-    columns = output_columns(options)
-    if distributed.launched():
-        with distributed.joined(options.device) as world:
-            return _run_ranks(options, columns, world)
-    check_paths(options)
-    with output_lock(options.out):
-        return _run_locked(options, columns)
+    with distributed.world_of_run(options.device) as world:
+        return _run_in(world, options, output_columns(options))
 
 
-def _run_locked(options: RunOptions, columns: dict) -> RunResult:
-    prep = prepare(options)
-    fp = fingerprint(options, prep)
-    finished = _finished_rows(options, columns, fp) if options.resume else None
-    if finished is not None:      # --resume of a run that already finished: its result, no rescoring
-        if not options.quiet:
-            print(f"resuming: {options.out} is already finished ({len(finished)} rows); nothing to score",
-                  file=sys.stderr)
-        return RunResult(options, finished, prep, n_resumed=len(finished))
-    done = read_saved_rows(options.out, fp, options.resume)   # refuses before anything is written
-    _check_saved_indices(done, prep, options.out)
-    rows_by_index = {i: select_columns(row, columns) for i, row in done.items()}
-    if options.resume and done and not options.quiet:
-        print(f"resuming: {len(done)} of {len(prep.samples)} samples already scored",
-              file=sys.stderr)
-    if len(rows_by_index) < len(prep.samples):
-        _score_into(ResumeCheckpoint(options.out, fp), options, columns, prep.samples,
-                    rows_by_index)
-    rows = _write_output(options, columns, prep, rows_by_index, fp)
-    return RunResult(options, rows, prep, n_resumed=len(done))
-
-
-def _run_ranks(options: RunOptions, columns: dict, world) -> RunResult:
-    """:func:`_run_locked` on one rank of several: each step that can fail runs on every
-    rank through ``world.agree``, so all ranks stop together, naming the rank that failed."""
-
-    part = rank_part(world.rank, world.size)
-    here: dict[str, Any] = {}   # what this rank keeps from one agreed step to the next
-
-    def check():
-        check_device_available(options.device)   # before it is mapped to this rank's GPU
-        mine = dataclasses.replace(options, device=distributed.rank_device(options.device, world),
-                                   no_progress=options.no_progress or not world.is_main)
-        check_paths(mine)
-        if world.local_rank == 0:   # a .gguf is converted once per machine, not per rank
-            resolve_model(options.model, progress=mine.progress)
-        here["options"] = mine
-
-    world.agree(check)
-    distributed.check_shared_directory(world, Path(options.out).absolute().parent)
+def _run_in(world: distributed.World, options: RunOptions, columns: dict) -> RunResult:
+    """The one sequence of a run, alone or as one rank of several: each step that can fail
+    runs on every rank through ``world.agree``, so all ranks stop together, naming the rank
+    that failed (alone, a step's error is raised as it is)."""
+    steps = _RunSteps(world, options, columns)
+    world.agree(steps.check)
+    if steps.several:
+        distributed.check_shared_directory(world, Path(options.out).absolute().parent)
     with ExitStack() as locks:
-        def read():
-            locks.enter_context(output_lock(options.out, part=part))
-            if world.is_main:   # also keeps out a one-process run, or a launch of another size
-                locks.enter_context(output_lock(options.out))
-            here["prep"] = prepare(here["options"])
-            fp = fingerprint(options, here["prep"])
-            return _launch_view(options, here["prep"], fp), fp
-
-        views = world.agree(read)
-        distributed.check_same_options(world, [view for view, _ in views], _option_labels(options))
-        fp = views[0][1]   # rank 0's names the inputs in every rank's sidecars and the record
-        prep = here["prep"]
-
-        def saved():   # rank 0 reads every rank's sidecars, of this or an earlier world size
-            if world.is_main:
-                done = read_saved_rows(options.out, fp, options.resume)
-                _check_saved_indices(done, prep, options.out)
-                return sorted(done)
-
-        done = set(world.agree(saved)[0])
-        if world.is_main and options.resume and done and not options.quiet:
-            print(f"resuming: {len(done)} of {len(prep.samples)} samples already scored",
-                  file=sys.stderr)
-        # The rows still missing are split, not the whole set: a resume shares what a dead
-        # rank left among all ranks, and any world size can continue any other's run.
-        todo = [s for s in prep.samples if s.index not in done]
-        mine = distributed.shard_samples(todo, world.size, world.rank)
-
-        def score():
-            if mine:   # a rank left without samples writes nothing and waits for the others
-                _score_into(ResumeCheckpoint(options.out, fp, part=part), here["options"],
-                            columns, mine, {})
-
-        try:
-            world.agree(score)
-        except distributed.DistributedRunError as exc:
-            if not has_saved_rows(options.out):
-                raise
-            raise distributed.DistributedRunError(
-                f"{exc}; completed batches are kept, rerun the same command with --resume",
-                reported_elsewhere=exc.reported_elsewhere) from exc.__cause__
-
-        def merge():
-            if world.is_main:
-                rows_by_index = {i: select_columns(row, columns) for i, row in
-                                 read_saved_rows(options.out, fp, resume=True).items()}
-                here["rows"] = _write_output(options, columns, prep, rows_by_index, fp)
-
-        world.agree(merge)
-    return RunResult(here["options"], here.get("rows", []), prep, n_resumed=len(done),
+        views = world.agree(lambda: steps.read(locks))
+        if steps.several:
+            distributed.check_same_options(world, [view for view, _ in views], _option_labels(options))
+        steps.fp = views[0][1]   # rank 0's names the inputs in every rank's sidecars and the record
+        indices, finished = world.agree(steps.saved)[0]
+        done = set(indices)
+        steps.say_resumed(done, finished)
+        if not finished:
+            # The rows still missing are split, not the whole set: a resume shares what a dead
+            # rank left among all ranks, and any world size can continue any other's run.
+            todo = [s for s in steps.prep.samples if s.index not in done]
+            mine = distributed.shard_samples(todo, world.size, world.rank)
+            try:
+                world.agree(lambda: steps.score(mine))
+            except distributed.DistributedRunError as exc:
+                if not has_saved_rows(options.out):
+                    raise
+                raise distributed.DistributedRunError(
+                    f"{exc}; completed batches are kept, rerun the same command with --resume",
+                    reported_elsewhere=exc.reported_elsewhere) from exc.__cause__
+            world.agree(steps.merge)
+    return RunResult(steps.options, steps.rows or [], steps.prep, n_resumed=len(done),
                      rank=world.rank, world_size=world.size)
 
 
-def _score_into(checkpoint, options: RunOptions, columns: dict, samples, rows_by_index: dict
-                ) -> None:
-    """Score the ``samples`` not in ``rows_by_index`` into it, each batch appended durably
-    to ``checkpoint`` (sidecars already checked) before it counts."""
+class _RunSteps:
+    """The steps of :func:`_run_in` on this process, and what each keeps for the next."""
+
+    def __init__(self, world: distributed.World, options: RunOptions, columns: dict):
+        self.world, self.given, self.columns = world, options, columns
+        self.several = world.size > 1
+        self.part = rank_part(world.rank, world.size) if self.several else None   # this rank's sidecars
+        self.options = options   # as this process runs them (its own --device on several)
+        self.prep: Prepared | None = None
+        self.fp: dict | None = None
+        self.rows: list[dict] | None = None   # what rank 0 wrote (or found finished)
+
+    def check(self) -> None:
+        if self.several:
+            check_device_available(self.given.device)   # before it is mapped to this rank's GPU
+            self.options = dataclasses.replace(
+                self.given, device=distributed.rank_device(self.given.device, self.world),
+                no_progress=self.given.no_progress or not self.world.is_main)
+        check_paths(self.options)
+        if self.several and self.world.local_rank == 0:   # a .gguf is converted once per machine
+            resolve_model(self.given.model, progress=self.options.progress)
+
+    def read(self, locks: ExitStack):
+        out = self.given.out
+        if self.several:
+            locks.enter_context(output_lock(out, part=self.part))
+        if self.world.is_main:   # also keeps out another run, or a launch of another size
+            locks.enter_context(output_lock(out))
+        self.prep = prepare(self.options)
+        fp = fingerprint(self.given, self.prep)
+        return _launch_view(self.given, self.prep, fp), fp
+
+    def saved(self):
+        """On rank 0: the indices already scored (every rank's sidecars, of this or an
+        earlier world size), and whether the output is this very run, finished."""
+        if not self.world.is_main:
+            return None
+        options = self.given
+        self.rows = _finished_rows(options, self.columns, self.fp) if options.resume else None
+        if self.rows is not None:   # --resume of a finished run: its result, no rescoring
+            return sorted(row["index"] for row in self.rows), True
+        done = read_saved_rows(options.out, self.fp, options.resume)   # refuses before anything is written
+        _check_saved_indices(done, self.prep, options.out)
+        return sorted(done), False
+
+    def say_resumed(self, done: set, finished: bool) -> None:
+        options = self.given
+        if not self.world.is_main or options.quiet or not (finished or (options.resume and done)):
+            return
+        if finished:
+            print(f"resuming: {options.out} is already finished ({len(done)} rows); nothing to score",
+                  file=sys.stderr)
+        else:
+            print(f"resuming: {len(done)} of {len(self.prep.samples)} samples already scored", file=sys.stderr)
+
+    def score(self, mine: list) -> None:
+        if mine:   # a rank left without samples writes nothing and waits for the others
+            _score_into(ResumeCheckpoint(self.given.out, self.fp, part=self.part), self.options, self.columns,
+                        mine)
+
+    def merge(self) -> None:
+        if self.world.is_main:
+            rows_by_index = {i: select_columns(row, self.columns) for i, row in
+                             read_saved_rows(self.given.out, self.fp, resume=True).items()}
+            self.rows = _write_output(self.given, self.columns, self.prep, rows_by_index, self.fp)
+
+
+def _score_into(checkpoint, options: RunOptions, columns: dict, samples) -> None:
+    """Score ``samples``, each batch appended durably to ``checkpoint`` (sidecars already
+    checked) before it counts."""
     scorer = run_scorer(options, load_scorer(options))
     checkpoint.open()
     try:
-        for batch_rows in _iterate(scorer, options, samples, frozenset(rows_by_index)):
-            fresh = [select_columns(r, columns) for r in batch_rows
-                     if int(r["index"]) not in rows_by_index]
-            checkpoint.append(fresh)
-            for r in fresh:
-                rows_by_index[r["index"]] = r
+        for batch_rows in _iterate(scorer, options, samples, frozenset()):
+            checkpoint.append([select_columns(r, columns) for r in batch_rows])
     finally:
         checkpoint.close()
         if not checkpoint.holds_rows():

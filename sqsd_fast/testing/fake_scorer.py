@@ -40,7 +40,7 @@ class FakeScorer:
 
     def __init__(self, fail_after=None, error=KeyboardInterrupt, sleep_after_first=0.0):
         self.fail_after, self.error, self.sleep = fail_after, error, sleep_after_first
-        self.seen_skip = None
+        self.scored: list[int] = []   # the indices of the samples it was asked to score
 
     @staticmethod
     def _values(s):
@@ -49,8 +49,8 @@ class FakeScorer:
         return danger, safety
 
     def _batches(self, samples, batch_size, skip_indices, max_tokens=None):
-        self.seen_skip = frozenset(skip_indices)
         todo = [s for s in samples if s.index not in skip_indices]
+        self.scored = [s.index for s in todo]
         for k, batch in enumerate(length_bucketed_batches(todo, batch_size, max_tokens)):
             if self.fail_after is not None and k == self.fail_after:
                 raise self.error("simulated interruption")
