@@ -128,3 +128,41 @@ def test_anchor_direction_on_a_quantized_base(assets, tmp_path):
         made[flag] = load_file(str(out / "adapter_model.safetensors"))
     assert made[""].keys() == made["--load-in-4bit"].keys()
     assert any(not torch.allclose(made[""][k], made["--load-in-4bit"][k], atol=1e-6) for k in made[""])
+
+
+def test_train_adapter_on_a_4bit_base_trains_the_lora_of_the_quantized_model(assets, tmp_path, capsys):
+    """QLoRA: train-adapter --load-in-4bit trains float LoRA factors on the NF4 base. The loss
+    falls, the adapter differs from the one trained on the float base (the base really was
+    quantized), the option is in the resume fingerprint only when set, and the adapter scores
+    on the quantized base."""
+    from safetensors.torch import load_file
+
+    from sqsd_fast.training import train_adapter
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"say {w} twice", "response": f"{w} {w}, as asked, {w}."})
+                            + "\n" for w in ("tea", "rain", "bread", "snow", "salt", "moss", "iron", "wool")))
+    settings = dict(model=assets.model_dir, data=str(data), r=4, lora_alpha=8, batch_size=4, num_epochs=3,
+                    learning_rate=2e-2, max_length=64, quiet=True)
+    quantized = train_adapter(out=str(tmp_path / "qlora"), load_in_4bit=True, **settings)
+    plain = train_adapter(out=str(tmp_path / "lora"), **settings)
+    assert quantized.epoch_losses[-1] < quantized.epoch_losses[0] - 0.05, quantized.epoch_losses
+    assert quantized.epoch_losses != plain.epoch_losses
+    trained_q = load_file(str(tmp_path / "qlora" / "adapter_model.safetensors"))
+    trained_f = load_file(str(tmp_path / "lora" / "adapter_model.safetensors"))
+    assert trained_q.keys() == trained_f.keys() and all(t.dtype == torch.float32 for t in trained_q.values())
+    assert any(not torch.allclose(trained_q[k], trained_f[k], atol=1e-6) for k in trained_q)
+    fingerprint = lambda out: json.loads((out / "train_summary.json").read_text())["options"]  # noqa: E731
+    assert fingerprint(tmp_path / "qlora")["load_in_4bit"] is True
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["project", "--model", assets.model_dir, "--state", str(tmp_path / "qlora"), "--direction",
+                     assets.danger_direction, "--data", str(data), "--out", str(out), "--backend", "reference",
+                     "--quiet", "--load-in-4bit"]) == 0
+    assert all(json.loads(line)["status"] == "ok" for line in out.read_text().splitlines())
+
+
+def test_train_adapter_on_a_quantized_base_refuses_merge_to(assets, tmp_path, capsys):
+    argv = ["train-adapter", "--model", assets.model_dir, "--data", str(tmp_path / "d.jsonl"), "--out",
+            str(tmp_path / "o"), "--load-in-4bit", "--merge-to", str(tmp_path / "m")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "merge-adapter" in err and "4 / 8-bit grid" in err

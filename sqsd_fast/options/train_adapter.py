@@ -22,7 +22,7 @@ from sqsd_fast.choices import (
     name_value_pairs,
 )
 from sqsd_fast.options.base import CheckedOptions, OptionError, check_named_directions, option, required_option
-from sqsd_fast.options.groups import RecordFieldOptions, RunOptions
+from sqsd_fast.options.groups import QuantizedBaseOptions, RecordFieldOptions, RunOptions
 
 # LoRA settings used when neither the caller nor --init-adapter gives them. All linear
 # modules: the SQSD authors train their LoRA states and directions on every linear layer.
@@ -128,7 +128,7 @@ def _check_seed(name, value):
 
 
 @dataclass(kw_only=True)
-class TrainAdapterOptions(RecordFieldOptions):
+class TrainAdapterOptions(RecordFieldOptions, QuantizedBaseOptions):
     """``train-adapter``: LoRA supervised fine-tuning, loss on response tokens only."""
 
     model: str = required_option("base model to put the LoRA on: a directory, a hub id, a .gguf "
@@ -291,6 +291,12 @@ class TrainAdapterOptions(RecordFieldOptions):
                 raise OptionError(name, f"{name} {getattr(self, name)} is the --out directory; "
                                         f"give a different directory")
         self._check_monitor()
+        if self.quantization() and self.merge_to is not None:
+            raise OptionError("merge_to", (
+                f"merge_to with load_in_{self.quantization()}: merged into the quantized base, the "
+                "LoRA would be rounded to its 4 / 8-bit grid; train without merge_to, then merge the "
+                "adapter into the float base with `sqsd-fast merge-adapter --model BASE --adapter OUT "
+                "--out DIR`, as QLoRA users do"))
         if self.online_drop and not self.online_score:
             raise OptionError("online_drop", "online_drop needs --online-score: the scores that decide "
                                              "what is left out")

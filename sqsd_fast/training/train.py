@@ -38,6 +38,7 @@ from sqsd_fast.io.checkpoint import path_fingerprint
 from sqsd_fast.io.lock import output_lock
 from sqsd_fast.models import resolve_model
 from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
+from sqsd_fast.models.quantized import check_bitsandbytes
 from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.options.checks import check_model_path
 from sqsd_fast.options.train_adapter import TrainAdapterOptions
@@ -64,6 +65,8 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
     outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
     outdir.check_merge_to(options.merge_to)
     _check_device(options.device, options.dtype)
+    if options.quantization():
+        check_bitsandbytes(f"--load-in-{options.quantization()}")
     check_model_path(options.model)
     with output_lock(options.out):     # one run per adapter directory
         return _train_locked(options, callbacks)
@@ -325,7 +328,13 @@ def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict
 
     set_seed(options.seed)       # the LoRA A init draws from the global RNG
     with quiet_libraries():
-        base = load_base_model(model_source, dtype=options.dtype, device=options.device)
+        base = load_base_model(model_source, dtype=options.dtype, device=options.device,
+                               quantization=options.quantization())
+        if options.quantization():
+            # QLoRA's preparation: the layers left in float (norms, embeddings, head) in
+            # float32 for a stable backward; checkpointing is the Trainer's (build_trainer).
+            from peft import prepare_model_for_kbit_training
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
         if options.init_adapter is not None:
             check_against_model(options.init_adapter, read_adapter(options.init_adapter), base)
             config = LoraConfig.from_pretrained(options.init_adapter)
