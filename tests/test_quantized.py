@@ -143,10 +143,12 @@ def test_train_adapter_on_a_4bit_base_trains_the_lora_of_the_quantized_model(ass
                             + "\n" for w in ("tea", "rain", "bread", "snow", "salt", "moss", "iron", "wool")))
     settings = dict(model=assets.model_dir, data=str(data), r=4, lora_alpha=8, batch_size=4, num_epochs=3,
                     learning_rate=2e-2, max_length=64, quiet=True)
-    quantized = train_adapter(out=str(tmp_path / "qlora"), load_in_4bit=True, **settings)
+    quantized = train_adapter(out=str(tmp_path / "qlora"), load_in_4bit=True,
+                              online_score=[f"danger={assets.danger_direction}"], **settings)
     plain = train_adapter(out=str(tmp_path / "lora"), **settings)
     assert quantized.epoch_losses[-1] < quantized.epoch_losses[0] - 0.05, quantized.epoch_losses
     assert quantized.epoch_losses != plain.epoch_losses
+    assert quantized.online["rows_this_run"] == 8 * 3   # every sample scored at every step, on the 4-bit base
     trained_q = load_file(str(tmp_path / "qlora" / "adapter_model.safetensors"))
     trained_f = load_file(str(tmp_path / "lora" / "adapter_model.safetensors"))
     assert trained_q.keys() == trained_f.keys() and all(t.dtype == torch.float32 for t in trained_q.values())
