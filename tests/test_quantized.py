@@ -133,8 +133,8 @@ def test_anchor_direction_on_a_quantized_base(assets, tmp_path):
 def test_train_adapter_on_a_4bit_base_trains_the_lora_of_the_quantized_model(assets, tmp_path, capsys):
     """QLoRA: train-adapter --load-in-4bit trains float LoRA factors on the NF4 base. The loss
     falls, the adapter differs from the one trained on the float base (the base really was
-    quantized), the option is in the resume fingerprint only when set, and the adapter scores
-    on the quantized base."""
+    quantized), the option is in the run's summary, online scoring runs inside it, and the
+    adapter scores on the quantized base."""
     from safetensors.torch import load_file
 
     from sqsd_fast.training import train_adapter
