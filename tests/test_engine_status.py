@@ -33,3 +33,24 @@ def test_the_zero_status_and_what_decides_it_are_the_faces_choice():
     update_sq = torch.tensor([[0.0], [0.0]], dtype=torch.float64)
     assert batch_statuses(out, [grad_sq, update_sq], zero=ZERO_GRADIENT, zero_when=grad_sq) == [ZERO_GRADIENT, OK]
     assert batch_statuses(out, [update_sq], zero=ZERO_UPDATE, zero_when=update_sq) == [ZERO_UPDATE, ZERO_UPDATE]
+
+
+def test_safe_ratio_divides_and_gives_zero_only_where_the_denominator_is_zero():
+    """The one zero guard of every cosine: a module with a zero update has no angle and adds
+    0 (not NaN) to the sum; everywhere else it is the plain quotient, on any shape."""
+    from sqsd_fast.engine.status import safe_ratio
+    generator = torch.Generator().manual_seed(5)
+    num = torch.randn(3, 7, 2, generator=generator, dtype=torch.float64)[:, ::2]   # non-contiguous
+    den = torch.rand(3, 4, 2, generator=generator, dtype=torch.float64) + 0.1
+    den[1, 2, 0] = 0.0
+    got = safe_ratio(num, den)
+    assert got[1, 2, 0] == 0.0 and torch.isfinite(got).all()
+    mask = den > 0
+    torch.testing.assert_close(got[mask], num[mask] / den[mask], rtol=0, atol=0)
+
+
+def test_ran_status_orders_non_finite_before_zero():
+    from sqsd_fast.engine.status import NON_FINITE_GRADIENT, OK, ZERO_GRADIENT, ZERO_UPDATE, ran_status
+    assert ran_status(False, 0.0) == NON_FINITE_GRADIENT
+    assert ran_status(True, 0.0) == ZERO_UPDATE and ran_status(True, 0.0, ZERO_GRADIENT) == ZERO_GRADIENT
+    assert ran_status(True, 1e-30) == OK

@@ -6,6 +6,7 @@ never a silently wrong one.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -25,6 +26,24 @@ NON_FINITE_GRADIENT = "non_finite_gradient"
 STATUSES = (OK, NO_RESPONSE_TOKENS, ZERO_GRADIENT, ZERO_UPDATE, NON_FINITE_GRADIENT)
 
 
+def safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den``, and 0 where ``den`` is 0: a module whose update (or gradient, or
+    direction) is exactly zero has no angle and contributes 0 to a sum of cosines, not NaN.
+    The one rule for every cosine the faces report (SQSD's projections, the gradient
+    statistics' cosines, the online scores); a sample with no angle at all gets its status
+    from :func:`batch_statuses` instead."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def ran_status(finite: bool, zero_sum: float, zero: str = ZERO_UPDATE) -> str:
+    """The status of a sample that ran: NON_FINITE_GRADIENT when its loss or a statistic is
+    not finite, ``zero`` when its ``zero_when`` statistic sums to exactly 0, else OK."""
+    if not finite:
+        return NON_FINITE_GRADIENT
+    return zero if zero_sum == 0.0 else OK
+
+
 def batch_statuses(out, checked: Sequence[torch.Tensor], *, zero: str, zero_when: torch.Tensor) -> list[str]:
     """The status of every sample of one batch, the one rule both faces use.
 
@@ -38,8 +57,7 @@ def batch_statuses(out, checked: Sequence[torch.Tensor], *, zero: str, zero_when
     for i, ran in enumerate(out.ran):
         if not ran:
             statuses.append(NO_RESPONSE_TOKENS)
-        elif not (out.finite_loss[i] and all(bool(torch.isfinite(v[i]).all()) for v in checked)):
-            statuses.append(NON_FINITE_GRADIENT)
         else:
-            statuses.append(zero if float(zero_when[i].sum()) == 0.0 else OK)
+            finite = out.finite_loss[i] and all(bool(torch.isfinite(v[i]).all()) for v in checked)
+            statuses.append(ran_status(finite, float(zero_when[i].sum()) if finite else math.nan, zero))
     return statuses

@@ -16,14 +16,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-STATUSES = ("ok", "no_response_tokens", "zero_gradient", "non_finite_gradient")
+from sqsd_fast.engine.status import safe_ratio
 
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    # 0 where the denominator is 0 (a zero gradient or direction has no angle), as the
-    # scoring engine does for a zero module, instead of NaN.
-    ok = den > 0
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
 @dataclass
@@ -80,7 +74,7 @@ class GradientResult:
     def query_cosine(self) -> torch.Tensor:
         """(S, K) cosine in the global LoRA-parameter space: ``sum_m <g_m, q_m> / (||g|| ||q||)``."""
         den = (self.grad_sqnorm_per_module.sum(1, keepdim=True) * self.query_sqnorm.unsqueeze(0)).sqrt()
-        return self.masked(_safe_div(self.query_dot, den))
+        return self.masked(safe_ratio(self.query_dot, den))
 
     @property
     def direction_dot(self) -> torch.Tensor:
@@ -91,13 +85,13 @@ class GradientResult:
     def direction_cosine(self) -> torch.Tensor:
         """(S, J) SQSD's projection ``P = sum_m cos(dW_m, D_m)`` (docs/METHOD.md §1)."""
         den = (self.update_sqnorm_per_module.unsqueeze(2) * self.direction_sqnorm.unsqueeze(0)).sqrt()
-        return self.masked(_safe_div(self.direction_dot_per_module, den).sum(1))
+        return self.masked(safe_ratio(self.direction_dot_per_module, den).sum(1))
 
     @property
     def direction_global_cosine(self) -> torch.Tensor:
         """(S, J) one cosine over all modules: ``sum_m <dW_m, D_m> / (||dW|| ||D||)``."""
         den = (self.update_sqnorm_per_module.sum(1, keepdim=True) * self.direction_sqnorm.sum(0).unsqueeze(0)).sqrt()
-        return self.masked(_safe_div(self.direction_dot_per_module.sum(1), den))
+        return self.masked(safe_ratio(self.direction_dot_per_module.sum(1), den))
 
     def rows(self) -> list[dict]:
         """One dict per sample: index, status, token counts, both norms, and per query /

@@ -18,7 +18,7 @@ from sqsd_fast.choices import METRICS, check_choice
 from sqsd_fast.engine.modules import LoraModule, lora_modules
 from sqsd_fast.engine.reducers import UpdateProjection, projection_reducer
 from sqsd_fast.engine.runner import BatchRunner
-from sqsd_fast.engine.status import ZERO_UPDATE, batch_statuses
+from sqsd_fast.engine.status import ZERO_UPDATE, batch_statuses, safe_ratio
 from sqsd_fast.models.adapters import LoraFactors, check_direction_matches_state
 
 
@@ -52,8 +52,7 @@ class BatchProjection:
             denom = dir_norm.expand_as(self.dot)
         else:  # cosine
             denom = self.update_sqnorm.sqrt() * dir_norm
-        safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-        return torch.where(denom > 0, self.dot / safe, torch.zeros_like(self.dot))
+        return safe_ratio(self.dot, denom)
 
     def total(self, metric: str = "cosine") -> torch.Tensor:
         """(B,) sum over modules (docs/METHOD.md §1: P = sum_m cos); NaN where status is not "ok"."""

@@ -45,6 +45,7 @@ from transformers import TrainerCallback  # noqa: TID253 (a TrainerCallback subc
 from sqsd_fast.engine.directions import resolve_direction
 from sqsd_fast.engine.modules import lora_modules
 from sqsd_fast.engine.reducers import BatchLayout, projection_reducer
+from sqsd_fast.engine.status import OK, ran_status, safe_ratio
 from sqsd_fast.engine.taps import TapSession
 from sqsd_fast.influence import GradientStats
 from sqsd_fast.io.atomic import atomic_path
@@ -225,16 +226,14 @@ class OnlineSQSD(TrainerCallback):
         self._pending = None
         values = reducer.results(reducer.modules[0].A.device)
         dot, upd = values["dot"].double().cpu(), values["update_sq"].double().cpu()   # (S, M, K), (S, M)
-        denom = upd.sqrt().unsqueeze(2) * sqnorms.sqrt().unsqueeze(0)
-        cos = torch.where(denom > 0, dot / torch.where(denom > 0, denom, torch.ones_like(denom)),
-                          torch.zeros_like(dot)).sum(dim=1)                          # (S, K)
+        cos = safe_ratio(dot, upd.sqrt().unsqueeze(2) * sqnorms.sqrt().unsqueeze(0)).sum(dim=1)   # (S, K)
         names = list(self._dirs)
         rows = []
         for j, (index, n) in enumerate(zip(ids, lengths)):
             row = {"sample_index": int(index), "n_tokens": int(n)}
-            finite = bool(torch.isfinite(cos[j]).all()) and float(upd[j].sum()) > 0
+            ok = ran_status(bool(torch.isfinite(cos[j]).all()), float(upd[j].sum())) == OK
             for k, name in enumerate(names):
-                row[f"{name}_proj"] = float(cos[j, k]) if finite else None
+                row[f"{name}_proj"] = float(cos[j, k]) if ok else None
             if "danger" in names and "safety" in names:
                 d, s = row["danger_proj"], row["safety_proj"]
                 row["sqsd"] = d - s if d is not None and s is not None else None
