@@ -4,10 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
-from sqsd_fast.choices import (BACKENDS, DTYPE_NAMES, METRICS, check_choice, check_device,
-                               check_positive_int)
+from sqsd_fast.choices import (BACKENDS, METRICS, check_choice, check_positive_int)
 from sqsd_fast.options.base import OptionError, option, required_option
-from sqsd_fast.options.groups import QuantizedBaseOptions, RecordFieldOptions, RunOptions
+from sqsd_fast.options.groups import ModelOptions, QuantizedBaseOptions, RecordFieldOptions, RunOptions
 
 # ----------------------------------------------------------------------- baseline
 # The paper's baselines (sqsd_fast/influence/baselines.py computes them).
@@ -27,8 +26,6 @@ def _seed(name, value):
 
 @dataclass(kw_only=True)
 class _BaselineInputs:
-    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m); its tokenizer "
-                                 "tokenizes --data", "DIR")
     method: str = field(metadata={"help": "length | random | self-inf | self-inf-n | gradmatch",
                                   "choices": METHODS})
     state: Optional[str] = option(None, "LoRA adapter directory the gradients are taken at "
@@ -44,7 +41,7 @@ class _BaselineInputs:
 
 
 @dataclass(kw_only=True)
-class BaselineOptions(RunOptions, _BaselineInputs):
+class BaselineOptions(_BaselineInputs, RunOptions):
     """``sqsd-fast baseline``: one baseline score per sample (the methods: sqsd_fast/influence/baselines.py)."""
 
     COMMAND: ClassVar[str] = "baseline"
@@ -106,12 +103,10 @@ class BaselineOptions(RunOptions, _BaselineInputs):
 
 
 @dataclass(kw_only=True)
-class AnchorDirectionOptions(RecordFieldOptions, QuantizedBaseOptions):
+class AnchorDirectionOptions(QuantizedBaseOptions, RecordFieldOptions, ModelOptions):
     """``sqsd-fast anchor-direction``: a danger (or safety) direction from anchor samples
     (sqsd_fast/influence/anchor_direction.py)."""
 
-    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m); its tokenizer "
-                                 "tokenizes --anchors", "DIR")
     state: str = required_option("LoRA adapter directory the anchors' gradients are taken at "
                                  "(the state SQSD projects at, e.g. --danger-state)", "DIR")
     anchors: str = required_option("anchor samples (e.g. harmful prompts with compliant "
@@ -123,10 +118,7 @@ class AnchorDirectionOptions(RecordFieldOptions, QuantizedBaseOptions):
                                             "default: all)", "N")
     batch_size: int = option(8, "anchors per forward/backward pass at most", "N")
     max_length: int = option(1024, "tokens kept per anchor", "N")
-    dtype: str = option("float32", "model weights dtype", choices=DTYPE_NAMES)
-    device: str = option("cpu", "cpu, cuda or cuda:N")
     backend: str = option("auto", "statistics kernel backend", choices=BACKENDS)
-    tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
     quiet: bool = option(False, "no progress bar and no summary")
 
     COMMAND: ClassVar[str] = "anchor-direction"
@@ -145,5 +137,4 @@ class AnchorDirectionOptions(RecordFieldOptions, QuantizedBaseOptions):
     CHECKS: ClassVar[dict] = {
         "response_tokens": lambda n, v: check_positive_int(n, v, optional=True),
         "batch_size": check_positive_int, "max_length": check_positive_int,
-        "device": check_device,
     }

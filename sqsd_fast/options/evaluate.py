@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from sqsd_fast.choices import DTYPE_NAMES, check_choice, check_device, check_positive_int
+from sqsd_fast.choices import check_choice, check_positive_int
 # The field helpers and the check runner are shared with the other commands' options, so
 # every command reports a bad value the same way (OptionError naming the field).
-from sqsd_fast.options.base import CheckedOptions, OptionError, option, optional_positive, required_option
+from sqsd_fast.options.groups import ModelOptions, ProgressOptions
+from sqsd_fast.options.base import OptionError, option, optional_positive, required_option
 
 # "keywords": the GCG / He et al. refusal list; "keywords-extended": the same plus broader
 # phrases; "content": refusal / degenerate / on-topic compliance (content_judge.py);
@@ -30,12 +31,10 @@ def _optional_text(name, value):
 
 
 @dataclass(kw_only=True)
-class EvaluateOptions(CheckedOptions):
+class EvaluateOptions(ProgressOptions, ModelOptions):
     """``sqsd-fast evaluate``: answer harmful (or benign) prompts greedily, judge each
     answer, report the attack success rate (ASR) and the refusal rate."""
 
-    model: str = required_option("model to evaluate: a directory, a hub id or a .gguf file "
-                                 "(de-quantized once and cached)", "DIR")
     prompts: str = required_option("prompts: .txt (one per line, blank lines skipped, "
                                    "CSV-quoted lines unquoted), .json, .jsonl, .csv, .parquet",
                                    "FILE")
@@ -43,7 +42,6 @@ class EvaluateOptions(CheckedOptions):
                                ".parquet", "FILE")
     adapter: Optional[str] = option(None, "peft LoRA adapter directory applied to --model "
                                     "(e.g. the LoRA fine-tuned on a subset)", "DIR")
-    tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
     prompt_field: Optional[str] = option(None, "field holding the prompt in JSON/JSONL/CSV/"
                                          "Parquet prompts (default: the first of prompt, "
                                          "goal, instruction)", "NAME")
@@ -68,15 +66,10 @@ class EvaluateOptions(CheckedOptions):
     batch_size: int = option(8, "prompts per generate call (left padding; greedy "
                              "answers do not depend on it up to float rounding)", "N")
     limit: Optional[int] = option(None, "evaluate only the first N prompts", "N")
-    dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
-                        "a GPU)", choices=DTYPE_NAMES)
-    device: str = option("cpu", "cpu, cuda or cuda:N")
     seed: int = option(0, "torch seed set before generating (greedy decoding does not "
                        "draw random numbers; kept for reproducible runs)", "N")
     resume: bool = option(False, "continue an interrupted run from the sidecar files "
                           "beside --out")
-    no_progress: bool = option(False, "no progress bar")
-    quiet: bool = option(False, "no progress bar and no summary")
 
     COMMAND: ClassVar[str] = "evaluate"
     HELP: ClassVar[str] = "attack success rate of a model (+ adapter) on harmful prompts"
@@ -101,8 +94,6 @@ class EvaluateOptions(CheckedOptions):
     PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "adapter")
     CHECKS: ClassVar[dict] = {
         "judge": lambda n, v: v if v is None else check_choice(n, v, JUDGES),
-        "dtype": lambda n, v: check_choice(n, v, DTYPE_NAMES),
-        "device": check_device,
         "max_new_tokens": check_positive_int,
         "batch_size": check_positive_int,
         "limit": optional_positive,
@@ -123,7 +114,3 @@ class EvaluateOptions(CheckedOptions):
                               f"{self.judge_model!r}; drop judge_model or use judge 'model'")
         if self.summary is None:
             self.summary = str(self.out) + ".summary.json"
-
-    @property
-    def progress(self) -> bool:
-        return not (self.quiet or self.no_progress)

@@ -1,6 +1,8 @@
-"""Option groups shared by the commands: how records are read (field names, length),
-how the base model is loaded (float or 4 / 8 bits), and what every resumable run takes
-(``RunOptions``)."""
+"""Option groups shared by the commands, each field declared once: the model (``ModelOptions``),
+the data and how its records are read (``DataOptions``, ``RecordFieldOptions``), what is
+printed (``ProgressOptions``), 4 / 8-bit bases (``QuantizedBaseOptions``), and what every
+resumable run takes (``RunOptions``). A command redeclares a field only where it changes
+its meaning or default, and says so."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,11 +69,51 @@ class QuantizedBaseOptions(CheckedOptions):
 
 
 @dataclass(kw_only=True)
-class RunOptions(RecordFieldOptions, QuantizedBaseOptions):
+class ModelOptions(CheckedOptions):
+    """The model a command loads: the base, its tokenizer, the weights' dtype, the device."""
+
+    model: str = required_option("base model: a directory, a hub id, a .gguf file, or smollm2 / "
+                                 "gemma3-270m (adapters given must have been trained on it)", "DIR")
+    tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
+    dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
+                        "a GPU)", choices=DTYPE_NAMES)
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    CHECKS: ClassVar[dict] = {
+        "dtype": lambda n, v: check_choice(n, v, DTYPE_NAMES),
+        "device": check_device,
+    }
+
+
+@dataclass(kw_only=True)
+class DataOptions(RecordFieldOptions):
+    """The data file a command reads, and how much of each record it keeps."""
+
+    data: str = required_option("the samples: .json, .jsonl, .csv, .parquet, a datasets "
+                                "save_to_disk directory, or a hub dataset name", "FILE")
+    data_split: Optional[str] = option(None, "split of a datasets directory or hub "
+                                       "dataset (default: train)", "SPLIT")
+    limit: Optional[int] = option(None, "use only the first N records", "N")
+    max_length: int = option(1024, "tokens kept per sample (prompt + response); longer "
+                             "ones are cut", "N")
+    CHECKS: ClassVar[dict] = {"max_length": check_positive_int, "limit": optional_positive}
+
+
+@dataclass(kw_only=True)
+class ProgressOptions(CheckedOptions):
+    """What a long command prints while it works."""
+
+    no_progress: bool = option(False, "no progress bar")
+    quiet: bool = option(False, "no progress bar and no summary")
+
+    @property
+    def progress(self) -> bool:
+        return not (self.quiet or self.no_progress)
+
+
+@dataclass(kw_only=True)
+class RunOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, ModelOptions):
     """Options shared by every command that runs the model over a data file."""
 
-    data: str = required_option("samples to score: .json, .jsonl, .csv, .parquet, a datasets "
-                                "save_to_disk directory, or a hub dataset name", "FILE")
     out: str = required_option("output table; the format follows the extension: .jsonl, .csv, "
                                ".parquet", "FILE")
     metric: str = option("cosine", "cosine (the paper's choice), dot = sum <dW, D>, "
@@ -83,24 +125,13 @@ class RunOptions(RecordFieldOptions, QuantizedBaseOptions):
                                        "padding included: with samples of mixed lengths, the "
                                        "knob that bounds memory (does not change the scores; "
                                        "default: chosen from the device, see docs/USAGE.md)", "N")
-    max_length: int = option(1024, "tokens kept per sample (prompt + response); longer "
-                             "ones are cut", "N")
-    dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
-                        "a GPU)", choices=DTYPE_NAMES)
-    device: str = option("cpu", "cpu, cuda or cuda:N")
     backend: str = option("auto", "statistics kernel backend (auto picks the fastest "
                           "available)", choices=BACKENDS)
-    limit: Optional[int] = option(None, "score only the first N records", "N")
     resume: bool = option(False, "continue an interrupted run of the same command from "
                           "the sidecar files beside --out")
-    tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
-    data_split: Optional[str] = option(None, "split of a datasets directory or hub "
-                                       "dataset (default: train)", "SPLIT")
     gradient_checkpointing: bool = option(False, "recompute each layer's forward in the backward: "
                                           "less memory for long samples, about a third more "
                                           "time; scores do not change")
-    no_progress: bool = option(False, "no progress bar")
-    quiet: bool = option(False, "no progress bar and no summary")
     COMMAND: ClassVar[str] = ""
     # Fields that cannot change a score (batching, placement, presentation, where the
     # output goes): left out of the resume fingerprint. Everything else is in it.
@@ -115,18 +146,10 @@ class RunOptions(RecordFieldOptions, QuantizedBaseOptions):
     SCORE_COLUMN: ClassVar[str] = ""
     CHECKS: ClassVar[dict] = {
         "metric": lambda n, v: check_choice(n, v, METRICS),
-        "dtype": lambda n, v: check_choice(n, v, DTYPE_NAMES),
         "backend": lambda n, v: check_choice(n, v, BACKENDS),
-        "device": check_device,
         "batch_size": check_positive_int,
         "max_tokens": optional_positive,
-        "max_length": check_positive_int,
-        "limit": optional_positive,
     }
-
-    @property
-    def progress(self) -> bool:
-        return not (self.quiet or self.no_progress)
 
     def columns(self) -> dict[str, str]:
         """The output table: {column: "int" | "float" | "str"}, in order."""

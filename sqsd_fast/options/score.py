@@ -10,14 +10,12 @@ from sqsd_fast.anchors import DEFAULTS, DESCRIPTIONS
 from sqsd_fast.choices import check_finite_float
 from sqsd_fast.io.writers import PROJECT_COLUMNS, SCORE_COLUMNS
 from sqsd_fast.models.fresh_state import DESCRIPTION
-from sqsd_fast.options.base import OptionError, check_named_directions, option, optional_positive, required_option
+from sqsd_fast.options.base import OptionError, check_named_directions, option, optional_positive
 from sqsd_fast.options.groups import RunOptions
 
 
 @dataclass(kw_only=True)
 class _ScoreInputs:
-    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m); adapters "
-                                 "given must have been trained on it", "DIR")
     danger_state: Optional[str] = option(None, "LoRA adapter directory: the state projections "
                                          "are taken at, e.g. a LoRA fine-tuned on benign data "
                                          "(default: a fresh LoRA initialisation, r 8, alpha 16, "
@@ -58,7 +56,7 @@ class _ScoreInputs:
 
 
 @dataclass(kw_only=True)
-class ScoreOptions(RunOptions, _ScoreInputs):
+class ScoreOptions(_ScoreInputs, RunOptions):
     """``sqsd-fast score``: sqsd = danger projection - safety projection per sample."""
 
     COMMAND: ClassVar[str] = "score"
@@ -150,7 +148,6 @@ class ScoreOptions(RunOptions, _ScoreInputs):
 
 @dataclass(kw_only=True)
 class _ProjectInputs:
-    model: str = required_option("base model (directory, hub id, .gguf file, or smollm2 / gemma3-270m)", "DIR")
     state: Optional[str] = option(None, "LoRA adapter directory: the state the update is "
                                   "computed at (default: a fresh LoRA initialisation, as score)",
                                   "DIR")
@@ -163,7 +160,7 @@ class _ProjectInputs:
 
 
 @dataclass(kw_only=True)
-class ProjectOptions(RunOptions, _ProjectInputs):
+class ProjectOptions(_ProjectInputs, RunOptions):
     """``sqsd-fast project``: one projection per sample on one direction at one state."""
 
     COMMAND: ClassVar[str] = "project"

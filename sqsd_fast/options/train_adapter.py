@@ -1,9 +1,9 @@
 """The options of ``train-adapter``: one dataclass for the CLI parser, the Python keywords
 and the resume fingerprint, built like the scoring commands' (``sqsd_fast/options/``).
 
-The options that training shares with scoring (data reading, field names, max_length,
-dtype) take their defaults and help text from ``RunOptions`` itself, so the two commands
-cannot drift apart in how they read a data file.
+The options that training shares with scoring (the model, the data and how its records
+are read, what is printed) are the same groups (``options/groups.py``), so the commands
+cannot drift apart in how they load a model or read a data file.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from sqsd_fast.choices import (
     name_value_pairs,
 )
 from sqsd_fast.options.base import CheckedOptions, OptionError, check_named_directions, option, required_option
-from sqsd_fast.options.groups import QuantizedBaseOptions, RecordFieldOptions, RunOptions
+from sqsd_fast.options.groups import DataOptions, ModelOptions, ProgressOptions, QuantizedBaseOptions
 
 # LoRA settings used when neither the caller nor --init-adapter gives them. All linear
 # modules: the SQSD authors train their LoRA states and directions on every linear layer.
@@ -40,18 +40,6 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 # What --monitor-threshold can do when a projection reaches it.
 MONITOR_ACTIONS = ("warn", "stop")
 # Direction names become CSV columns and log keys (``drift/<name>_proj``): no separators.
-
-_RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
-
-
-def _as_in_run_options(name: str, help: str | None = None):
-    """A field declared exactly like ``RunOptions.<name>`` (default, help, metavar)."""
-    source = _RUN_FIELDS[name]
-    metadata = dict(source.metadata)
-    if help is not None:
-        metadata["help"] = help
-    return dataclasses.field(default=source.default, metadata=metadata)
-
 
 def _positive(name, value, *, optional=False):
     return check_positive_int(name, value, optional=optional)
@@ -128,20 +116,12 @@ def _check_seed(name, value):
 
 
 @dataclass(kw_only=True)
-class TrainAdapterOptions(RecordFieldOptions, QuantizedBaseOptions):
+class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, ModelOptions):
     """``train-adapter``: LoRA supervised fine-tuning, loss on response tokens only."""
 
-    model: str = required_option("base model to put the LoRA on: a directory, a hub id, a .gguf "
-                                 "file, or smollm2 / gemma3-270m", "DIR")
-    data: str = required_option("training samples: .json, .jsonl, .csv, .parquet, a datasets "
-                                "save_to_disk directory, or a hub dataset name", "FILE")
     out: str = required_option("adapter output directory (peft adapter_config.json + "
                                "adapter_model.safetensors, train_summary.json; checkpoints under "
                                "OUT/checkpoints while training)", "DIR")
-    tokenizer: Optional[str] = _as_in_run_options("tokenizer")
-    data_split: Optional[str] = _as_in_run_options("data_split")
-    limit: Optional[int] = _as_in_run_options("limit", "train only on the first N records")
-    max_length: int = _as_in_run_options("max_length")
     weight_column: Optional[str] = option(None, "field with a per-sample loss weight (>= 0, "
                                           "e.g. from sqsd-fast filter --weight-column): the "
                                           "loss of a batch is sum w_s loss_s / sum w_s, loss_s "
@@ -217,10 +197,8 @@ class TrainAdapterOptions(RecordFieldOptions, QuantizedBaseOptions):
                                  "ACTION", choices=MONITOR_ACTIONS)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward "
                                           "pass: less memory, slower")
-    dtype: str = _as_in_run_options("dtype")
+    # Redeclared: the Trainer trains on the first visible GPU only (checked below).
     device: str = option("cpu", "cpu or cuda (the first visible GPU)")
-    no_progress: bool = _as_in_run_options("no_progress")
-    quiet: bool = option(False, "no progress bar and no loss lines")
 
     COMMAND: ClassVar[str] = "train-adapter"
     HELP: ClassVar[str] = "train a LoRA adapter (a direction, a state, or a fine-tune of a subset)"
@@ -248,7 +226,6 @@ class TrainAdapterOptions(RecordFieldOptions, QuantizedBaseOptions):
     # Fingerprinted by content, not by their text.
     PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "init_adapter")
     CHECKS: ClassVar[dict] = {
-        **{name: RunOptions.CHECKS[name] for name in ("max_length", "limit", "dtype")},
         "r": lambda n, v: _positive(n, v, optional=True),
         "lora_alpha": _number(0.0, low_open=True, optional=True),
         "lora_dropout": _number(0.0, 1.0, optional=True),
@@ -272,8 +249,6 @@ class TrainAdapterOptions(RecordFieldOptions, QuantizedBaseOptions):
         "monitor_threshold": _check_monitor_threshold,
         "monitor_action": lambda n, v: check_choice(n, v, MONITOR_ACTIONS),
     }
-
-    progress = RunOptions.progress   # the same rule as the scoring commands
 
     def __post_init__(self) -> None:
         super().__post_init__()
