@@ -168,3 +168,15 @@ def test_train_adapter_on_a_quantized_base_refuses_merge_to(assets, tmp_path, ca
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "merge-adapter" in err and "4 / 8-bit grid" in err
+
+
+def test_importing_the_training_api_is_quiet():
+    """Python users of the training API (train_adapter, the callbacks for their own Trainer)
+    do not see bitsandbytes' notice about optional kernels, which transformers' Trainer
+    import triggers where bitsandbytes is installed."""
+    import subprocess
+    import sys
+    code = ("from sqsd_fast.training import train_adapter, DriftMonitor\n"
+            "from sqsd_fast.training.online import OnlineSQSD\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "kernels" not in done.stderr, done.stderr

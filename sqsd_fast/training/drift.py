@@ -27,15 +27,18 @@ from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback  # noqa: TID253 (a TrainerCallback subclass is defined at import; only training loads this)
 
 from sqsd_fast.choices import DIRECTION_NAME as NAME_PATTERN
 from sqsd_fast.engine.directions import resolve_direction
 from sqsd_fast.io.atomic import atomic_path
 from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter, state_modules
+from sqsd_fast.models.quiet import quiet_libraries
 
 # One rule for the names and actions, shared with train-adapter's options.
 from sqsd_fast.options.train_adapter import MONITOR_ACTIONS as ACTIONS
+
+with quiet_libraries():   # bitsandbytes, imported with it where installed, announces optional kernels
+    from transformers import TrainerCallback  # noqa: TID253 (subclassed at import; only training loads this)
 
 DRIFT_CSV = "drift.csv"
 DRIFT_PLOT = "drift.png"

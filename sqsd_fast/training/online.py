@@ -40,7 +40,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from transformers import TrainerCallback  # noqa: TID253 (a TrainerCallback subclass is defined at import; only training loads this)
 
 from sqsd_fast.engine.directions import resolve_direction
 from sqsd_fast.engine.modules import lora_modules
@@ -50,8 +49,12 @@ from sqsd_fast.engine.taps import TapSession
 from sqsd_fast.influence import GradientStats
 from sqsd_fast.io.atomic import atomic_path
 from sqsd_fast.io.writers import read_rows, write_rows
+from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.training.drift import _check_directions, _trained_modules
 from sqsd_fast.training.sample_fields import SAMPLE_INDEX
+
+with quiet_libraries():   # bitsandbytes, imported with it where installed, announces optional kernels
+    from transformers import TrainerCallback  # noqa: TID253 (subclassed at import; only training loads this)
 
 SCORES_DIR = "online_scores"
 SUMMARY_CSV = "online_summary.csv"
