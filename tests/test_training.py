@@ -399,3 +399,13 @@ def test_merge_adapter_refuses_bad_input_before_loading(toy, trained, tmp_path, 
                  str(tmp_path / "cli_out")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "does not fit --model" in err
+
+
+def test_a_launch_of_several_processes_is_refused_before_anything_is_written(toy, tmp_path, monkeypatch):
+    """Under torchrun each process would take --out; refused in one line instead of rank 1
+    failing on rank 0's lock."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "lora"
+    with pytest.raises(ValueError, match="train-adapter runs in one process, not as one of 2"):
+        train_adapter(model=toy["model"], data=toy["data"], out=str(out), **FAST)
+    assert not out.exists()

@@ -26,8 +26,8 @@ n_tokens, <name>_proj..., sqsd) and per epoch, each sample's mean, to
 ``out_dir/online_summary.csv``. A resumed run first drops the rows of steps after its
 checkpoint, which it replays (rows are written at every checkpoint and epoch end).
 Parts carry the process's rank in their name, so that the ranks of a multi-process
-Trainer would write apart; that case is NOT tested yet (``train-adapter`` itself runs on
-one process: two under torchrun refuse each other's output lock).
+Trainer would write apart; that case is NOT tested yet (``train-adapter`` itself runs in
+one process and refuses a torchrun / accelerate launch of several).
 """
 from __future__ import annotations
 

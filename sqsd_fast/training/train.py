@@ -62,6 +62,7 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
     elif kwargs:
         raise TypeError("give train_adapter either a TrainAdapterOptions or keywords, not both")
     # --- checks that read nothing big, in the order a user would fix them
+    _check_one_process()
     outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
     outdir.check_merge_to(options.merge_to)
     _check_device(options.device, options.dtype)
@@ -286,6 +287,19 @@ def _model_skeleton(model_source: str):
             return AutoModelForCausalLM.from_config(config)
     except Exception:  # an unusual architecture: checked after loading instead
         return None
+
+
+def _check_one_process() -> None:
+    """train-adapter trains in one process: several started by torchrun or accelerate
+    launch would each take --out (its lock, its run record, its checkpoints)."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        size = 1
+    if size > 1:
+        raise ValueError(f"train-adapter runs in one process, not as one of {size} (WORLD_SIZE={size}: "
+                         "torchrun or accelerate launch); start it directly, e.g. `sqsd-fast train-adapter "
+                         "...` (score, project and baseline do run on several processes)")
 
 
 def _check_device(device: str, dtype: str) -> None:
