@@ -296,10 +296,11 @@ def _check_one_process() -> None:
         size = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         size = 1
-    if size > 1:
+    if size > 1 and os.environ.get("SQSD_FAST_DISTRIBUTED", "").strip() != "0":   # 0: run alone anyway
         raise ValueError(f"train-adapter runs in one process, not as one of {size} (WORLD_SIZE={size}: "
                          "torchrun or accelerate launch); start it directly, e.g. `sqsd-fast train-adapter "
-                         "...` (score, project and baseline do run on several processes)")
+                         "...`, or set SQSD_FAST_DISTRIBUTED=0 to train alone in this process (score, project and "
+                         "baseline do run on several processes)")
 
 
 def _check_device(device: str, dtype: str) -> None:
