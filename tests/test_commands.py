@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
@@ -18,8 +20,21 @@ def test_the_cli_offers_exactly_the_registered_commands():
     parser = cli.build_parser()
     assert set(parser.command_parsers) == set(COMMANDS)
     for name, entry in COMMANDS.items():
-        assert entry.options.COMMAND == name and dataclasses.is_dataclass(entry.options)
+        cls = entry.options_class()
+        assert cls.COMMAND == name and dataclasses.is_dataclass(cls) and entry.help, name
         assert callable(entry.runner()) and callable(entry.summarizer()), name
+
+
+def test_a_command_loads_only_its_own_options():
+    # train-adapter's options are transformers' TrainingArguments (seconds to import): a
+    # scoring run parses its arguments without them, and train-adapter's parser has them.
+    check = ("import sys; from sqsd_fast.app.cli import build_parser, parse_options; "
+             "p = build_parser('filter'); o = parse_options(p, ['filter', '--scores', 's.csv', '--data', "
+             "'d.jsonl', '--out', 'k.jsonl', '--drop-top', '1']); "
+             "print(o.COMMAND, 'transformers.training_args' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["filter", "False"]
+    assert set(cli.build_parser("train-adapter").command_parsers) == {"train-adapter"}
 
 
 def test_an_unknown_command_is_an_error_listing_the_known_ones():

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 # Two optimizer steps per epoch (8 samples, batch 4); a high learning rate so that the
 # loss visibly falls within three epochs.
-FAST = dict(r=4, lora_alpha=8, batch_size=4, num_epochs=3, learning_rate=2e-2,
+FAST = dict(r=4, lora_alpha=8, per_device_train_batch_size=4, num_train_epochs=3, learning_rate=2e-2,
             max_length=64, quiet=True)
 
 
@@ -108,7 +108,7 @@ def test_loss_is_on_response_tokens_only(toy):
     from sqsd_fast.data.tokenize import tokenize_records
     result = train_adapter(model=toy["model"], data=toy["data"],
                            out=str(toy["root"] / "one_step"),
-                           **{**FAST, "batch_size": 8, "num_epochs": 1, "lora_dropout": 0.0})
+                           **{**FAST, "per_device_train_batch_size": 8, "num_train_epochs": 1, "lora_dropout": 0.0})
     samples = tokenize_records(read_records(toy["data"]), toy["tokenizer"], max_length=64)
     batch = collate(samples, toy["tokenizer"].pad_token_id)
     assert (batch["labels"] == -100).sum() > (batch["attention_mask"] == 0).sum()  # prompts masked
@@ -191,7 +191,7 @@ def test_init_adapter_starts_from_that_adapter(toy, trained):
     out = toy["root"] / "continued"
     result = train_adapter(model=toy["model"], data=toy["data"], out=str(out),
                            init_adapter=str(first), callbacks=[Grab()],
-                           **{**FAST, "num_epochs": 1, "r": None, "lora_alpha": None})
+                           **{**FAST, "num_train_epochs": 1, "r": None, "lora_alpha": None})
     _factors_equal(seen, read_adapter(first))
     assert result.lora["r"] == 4 and result.lora["lora_alpha"] == 8
     # it trained on: the saved adapter moved away from where it started
@@ -243,7 +243,7 @@ def test_finished_out_is_refused_then_overwritten(toy, trained):
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         (copy / name).write_bytes((out / name).read_bytes())
     result = train_adapter(model=toy["model"], data=toy["data"], out=str(copy),
-                           overwrite=True, **{**FAST, "num_epochs": 1, "r": 2})
+                           overwrite=True, **{**FAST, "num_train_epochs": 1, "r": 2})
     assert result.global_step == 2 and read_adapter(copy)
     assert all(f.A.shape[0] == 2 for f in read_adapter(copy).values())
 
@@ -274,7 +274,7 @@ def test_bad_paths_are_refused_before_training(toy, trained, tmp_path):
     not_lora.mkdir()
     other = tmp_path / "other_lora"
     train_adapter(model=toy["other"], data=toy["data"], out=str(other),
-                  **{**FAST, "num_epochs": 1})
+                  **{**FAST, "num_train_epochs": 1})
     full = tmp_path / "full"
     full.mkdir()
     (full / "weights.bin").write_text("x")
@@ -300,23 +300,85 @@ def test_bad_paths_are_refused_before_training(toy, trained, tmp_path):
     (dict(resume=True, overwrite=True), "overwrite"),
     (dict(dtype="float16"), "dtype"),
     (dict(lr_scheduler_type="sawtooth"), "lr_scheduler_type"),
-    (dict(warmup_ratio=1.5), "warmup_ratio"),
+    (dict(warmup_ratio=1.5), "warmup_steps"),           # the earlier name of warmup_steps
+    (dict(warmup_steps=-1), "warmup_steps"),
     (dict(lora_dropout=1.0), "lora_dropout"),
     (dict(device="cuda:1"), "device"),
-    (dict(num_epochs=0), "num_epochs"),
+    (dict(device="cpu", use_cpu=False), "device"),
+    (dict(num_epochs=0), "num_train_epochs"),
+    (dict(num_epochs=2, num_train_epochs=2), "num_epochs"),
     (dict(target_modules="q_proj,,v_proj"), "target_modules"),
     (dict(merge_to="x/out"), "merge_to"),
+    (dict(optim="adamw_sideways"), "training_arguments"),  # TrainingArguments' own check
 ])
 def test_bad_options_name_the_option(kwargs, option):
     with pytest.raises(OptionError) as err:
-        TrainAdapterOptions(model="m", data="d.json", out="x/out", **kwargs)
+        TrainAdapterOptions.from_keywords(model="m", data="d.json", out="x/out", **kwargs)
     assert err.value.option == option and "\n" not in str(err.value)
+
+
+def test_the_options_are_the_trainers_training_arguments():
+    from transformers import TrainingArguments
+    opts = TrainAdapterOptions(model="m", data="d.json", out="x/out", dtype="bfloat16", logging_steps=5)
+    assert isinstance(opts, TrainingArguments)
+    # set from the other options
+    assert opts.output_dir == str(Path("x/out") / "checkpoints") and opts.bf16 and not opts.fp16
+    assert (opts.logging_strategy, opts.save_strategy) == ("steps", "epoch")
+    # defaults train-adapter changes, each said in its help
+    assert (opts.learning_rate, opts.per_device_train_batch_size, opts.warmup_steps, opts.lr_scheduler_type,
+            opts.save_total_limit, opts.use_cpu, opts.remove_unused_columns) == \
+        (1e-4, 4, 0.03, "cosine", 2, True, False)
+    assert opts.to_dict()["lr_scheduler_type"] == "cosine"    # JSON values, as TrainingArguments'
+
+
+def test_earlier_names_still_work_from_python_and_the_cli():
+    from sqsd_fast.app.cli import build_parser, parse_options
+    given = dict(model="m", data="d.json", out="o")
+    earlier = TrainAdapterOptions.from_keywords(**given, num_epochs=2, batch_size=8, warmup_ratio=0.1,
+                                                gradient_checkpointing=True, device="cuda")
+    now = TrainAdapterOptions(**given, num_train_epochs=2, per_device_train_batch_size=8, warmup_steps=0.1,
+                              activation_checkpointing=True, use_cpu=False)
+    by_cli = parse_options(build_parser("train-adapter"), [
+        "train-adapter", "--model", "m", "--data", "d.json", "--out", "o", "--num-epochs", "2",
+        "--batch-size", "8", "--warmup-ratio", "0.1", "--gradient-checkpointing", "--device", "cuda"])
+    assert earlier.to_dict() == now.to_dict() == by_cli.to_dict()
+    assert earlier.train_device == "cuda" and now.gradient_checkpointing   # TrainingArguments mirrors it
+
+
+def test_the_fingerprint_keeps_earlier_names_and_counts_other_training_arguments_when_set(tmp_path):
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    given = dict(model=str(tmp_path), data=str(data), out=str(tmp_path / "o"))
+    plain = TrainAdapterOptions(**given).fingerprint(whole_file="data")
+    # the keys runs started before the options were TrainingArguments recorded
+    assert (plain["num_epochs"], plain["batch_size"], plain["warmup_ratio"], plain["lr_scheduler_type"]) == \
+        (3, 4, 0.03, "cosine")
+    assert not {"num_train_epochs", "per_device_train_batch_size", "optim", "max_grad_norm"} & set(plain)
+    clipped = TrainAdapterOptions(**given, max_grad_norm=0.5).fingerprint(whole_file="data")
+    assert {k: v for k, v in clipped.items() if plain.get(k) != v} == {"max_grad_norm": 0.5}
+
+
+def test_any_training_argument_reaches_the_trainer(toy, tmp_path):
+    # From Python every TrainingArguments field can be given, as to TRL's SFTConfig: SGD here.
+    from transformers import TrainerCallback
+    seen = {}
+
+    class Look(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            seen["args"], seen["optimizer"] = args, getattr(optimizer, "optimizer", optimizer)
+
+    result = train_adapter(model=toy["model"], data=toy["data"], out=str(tmp_path / "sgd"), callbacks=[Look()],
+                           optim="sgd", **{**FAST, "num_train_epochs": 1})
+    assert isinstance(seen["args"], TrainAdapterOptions) and seen["args"].optim == "sgd"
+    assert isinstance(seen["optimizer"], torch.optim.SGD)
+    assert json.loads((tmp_path / "sgd" / "train_summary.json").read_text())["options"]["optim"] == "sgd"
+    assert result.final_loss is not None
 
 
 def test_scheduler_choices_are_transformers_schedules():
     from transformers.trainer_utils import SchedulerType
 
-    from sqsd_fast.options.train_adapter import SCHEDULERS
+    from sqsd_fast.options.train_checks import SCHEDULERS
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
 
 
@@ -327,7 +389,7 @@ def test_options_build_a_command_line_parser():
          "--target_modules", "q_proj,v_proj", "--lr_scheduler_type", "linear"])
     assert (opts.r, opts.resume, opts.target_modules, opts.lr_scheduler_type) == \
         (16, True, "q_proj,v_proj", "linear")
-    assert opts.lora_settings()["lora_alpha"] == 16.0 and opts.num_epochs == 3
+    assert opts.lora_settings()["lora_alpha"] == 16.0 and opts.num_train_epochs == 3
 
 
 # ------------------------------------------------------------------ merge-adapter
@@ -379,7 +441,7 @@ def test_merge_adapter_refuses_bad_input_before_loading(toy, trained, tmp_path, 
     from sqsd_fast.training.merge import merge_adapter
     _, lora, _ = trained
     other = tmp_path / "other_lora"
-    train_adapter(model=toy["other"], data=toy["data"], out=str(other), **{**FAST, "num_epochs": 1})
+    train_adapter(model=toy["other"], data=toy["data"], out=str(other), **{**FAST, "num_train_epochs": 1})
     full = tmp_path / "full"
     full.mkdir()
     (full / "x.bin").write_text("x")

@@ -27,7 +27,6 @@ from sqsd_fast import __version__
 from sqsd_fast.app.commands import COMMANDS, command
 from sqsd_fast.io.checkpoint import has_saved_rows
 from sqsd_fast.options import OptionError, RecordFieldOptions
-from sqsd_fast.options.train_adapter import TrainAdapterOptions
 
 PROG = "sqsd-fast"
 RECORD_FIELDS = {f.name for f in dataclasses.fields(RecordFieldOptions)}
@@ -70,7 +69,22 @@ def _command_parser_class():
         """HfArgumentParser spelling options the way a shell user types them: only
         ``--batch-size`` (not also ``--batch_size``), and plain on/off flags."""
 
+        def _add_dataclass_arguments(self, dtype):
+            # Fields an options class keeps out of the CLI (train-adapter: most of
+            # TrainingArguments'), and the options it takes that are no field.
+            self._hidden = getattr(dtype, "CLI_HIDDEN", frozenset())
+            self._earlier = {new: old for old, new in getattr(dtype, "ALIASES", {}).items()}
+            self._group_spec = getattr(dtype, "CLI_GROUP", None)   # (title, description, names)
+            super()._add_dataclass_arguments(dtype)
+            for name, spec in getattr(dtype, "CLI_EXTRA", {}).items():
+                super().add_argument("--" + name.replace("_", "-"), dest=name, **spec)
+
         def add_argument(self, *names, **kwargs):
+            dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+            if dest in getattr(self, "_hidden", ()):
+                return None
+            if dest in getattr(self, "_earlier", {}) and not kwargs.get("dest"):   # its earlier name too
+                names = (*names, "--" + self._earlier[dest].replace("_", "-"))
             if any(n.lstrip("-") in RECORD_FIELDS for n in names):   # their own group
                 return self._record_fields().add_argument(
                     *[n for n in names if "_" not in n.lstrip("-")] or names, **kwargs)
@@ -82,6 +96,11 @@ def _command_parser_class():
                 for key in ("nargs", "const", "type"):
                     kwargs.pop(key)
                 kwargs["action"] = "store_true"
+            spec = getattr(self, "_group_spec", None)
+            if spec is not None and dest in spec[2]:
+                if not hasattr(self, "_group"):
+                    self._group = self.add_argument_group(spec[0], spec[1])
+                return self._group.add_argument(*names, **kwargs)
             return super().add_argument(*names, **kwargs)
 
         def _record_fields(self):
@@ -92,7 +111,10 @@ def _command_parser_class():
     return CommandParser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command_name: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser: every command's options when ``command_name`` is None, else only
+    that command's (the others listed with their help; "" for none, as ``sqsd-fast --help``
+    needs), so that a run loads only its own options classes."""
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter,
         description="SQSD: per-sample safety-degradation risk scores for LLM fine-tuning "
@@ -104,9 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_command_parser_class())
     commands = {}
     for name, entry in COMMANDS.items():
-        cls = entry.options
+        if command_name is not None and name != command_name:
+            sub.add_parser(name, dataclass_types=(), help=entry.help)
+            continue
+        cls = entry.options_class()
         commands[name] = sub.add_parser(
-            name, dataclass_types=cls, formatter_class=_Formatter, help=cls.HELP,
+            name, dataclass_types=cls, formatter_class=_Formatter, help=entry.help,
             description=cls.DESCRIPTION, epilog=getattr(cls, "EPILOG", None))
     parser.command_parsers = commands  # for usage errors found after parsing
     return parser
@@ -118,10 +143,11 @@ def parse_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
     if len(argv) > 1 and argv[0] == "fetch-model" and not argv[1].startswith("-"):
         argv.insert(1, "--name")          # sqsd-fast fetch-model NAME
     args = parser.parse_args(argv)
-    cls = COMMANDS[args.command].options
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    cls = COMMANDS[args.command].options_class()
+    names = [f.name for f in dataclasses.fields(cls)] + list(getattr(cls, "CLI_EXTRA", {}))
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
     try:
-        return cls(**values)
+        return cls.from_keywords(**values)
     except OptionError as exc:
         option = "--" + exc.option.replace("_", "-")
         parser.command_parsers[args.command].error(str(exc).replace(exc.option, option, 1))
@@ -142,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # bitsandbytes (when installed) is imported by transformers wherever a model loads, and
     # its CPU backend logs that an optional kernels package is missing: not for our users.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else "")
     try:
         options = parse_options(parser, argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
@@ -199,7 +226,7 @@ def _resume_hint(options) -> str:
     if out is None:
         return ""
 
-    if isinstance(options, TrainAdapterOptions):
+    if options.COMMAND == "train-adapter":
         if any((Path(out) / "checkpoints").glob("checkpoint-*")):
             return (f"; checkpoints are kept in {Path(out) / 'checkpoints'}, rerun the same "
                     f"command with --resume")

@@ -10,7 +10,9 @@ dataclass is built; a bad one raises :class:`OptionError` naming the field.
 
 - ``base``: the mechanism (``option``, ``CheckedOptions``, ``OptionError``);
 - ``groups``: what several commands share (record fields, quantized base, ``RunOptions``);
-- ``score``, ``baseline``, ``files``, ``train_adapter``, ``evaluate``: the commands' own;
+- ``score``, ``baseline``, ``files``, ``train_adapter`` (transformers' TrainingArguments, loaded
+  when asked for; its value checks in ``train_checks``), ``merge_adapter``, ``evaluate``: the
+  commands' own;
 - ``checks``: checks of user-given paths and devices, made before a model loads.
 """
 from sqsd_fast.options.base import CheckedOptions, OptionError, check_named_directions, option, required_option
@@ -20,7 +22,18 @@ from sqsd_fast.options.evaluate import JUDGES, EvaluateOptions
 from sqsd_fast.options.files import FetchModelOptions, FilterOptions, SubsetsOptions
 from sqsd_fast.options.groups import QuantizedBaseOptions, RecordFieldOptions, RunOptions
 from sqsd_fast.options.score import ProjectOptions, ScoreOptions
-from sqsd_fast.options.train_adapter import LORA_DEFAULTS, MergeAdapterOptions, TrainAdapterOptions
+from sqsd_fast.options.merge_adapter import MergeAdapterOptions
+from sqsd_fast.options.train_checks import LORA_DEFAULTS
+
+
+def __getattr__(name: str):
+    # TrainAdapterOptions subclasses transformers' TrainingArguments (about 3 s to import):
+    # loaded when asked for, so that the scoring commands' options stay light.
+    if name == "TrainAdapterOptions":
+        from sqsd_fast.options.train_adapter import TrainAdapterOptions  # noqa: PLC0415 (lazy: transformers)
+        return TrainAdapterOptions
+    raise AttributeError(f"module 'sqsd_fast.options' has no attribute {name!r}")
+
 
 __all__ = [
     "BASELINE_COLUMNS", "GRADIENT_METHODS", "GRADMATCH_RESPONSE_TOKENS", "JUDGES", "LORA_DEFAULTS", "METHODS",

@@ -74,6 +74,20 @@ class CheckedOptions:
             except Exception as exc:     # a failed download: the option and why
                 raise OptionError("model", f"model {self.model}: {exc}") from None
 
+    # Earlier keyword names of fields that were renamed: {old: field}; see from_keywords.
+    ALIASES: ClassVar[dict] = {}
+
+    @classmethod
+    def from_keywords(cls, **keywords: Any):
+        """The options from keywords, which may use the earlier names in ``ALIASES`` (the CLI
+        and the Python API build options this way)."""
+        for old, new in cls.ALIASES.items():
+            if old in keywords:
+                if new in keywords:
+                    raise OptionError(old, f"{old} is the earlier name of {new}; give one of them")
+                keywords[new] = keywords.pop(old)
+        return cls(**keywords)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -89,21 +103,23 @@ class CheckedOptions:
         by_content = {*getattr(self, "PATH_FIELDS", ()), *getattr(self, "ADAPTER_FIELDS", ())}
         named = set(getattr(self, "NAMED_ADAPTER_FIELDS", ()))
         fp: dict[str, Any] = {"command": self.COMMAND, **extra}
-        for f in dataclasses.fields(self):
-            if f.name in self.NOT_FINGERPRINTED:
-                continue
-            value = getattr(self, f.name)
-            if f.name in self.FINGERPRINTED_WHEN_SET and not value:
+        for name, key in self.fingerprinted_fields():
+            value = getattr(self, name)
+            if name in self.FINGERPRINTED_WHEN_SET and not value:
                 continue   # an option added later: runs without it keep the fingerprint they had
-            if f.name == whole_file:
+            if name == whole_file:
                 value = (path_fingerprint(value, limit=None) if whole_file_is_local
                          else {"path": str(value), "digest": None})
-            elif f.name in by_content and value is not None:
+            elif name in by_content and value is not None:
                 value = path_fingerprint(value)
-            elif f.name in named:       # NAME=DIR items: each directory by content
+            elif name in named:       # NAME=DIR items: each directory by content
                 value = {k: path_fingerprint(v) for k, v in
                          (item.split("=", 1) for item in value)}
-            fp[f.name] = value
+            fp[key] = value
         return fp
+
+    def fingerprinted_fields(self) -> list[tuple[str, str]]:
+        """(field, its key in the fingerprint): every field not in NOT_FINGERPRINTED."""
+        return [(f.name, f.name) for f in dataclasses.fields(self) if f.name not in self.NOT_FINGERPRINTED]
 
 

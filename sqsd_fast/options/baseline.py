@@ -6,7 +6,7 @@ from typing import ClassVar, Optional
 
 from sqsd_fast.choices import (BACKENDS, METRICS, check_choice, check_positive_int)
 from sqsd_fast.options.base import OptionError, option, required_option
-from sqsd_fast.options.groups import ModelOptions, QuantizedBaseOptions, RecordFieldOptions, RunOptions
+from sqsd_fast.options.groups import DeviceOptions, ModelOptions, QuantizedBaseOptions, RecordFieldOptions, RunOptions
 
 # ----------------------------------------------------------------------- baseline
 # The paper's baselines (sqsd_fast/influence/baselines.py computes them).
@@ -45,7 +45,6 @@ class BaselineOptions(_BaselineInputs, RunOptions):
     """``sqsd-fast baseline``: one baseline score per sample (the methods: sqsd_fast/influence/baselines.py)."""
 
     COMMAND: ClassVar[str] = "baseline"
-    HELP: ClassVar[str] = "score every sample with a baseline: length, random, self-inf, self-inf-n, gradmatch"
     DESCRIPTION: ClassVar[str] = (
         "Score every sample of --data with a baseline of the SQSD paper, our versions in the "
         "LoRA-parameter space at --state: length (response tokens), random (uniform, --seed), "
@@ -103,7 +102,7 @@ class BaselineOptions(_BaselineInputs, RunOptions):
 
 
 @dataclass(kw_only=True)
-class AnchorDirectionOptions(QuantizedBaseOptions, RecordFieldOptions, ModelOptions):
+class AnchorDirectionOptions(QuantizedBaseOptions, RecordFieldOptions, DeviceOptions, ModelOptions):
     """``sqsd-fast anchor-direction``: a danger (or safety) direction from anchor samples
     (sqsd_fast/influence/anchor_direction.py)."""
 
@@ -122,7 +121,6 @@ class AnchorDirectionOptions(QuantizedBaseOptions, RecordFieldOptions, ModelOpti
     quiet: bool = option(False, "no progress bar and no summary")
 
     COMMAND: ClassVar[str] = "anchor-direction"
-    HELP: ClassVar[str] = "a direction from anchor samples: their mean induced update at a state"
     DESCRIPTION: ClassVar[str] = (
         "Compute the mean induced LoRA update of --anchors at --state, dW = -(mean G_B A + B "
         "mean G_A) per module (a rank-2r direction, no training), and write it to --out as a "

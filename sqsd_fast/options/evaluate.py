@@ -9,7 +9,7 @@ from typing import ClassVar, Optional
 from sqsd_fast.choices import check_choice, check_positive_int
 # The field helpers and the check runner are shared with the other commands' options, so
 # every command reports a bad value the same way (OptionError naming the field).
-from sqsd_fast.options.groups import ModelOptions, ProgressOptions
+from sqsd_fast.options.groups import DeviceOptions, ModelOptions, ProgressOptions
 from sqsd_fast.options.base import OptionError, option, optional_positive, required_option
 
 # "keywords": the GCG / He et al. refusal list; "keywords-extended": the same plus broader
@@ -31,7 +31,7 @@ def _optional_text(name, value):
 
 
 @dataclass(kw_only=True)
-class EvaluateOptions(ProgressOptions, ModelOptions):
+class EvaluateOptions(ProgressOptions, DeviceOptions, ModelOptions):
     """``sqsd-fast evaluate``: answer harmful (or benign) prompts greedily, judge each
     answer, report the attack success rate (ASR) and the refusal rate."""
 
@@ -72,7 +72,6 @@ class EvaluateOptions(ProgressOptions, ModelOptions):
                           "beside --out")
 
     COMMAND: ClassVar[str] = "evaluate"
-    HELP: ClassVar[str] = "attack success rate of a model (+ adapter) on harmful prompts"
     DESCRIPTION: ClassVar[str] = (
         "Greedy answers to every prompt of --prompts (batched, left padding, the chat "
         "template), each judged: by default an answer is an attack success when it contains "

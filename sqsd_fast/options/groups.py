@@ -1,8 +1,8 @@
-"""Option groups shared by the commands, each field declared once: the model (``ModelOptions``),
-the data and how its records are read (``DataOptions``, ``RecordFieldOptions``), what is
-printed (``ProgressOptions``), 4 / 8-bit bases (``QuantizedBaseOptions``), and what every
-resumable run takes (``RunOptions``). A command redeclares a field only where it changes
-its meaning or default, and says so."""
+"""Option groups shared by the commands, each field declared once: the model and where it
+runs (``ModelOptions``, ``DeviceOptions``), the data and how its records are read
+(``DataOptions``, ``RecordFieldOptions``), what is printed (``ProgressOptions``), 4 / 8-bit
+bases (``QuantizedBaseOptions``), and what every resumable run takes (``RunOptions``). A
+command redeclares a field only where it changes its meaning or default, and says so."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,18 +70,24 @@ class QuantizedBaseOptions(CheckedOptions):
 
 @dataclass(kw_only=True)
 class ModelOptions(CheckedOptions):
-    """The model a command loads: the base, its tokenizer, the weights' dtype, the device."""
+    """The model a command loads: the base, its tokenizer, the weights' dtype."""
 
     model: str = required_option("base model: a directory, a hub id, a .gguf file, or smollm2 / "
                                  "gemma3-270m (adapters given must have been trained on it)", "DIR")
     tokenizer: Optional[str] = option(None, "tokenizer directory (default: --model)", "DIR")
     dtype: str = option("float32", "model weights dtype (bfloat16 is the usual choice on "
                         "a GPU)", choices=DTYPE_NAMES)
+    CHECKS: ClassVar[dict] = {"dtype": lambda n, v: check_choice(n, v, DTYPE_NAMES)}
+
+
+@dataclass(kw_only=True)
+class DeviceOptions(CheckedOptions):
+    """Where the model runs. Its own group because train-adapter's options are
+    transformers' TrainingArguments, whose ``device`` is a property (the CLI's --device
+    sets their ``use_cpu`` there)."""
+
     device: str = option("cpu", "cpu, cuda or cuda:N")
-    CHECKS: ClassVar[dict] = {
-        "dtype": lambda n, v: check_choice(n, v, DTYPE_NAMES),
-        "device": check_device,
-    }
+    CHECKS: ClassVar[dict] = {"device": check_device}
 
 
 @dataclass(kw_only=True)
@@ -111,7 +117,7 @@ class ProgressOptions(CheckedOptions):
 
 
 @dataclass(kw_only=True)
-class RunOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, ModelOptions):
+class RunOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, DeviceOptions, ModelOptions):
     """Options shared by every command that runs the model over a data file."""
 
     out: str = required_option("output table; the format follows the extension: .jsonl, .csv, "

@@ -60,7 +60,6 @@ class ScoreOptions(_ScoreInputs, RunOptions):
     """``sqsd-fast score``: sqsd = danger projection - safety projection per sample."""
 
     COMMAND: ClassVar[str] = "score"
-    HELP: ClassVar[str] = "score every sample: sqsd = danger projection - safety projection"
     DESCRIPTION: ClassVar[str] = (
         "Score every sample of --data. For each sample, the LoRA update it induces (one "
         "gradient step on its response tokens) is projected on the danger direction at the "
@@ -164,7 +163,6 @@ class ProjectOptions(_ProjectInputs, RunOptions):
     """``sqsd-fast project``: one projection per sample on one direction at one state."""
 
     COMMAND: ClassVar[str] = "project"
-    HELP: ClassVar[str] = "project every sample's induced update on one direction at one state"
     DESCRIPTION: ClassVar[str] = (
         "Project each sample's induced LoRA update on one direction (--direction) at one "
         "state (--state). Output rows, in input order: index, proj, n_tokens, "

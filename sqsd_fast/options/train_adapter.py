@@ -1,123 +1,56 @@
-"""The options of ``train-adapter``: one dataclass for the CLI parser, the Python keywords
-and the resume fingerprint, built like the scoring commands' (``sqsd_fast/options/``).
+"""The options of ``train-adapter``: transformers' ``TrainingArguments`` with this project's
+fields added, as TRL's ``SFTConfig`` is. One dataclass is the CLI parser, the Python
+keywords, the Trainer's arguments and the resume fingerprint.
 
-The options that training shares with scoring (the model, the data and how its records
-are read, what is printed) are the same groups (``options/groups.py``), so the commands
-cannot drift apart in how they load a model or read a data file.
+The options training shares with scoring (the model, the data and how its records are
+read, what is printed) are the same groups (``options/groups.py``), so the commands cannot
+drift apart in how they load a model or read a data file. This module imports
+transformers (about 3 s): the CLI, ``sqsd_fast.options`` and ``sqsd_fast.training`` load it
+only when train-adapter is asked for; the value checks live in ``train_checks.py``.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
+import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
-from sqsd_fast.choices import (
-    DTYPE_NAMES,
-    check_choice,
-    check_device,
-    check_finite_float,
-    check_positive_int,
-    name_value_pairs,
-)
-from sqsd_fast.options.base import CheckedOptions, OptionError, check_named_directions, option, required_option
+from sqsd_fast.choices import check_choice
+from sqsd_fast.models.quiet import quiet_libraries
+from sqsd_fast.options.base import OptionError, check_named_directions, option, required_option
 from sqsd_fast.options.groups import DataOptions, ModelOptions, ProgressOptions, QuantizedBaseOptions
+from sqsd_fast.options.train_checks import (
+    LORA_DEFAULTS, MONITOR_ACTIONS, SCHEDULERS, check_monitor_threshold, check_one_process, check_online_drop,
+    check_seed, check_target_modules, check_train_device, check_warmup, number, positive,
+)
 
-# LoRA settings used when neither the caller nor --init-adapter gives them. All linear
-# modules: the SQSD authors train their LoRA states and directions on every linear layer.
-LORA_DEFAULTS = {"r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05, "target_modules": "all-linear"}
+with quiet_libraries():   # bitsandbytes, imported with it where installed, announces optional kernels
+    from transformers import TrainingArguments  # noqa: TID253 (subclassed here; this module is loaded lazily)
 
-
-# transformers' schedules (SchedulerType values) that need neither lr_scheduler_kwargs nor
-# evaluation metrics (cosine_with_min_lr, warmup_stable_decay, reduce_lr_on_plateau, ...
-# do), neither of which train-adapter has. Written out so that building the parser does
-# not import transformers' trainer; tests/test_training.py checks them against it.
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-              "constant_with_warmup", "inverse_sqrt")
-
-
-# What --monitor-threshold can do when a projection reaches it.
-MONITOR_ACTIONS = ("warn", "stop")
-# Direction names become CSV columns and log keys (``drift/<name>_proj``): no separators.
-
-def _positive(name, value, *, optional=False):
-    return check_positive_int(name, value, optional=optional)
-
-
-def _number(low: float, high: float | None = None, *, low_open=False, optional=False):
-    """A check for a finite number in [low, high) (or (low, high) when ``low_open``)."""
-    def check(name, value):
-        if value is None and optional:
-            return None
-        number = check_finite_float(name, value)
-        if number < low or (low_open and number == low) or (high is not None and number >= high):
-            lo = "(" if low_open else "["
-            hi = f"{high})" if high is not None else "inf)"
-            raise ValueError(f"{name} must be in {lo}{low}, {hi}, got {value!r}")
-        return number
-    return check
-
-
-def _check_target_modules(name, value):
-    if value is None:
-        return None
-    names = [part.strip() for part in str(value).split(",")]
-    if not all(names):
-        raise ValueError(f"{name} must be all-linear or comma-separated module names such as "
-                         f"q_proj,v_proj, got {value!r}")
-    return ",".join(names)
-
-
-def _check_train_device(name, value):
-    value = check_device(name, value)
-    if value.startswith("cuda:") and value != "cuda:0":
-        # transformers' Trainer always trains on the first visible GPU.
-        raise ValueError(f"{name} {value}: training runs on the first visible GPU; pick it "
-                         f"with CUDA_VISIBLE_DEVICES={value.split(':')[1]} and --device cuda")
-    return value
-
-
-def _check_monitor_threshold(name, value):
-    out = []
-    for key, text in name_value_pairs(name, value, "NAME=VALUE"):
-        try:
-            number = float(text)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number):
-            raise ValueError(f"{name} {key}={text}: the value must be a finite number")
-        out.append(f"{key}={number!r}")
-    return out
-
-
-def _check_online_drop(name, value):
-    """``top=F after=N`` (F in (0, 1), N >= 0 epochs; after defaults to 1)."""
-    pairs = dict(name_value_pairs(name, value, "top=F after=N"))
-    if not pairs:
-        return []
-    unknown = sorted(set(pairs) - {"top", "after"})
-    if unknown or "top" not in pairs:
-        raise ValueError(f"{name} takes top=FRACTION and optionally after=EPOCHS, got "
-                         f"{' '.join(f'{k}={v}' for k, v in pairs.items())}")
-    try:
-        top, after = float(pairs["top"]), int(pairs.get("after", "1"))
-    except ValueError:
-        raise ValueError(f"{name}: top must be a fraction and after a whole number of epochs") from None
-    if not 0 < top < 1 or after < 0:
-        raise ValueError(f"{name}: top must be in (0, 1) and after >= 0, got top={top!r} after={after!r}")
-    return [f"top={top!r}", f"after={after}"]
-
-
-def _check_seed(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
+# The TrainingArguments fields the CLI offers (with this project's own): the others are
+# for Python callers, who may give any of them, as to TRL's SFTConfig.
+CLI_TRAINING_ARGUMENTS = frozenset({
+    "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "warmup_steps", "lr_scheduler_type", "weight_decay", "seed", "save_steps", "save_total_limit",
+    "logging_steps", "activation_checkpointing"})
+TRAINING_ARGUMENT_NAMES = frozenset(f.name for f in dataclasses.fields(TrainingArguments))
 
 
 @dataclass(kw_only=True)
-class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, ModelOptions):
-    """``train-adapter``: LoRA supervised fine-tuning, loss on response tokens only."""
+class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, ModelOptions, TrainingArguments):
+    """``train-adapter``: LoRA supervised fine-tuning, loss on response tokens only.
+
+    These are transformers' ``TrainingArguments`` (handed to the Trainer as they are) plus
+    the model, the data, the LoRA, the run directory, monitoring and online scoring. Where
+    train-adapter changes a TrainingArguments default the field is redeclared below and
+    says so. Set from the other options, whatever is given: ``output_dir`` (OUT/checkpoints),
+    ``bf16`` / ``fp16`` (from ``dtype``), ``save_strategy`` / ``logging_strategy`` (per
+    epoch unless ``save_steps`` / ``logging_steps``) and ``disable_tqdm`` (from the progress
+    options, unless given). Keywords kept from before (``ALIASES``): ``num_epochs``,
+    ``batch_size``, ``warmup_ratio``, ``gradient_checkpointing`` and ``device`` (cpu or
+    cuda, which sets ``use_cpu``); build from them with ``TrainAdapterOptions.from_keywords``.
+    """
 
     out: str = required_option("adapter output directory (peft adapter_config.json + "
                                "adapter_model.safetensors, train_summary.json; checkpoints under "
@@ -136,18 +69,6 @@ class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, Mo
     target_modules: Optional[str] = option(None, "modules to put LoRA on: all-linear (the "
                                            "default, as the SQSD authors) or names such as "
                                            "q_proj,v_proj", "NAMES")
-    learning_rate: float = option(1e-4, "peak learning rate", "LR")
-    num_epochs: int = option(3, "passes over the data", "N")
-    batch_size: int = option(4, "samples per forward/backward pass (per device)", "N")
-    gradient_accumulation_steps: int = option(1, "passes per optimizer step (effective "
-                                              "batch = batch size x this)", "N")
-    warmup_ratio: float = option(0.03, "fraction of the optimizer steps spent warming up "
-                                 "the learning rate, in [0, 1)", "F")
-    lr_scheduler_type: str = option("cosine", "learning rate schedule: "
-                                    + ", ".join(SCHEDULERS), "NAME",
-                                    choices=SCHEDULERS)
-    weight_decay: float = option(0.0, "AdamW weight decay (default: 0)", "W")
-    seed: int = option(42, "seed for the LoRA init, data order and dropout", "N")
     init_adapter: Optional[str] = option(None, "LoRA adapter directory to continue training "
                                          "from (its rank, alpha and modules are kept)",
                                          "DIR")
@@ -158,13 +79,7 @@ class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, Mo
                           "OUT/checkpoints (same options required)")
     overwrite: bool = option(False, "replace a finished adapter or the checkpoints of an "
                              "unfinished run in --out")
-    save_steps: Optional[int] = option(None, "save a checkpoint every N optimizer steps "
-                                       "(default: at the end of every epoch)", "N")
-    save_total_limit: Optional[int] = option(2, "checkpoints kept in OUT/checkpoints (the "
-                                             "newest)", "N")
     keep_checkpoints: bool = option(False, "keep OUT/checkpoints after training finishes")
-    logging_steps: Optional[int] = option(None, "log the training loss every N optimizer "
-                                          "steps (default: once per epoch)", "N")
     monitor_direction: list[str] = dataclasses.field(default_factory=list, metadata={
         "help": "monitor the training: every --monitor-steps optimizer steps, log the "
                 "projection and cosine of the LoRA update so far on the LoRA adapter DIR's "
@@ -195,62 +110,120 @@ class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, Mo
                                  "stop ends training there and saves the adapter as it "
                                  "is then",
                                  "ACTION", choices=MONITOR_ACTIONS)
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward "
-                                          "pass: less memory, slower")
-    # Redeclared: the Trainer trains on the first visible GPU only (checked below).
-    device: str = option("cpu", "cpu or cuda (the first visible GPU)")
+
+    # --- TrainingArguments fields whose default (or type) train-adapter changes
+    learning_rate: float = option(1e-4, "peak learning rate (default: 1e-4; transformers': 5e-5)", "LR")
+    num_train_epochs: int = option(3, "passes over the data, whole ones (the losses and online "
+                                   "scores are per epoch)", "N")
+    per_device_train_batch_size: int = option(4, "samples per forward/backward pass "
+                                              "(default: 4; transformers': 8)", "N")
+    warmup_steps: float = option(0.03, "learning-rate warm-up: below 1 a fraction of the "
+                                 "optimizer steps, else a number of steps (default: 0.03; "
+                                 "transformers': 0)", "F")
+    lr_scheduler_type: str = option("cosine", "learning rate schedule: " + ", ".join(SCHEDULERS)
+                                    + " (default: cosine; transformers': linear)", "NAME", choices=SCHEDULERS)
+    save_steps: Optional[int] = option(None, "save a checkpoint every N optimizer steps "
+                                       "(default: at the end of every epoch)", "N")
+    save_total_limit: Optional[int] = option(2, "checkpoints kept in OUT/checkpoints, the "
+                                             "newest (default: 2; transformers': all)", "N")
+    logging_steps: Optional[int] = option(None, "log the training loss every N optimizer "
+                                          "steps (default: once per epoch)", "N")
+    activation_checkpointing: bool = option(False, "recompute activations in the backward "
+                                            "pass: less memory, slower")
+    # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings
+    # of a LoRA model have none).
+    activation_checkpointing_kwargs: Optional[dict] = dataclasses.field(
+        default_factory=lambda: {"use_reentrant": False})
+    # The CPU unless asked (the CLI's --device cuda), as every other command; transformers
+    # picks the GPU where there is one.
+    use_cpu: bool = option(True, "train on the CPU (False: the first visible GPU)")
+    # The samples are TokenizedSample objects, not model keyword columns.
+    remove_unused_columns: bool = False
+    label_names: Optional[list[str]] = dataclasses.field(default_factory=lambda: ["labels"])
 
     COMMAND: ClassVar[str] = "train-adapter"
-    HELP: ClassVar[str] = "train a LoRA adapter (a direction, a state, or a fine-tune of a subset)"
     DESCRIPTION: ClassVar[str] = (
         "LoRA supervised fine-tuning with peft and transformers' Trainer, loss on the "
         "response tokens only, on the same readers and tokenization as 'score'. --out "
         "becomes a peft adapter directory that 'score' and 'project' accept; --merge-to also "
         "writes the merged full model. Checkpoints in OUT/checkpoints; continue an "
-        "interrupted run with --resume.")
+        "interrupted run with --resume. The options are transformers' TrainingArguments "
+        "with this project's added; from Python every TrainingArguments field can be given.")
     EPILOG: ClassVar[str] = (
         "Examples (the three adapters SQSD needs):\n"
         "  sqsd-fast train-adapter --model BASE --data unsafe.jsonl --out lora_unsafe\n"
         "  sqsd-fast train-adapter --model BASE --data refusals.jsonl --out lora_safe\n"
         "  sqsd-fast train-adapter --model BASE --data benign.jsonl --out lora_initial")
+    # The TrainingArguments fields the CLI offers are listed in a group of their own.
+    CLI_GROUP: ClassVar[tuple] = (
+        "training (transformers' TrainingArguments)",
+        "The TrainingArguments train-adapter offers on the command line; from Python every "
+        "TrainingArguments field can be given (sqsd_fast.training.train_adapter).",
+        CLI_TRAINING_ARGUMENTS)
+    # The TrainingArguments fields the CLI leaves out (see CLI_TRAINING_ARGUMENTS).
+    CLI_HIDDEN: ClassVar[frozenset] = TRAINING_ARGUMENT_NAMES - CLI_TRAINING_ARGUMENTS
+    # A CLI option that is no field: --device sets use_cpu (TrainingArguments' ``device``
+    # is a property).
+    CLI_EXTRA: ClassVar[dict] = {"device": dict(default="cpu", metavar="DEVICE", help=(
+        "cpu or cuda (the first visible GPU; choose it with CUDA_VISIBLE_DEVICES)"))}
+    # Earlier names of fields that are now TrainingArguments', still taken as keywords and
+    # as CLI options (--num-epochs, --batch-size, --warmup-ratio, --gradient-checkpointing).
+    ALIASES: ClassVar[dict] = {"num_epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+                               "warmup_ratio": "warmup_steps", "gradient_checkpointing": "activation_checkpointing"}
     # Options that cannot change the trained adapter: left out of the resume fingerprint.
     # The monitor only watches, so a resume may add, drop or change it; except that with
     # --monitor-action stop its threshold decides where training ends: train.py then adds
     # that stop rule to the fingerprint ("monitor_stop"), so a resume must keep it.
     NOT_FINGERPRINTED: ClassVar[frozenset] = frozenset(
         {"out", "resume", "overwrite", "merge_to", "save_steps", "save_total_limit",
-         "keep_checkpoints", "logging_steps", "gradient_checkpointing", "device",
+         "keep_checkpoints", "logging_steps", "activation_checkpointing", "use_cpu",
          "no_progress", "quiet", "monitor_direction", "monitor_steps", "monitor_threshold",
-         "online_score",
-         "monitor_action"})
+         "online_score", "monitor_action"})
+    # The fingerprint keeps the names these fields had before they were TrainingArguments',
+    # so that a run started then still resumes.
+    FINGERPRINT_NAMES: ClassVar[dict] = {value: key for key, value in ALIASES.items()}
     # Fingerprinted by content, not by their text.
     PATH_FIELDS: ClassVar[tuple] = ("model", "tokenizer", "init_adapter")
     CHECKS: ClassVar[dict] = {
-        "r": lambda n, v: _positive(n, v, optional=True),
-        "lora_alpha": _number(0.0, low_open=True, optional=True),
-        "lora_dropout": _number(0.0, 1.0, optional=True),
-        "target_modules": _check_target_modules,
-        "learning_rate": _number(0.0, low_open=True),
-        "num_epochs": _positive,
-        "batch_size": _positive,
-        "gradient_accumulation_steps": _positive,
-        "warmup_ratio": _number(0.0, 1.0),
+        "r": lambda n, v: positive(n, v, optional=True),
+        "lora_alpha": number(0.0, low_open=True, optional=True),
+        "lora_dropout": number(0.0, 1.0, optional=True),
+        "target_modules": check_target_modules,
+        "learning_rate": number(0.0, low_open=True),
+        "num_train_epochs": positive,
+        "per_device_train_batch_size": positive,
+        "gradient_accumulation_steps": positive,
+        "warmup_steps": check_warmup,
         "lr_scheduler_type": lambda n, v: check_choice(n, v, SCHEDULERS),
-        "weight_decay": _number(0.0),
-        "seed": _check_seed,
-        "save_steps": lambda n, v: _positive(n, v, optional=True),
-        "save_total_limit": lambda n, v: _positive(n, v, optional=True),
-        "logging_steps": lambda n, v: _positive(n, v, optional=True),
-        "device": _check_train_device,
+        "weight_decay": number(0.0),
+        "seed": check_seed,
+        "save_steps": lambda n, v: positive(n, v, optional=True),
+        "save_total_limit": lambda n, v: positive(n, v, optional=True),
+        "logging_steps": lambda n, v: positive(n, v, optional=True),
         "monitor_direction": check_named_directions,
         "online_score": check_named_directions,
-        "online_drop": _check_online_drop,
-        "monitor_steps": _positive,
-        "monitor_threshold": _check_monitor_threshold,
+        "online_drop": check_online_drop,
+        "monitor_steps": positive,
+        "monitor_threshold": check_monitor_threshold,
         "monitor_action": lambda n, v: check_choice(n, v, MONITOR_ACTIONS),
     }
 
+    @classmethod
+    def from_keywords(cls, **keywords: Any) -> "TrainAdapterOptions":
+        """The options from keywords that may use the earlier names (``ALIASES``) and
+        ``device`` (cpu or cuda) for ``use_cpu``."""
+        if "device" in keywords:
+            if "use_cpu" in keywords:
+                raise OptionError("device", "device and use_cpu choose the same thing; give one of them")
+            try:
+                device = check_train_device("device", keywords.pop("device"))
+            except ValueError as exc:
+                raise OptionError("device", str(exc)) from None
+            keywords["use_cpu"] = device == "cpu"
+        return super().from_keywords(**keywords)
+
     def __post_init__(self) -> None:
+        self._given_training_arguments = self._changed_training_arguments()
         super().__post_init__()
         for name in ("model", "data", "out"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
@@ -258,7 +231,7 @@ class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, Mo
         if self.resume and self.overwrite:
             raise OptionError("overwrite", "resume continues the run in --out and overwrite "
                                            "starts it over; give one of them")
-        if self.dtype == "float16" and self.device == "cpu":
+        if self.dtype == "float16" and self.use_cpu:
             raise OptionError("dtype", "float16 training needs a GPU (loss scaling); use "
                                        "float32 or bfloat16 on the CPU")
         for name in ("init_adapter", "merge_to"):
@@ -275,6 +248,63 @@ class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, Mo
         if self.online_drop and not self.online_score:
             raise OptionError("online_drop", "online_drop needs --online-score: the scores that decide "
                                              "what is left out")
+
+        self._set_training_arguments()
+
+    @property
+    def train_device(self) -> str:
+        """"cpu" or "cuda" (the first visible GPU): where the model is loaded and trained."""
+        return "cpu" if self.use_cpu else "cuda"
+
+    def _set_training_arguments(self) -> None:
+        """The TrainingArguments fields that follow the other options, then
+        TrainingArguments' own checks (a failure is an OptionError like ours)."""
+        self.output_dir = str(Path(self.out) / "checkpoints")
+        self.bf16, self.fp16 = self.dtype == "bfloat16", self.dtype == "float16"
+        self.save_strategy = "steps" if self.save_steps else "epoch"
+        self.logging_strategy = "steps" if self.logging_steps else "epoch"
+        if self.disable_tqdm is None:
+            self.disable_tqdm = not self.progress
+        try:   # before TrainingArguments, which would set up the launch's process group
+            check_one_process()
+        except ValueError as exc:
+            raise OptionError("launch", str(exc)) from None
+        try:
+            TrainingArguments.__post_init__(self)
+        except ValueError as exc:
+            raise OptionError("training_arguments", f"transformers' TrainingArguments: {exc}") from None
+
+    def _changed_training_arguments(self) -> dict:
+        """The TrainingArguments fields this project does not name that a caller set to
+        other than their default: part of the fingerprint (they may change the adapter)."""
+        defaults = {f.name: f for f in dataclasses.fields(type(self))}
+        changed = {}
+        for name in sorted(self.CLI_HIDDEN - {"use_cpu"}):
+            f = defaults[name]
+            if not f.init:
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if getattr(self, name) != default:
+                changed[name] = _plain(getattr(self, name))
+        return changed
+
+    def fingerprinted_fields(self) -> list[tuple[str, str]]:
+        """(field, fingerprint key): this project's options and the TrainingArguments the CLI
+        offers, under their earlier names; the other TrainingArguments count when set
+        (``_changed_training_arguments``)."""
+        return [(f.name, self.FINGERPRINT_NAMES.get(f.name, f.name)) for f in dataclasses.fields(self)
+                if f.name not in self.NOT_FINGERPRINTED and f.name not in self.CLI_HIDDEN]
+
+    def fingerprint(self, **kwargs) -> dict:
+        fp = super().fingerprint(**kwargs)
+        fp["lr_scheduler_type"] = _plain(fp["lr_scheduler_type"])
+        fp.update({name: value for name, value in self._given_training_arguments.items()
+                   if name not in self.NOT_FINGERPRINTED})
+        return fp
+
+    def to_dict(self) -> dict:
+        """Every field, enums as their values (TrainingArguments' own ``to_dict``)."""
+        return TrainingArguments.to_dict(self)
 
     def online_drop_settings(self) -> tuple[float, int] | None:
         """(top fraction, after epochs) of --online-drop, or None."""
@@ -339,31 +369,14 @@ def _same_path(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-@dataclass(kw_only=True)
-class MergeAdapterOptions(CheckedOptions):
-    """``merge-adapter``: a LoRA adapter merged into its base model's weights
-    (sqsd_fast/training/merge.py)."""
-
-    model: str = required_option("base model the adapter was trained on (directory, hub id or "
-                                 ".gguf file)", "DIR")
-    adapter: str = required_option("LoRA adapter directory (e.g. train-adapter's --out)", "DIR")
-    out: str = required_option("new (or empty) directory for the merged model and its tokenizer",
-                               "DIR")
-    dtype: str = option("float32", "dtype the base is loaded in, merged in and saved in",
-                        choices=DTYPE_NAMES)
-    tokenizer: Optional[str] = option(None, "tokenizer saved beside the model (default: --model's)",
-                                      "DIR")
-    quiet: bool = option(False, "no summary")
-
-    COMMAND: ClassVar[str] = "merge-adapter"
-    HELP: ClassVar[str] = "write a base model with a LoRA adapter merged into its weights"
-    DESCRIPTION: ClassVar[str] = (
-        "Merge --adapter into --model (W + alpha/r B A in every adapted module) and save the "
-        "result with its tokenizer to --out, a model directory that every command takes as "
-        "--model: what train-adapter --merge-to writes at the end of training, for an adapter "
-        "trained earlier. A float32 adapter merged into the base it was trained on gives the "
-        "same weights as --merge-to, bit for bit. --out is written to a temporary directory "
-        "and renamed into place.")
-    EPILOG: ClassVar[str] = (
-        "Example:\n  sqsd-fast train-adapter --model BASE --data align.jsonl --out lora_align\n"
-        "  sqsd-fast merge-adapter --model BASE --adapter lora_align --out aligned")
+def _plain(value):
+    """A JSON value: enums as their values, containers item by item, the rest as text."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -5,12 +5,13 @@ scoring commands accept; ``TrainAdapterOptions`` is its option list (and the CLI
 ``format_summary(result)`` describes a finished run in a few lines; ``DriftMonitor`` is a
 Trainer callback logging how far the LoRA update points along direction adapters.
 """
-from sqsd_fast.options.train_adapter import TrainAdapterOptions
 
 
 def __getattr__(name: str):
-    # train.py pulls in transformers' Trainer; import it only when asked for, so that
-    # building the CLI parser from TrainAdapterOptions stays cheap.
+    if name == "TrainAdapterOptions":    # transformers' TrainingArguments: only when asked for
+        from sqsd_fast.options.train_adapter import TrainAdapterOptions  # noqa: PLC0415 (lazy: transformers)
+        return TrainAdapterOptions
+    # train.py pulls in transformers' Trainer; import it only when asked for.
     if name == "train_adapter":
         from sqsd_fast.training.train import train_adapter  # noqa: PLC0415 (lazy: transformers only when asked)
         return train_adapter

@@ -35,7 +35,7 @@ from sqsd_fast.models.adapters import check_direction_is_usable, read_adapter, s
 from sqsd_fast.models.quiet import quiet_libraries
 
 # One rule for the names and actions, shared with train-adapter's options.
-from sqsd_fast.options.train_adapter import MONITOR_ACTIONS as ACTIONS
+from sqsd_fast.options.train_checks import MONITOR_ACTIONS as ACTIONS
 
 with quiet_libraries():   # bitsandbytes, imported with it where installed, announces optional kernels
     from transformers import TrainerCallback  # noqa: TID253 (subclassed at import; only training loads this)

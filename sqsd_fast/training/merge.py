@@ -20,7 +20,7 @@ from sqsd_fast.models import resolve_model
 from sqsd_fast.models.adapters import check_against_model, load_base_model, read_adapter
 from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.options.checks import check_adapter_path, check_model_path
-from sqsd_fast.options.train_adapter import MergeAdapterOptions
+from sqsd_fast.options.merge_adapter import MergeAdapterOptions
 from sqsd_fast.training import outdir
 
 MERGE_RECORD = "merged_from.json"

@@ -58,14 +58,13 @@ def train_adapter(options: TrainAdapterOptions | None = None, /, *,
     ``callbacks``: extra ``transformers.TrainerCallback``s (e.g. to stop early).
     """
     if options is None:
-        options = TrainAdapterOptions(**kwargs)
+        options = TrainAdapterOptions.from_keywords(**kwargs)
     elif kwargs:
         raise TypeError("give train_adapter either a TrainAdapterOptions or keywords, not both")
     # --- checks that read nothing big, in the order a user would fix them
-    _check_one_process()
     outdir.check_out(options.out, resume=options.resume, overwrite=options.overwrite)
     outdir.check_merge_to(options.merge_to)
-    _check_device(options.device, options.dtype)
+    _check_device(options.train_device, options.dtype)
     if options.quantization():
         check_bitsandbytes(f"--load-in-{options.quantization()}")
     check_model_path(options.model)
@@ -197,7 +196,8 @@ def build_online(options: TrainAdapterOptions, state, peft_model, data):
     if not (work / "start_scores.csv").is_file():
         started = time.perf_counter()
         score_at_start(peft_model, data.samples, options.online_directions(), data.tokenizer,
-                       work / "start_scores.csv", batch_size=options.batch_size, max_length=options.max_length)
+                       work / "start_scores.csv", batch_size=options.per_device_train_batch_size,
+                       max_length=options.max_length)
         online.start_pass_s = time.perf_counter() - started
     return online
 
@@ -289,20 +289,6 @@ def _model_skeleton(model_source: str):
         return None
 
 
-def _check_one_process() -> None:
-    """train-adapter trains in one process: several started by torchrun or accelerate
-    launch would each take --out (its lock, its run record, its checkpoints)."""
-    try:
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        size = 1
-    if size > 1 and os.environ.get("SQSD_FAST_DISTRIBUTED", "").strip() != "0":   # 0: run alone anyway
-        raise ValueError(f"train-adapter runs in one process, not as one of {size} (WORLD_SIZE={size}: "
-                         "torchrun or accelerate launch); start it directly, e.g. `sqsd-fast train-adapter "
-                         "...`, or set SQSD_FAST_DISTRIBUTED=0 to train alone in this process (score, project and "
-                         "baseline do run on several processes)")
-
-
 def _check_device(device: str, dtype: str) -> None:
     if not device.startswith("cuda"):
         return
@@ -343,7 +329,7 @@ def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict
 
     set_seed(options.seed)       # the LoRA A init draws from the global RNG
     with quiet_libraries():
-        base = load_base_model(model_source, dtype=options.dtype, device=options.device,
+        base = load_base_model(model_source, dtype=options.dtype, device=options.train_device,
                                quantization=options.quantization())
         if options.quantization():
             # QLoRA's preparation: the layers left in float (norms, embeddings, head) in
@@ -369,7 +355,7 @@ def build_peft_model(options: TrainAdapterOptions, model_source: str, lora: dict
 
 
 def build_trainer(options: TrainAdapterOptions, peft_model, data, state, callbacks=()):
-    from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, TrainerCallback
 
     class LogEveryEpoch(TrainerCallback):
         """Log at every epoch end even with --logging-steps, so every epoch's mean loss
@@ -379,30 +365,8 @@ def build_trainer(options: TrainAdapterOptions, peft_model, data, state, callbac
             control.should_log = True
             return control
 
-    args = TrainingArguments(
-        output_dir=str(state.path / outdir.CHECKPOINTS),
-        num_train_epochs=options.num_epochs,
-        per_device_train_batch_size=options.batch_size,
-        gradient_accumulation_steps=options.gradient_accumulation_steps,
-        learning_rate=options.learning_rate, weight_decay=options.weight_decay,
-        # transformers 5 reads a warmup_steps below 1 as a fraction of the steps.
-        warmup_steps=options.warmup_ratio, lr_scheduler_type=options.lr_scheduler_type,
-        seed=options.seed,
-        save_strategy="steps" if options.save_steps else "epoch",
-        save_steps=options.save_steps or 500, save_total_limit=options.save_total_limit,
-        logging_strategy="steps" if options.logging_steps else "epoch",
-        logging_steps=options.logging_steps or 500,
-        report_to=[], disable_tqdm=not options.progress,
-        use_cpu=options.device == "cpu",
-        bf16=options.dtype == "bfloat16", fp16=options.dtype == "float16",
-        activation_checkpointing=options.gradient_checkpointing,
-        # Non-reentrant checkpointing needs no input that requires grad (the frozen
-        # embeddings of a LoRA model have none).
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        # The samples are TokenizedSample objects, not model keyword columns.
-        remove_unused_columns=False, label_names=["labels"],
-    )
-    trainer = trainer_class(data)(model=peft_model, args=args, train_dataset=data.samples,
+    # The options are the Trainer's arguments (TrainAdapterOptions is a TrainingArguments).
+    trainer = trainer_class(data)(model=peft_model, args=options, train_dataset=data.samples,
                                   data_collator=collator(data), callbacks=[LogEveryEpoch(), *callbacks])
     if options.quiet:
         trainer.remove_callback(PrinterCallback)
