@@ -213,7 +213,7 @@ def test_real_path_scores_subsets_and_reports(real_path):
         line = next(ln for ln in first.splitlines() if ln.strip().startswith(f"#{r['rank']} "))
         assert f"{r['sqsd']:+.4f}" in line and f"[index {r['index']}]" in line
         assert DEMO_RECORDS[r["index"]]["instruction"][:30] in line
-    assert "not as a validated filter" in first and "sqsd-fast score --model MODEL" in first
+    assert "0.37 vs 0.10" in first and "sqsd-fast score --model MODEL" in first   # what v3 found
     assert "FALLING BACK" not in first
 
 

@@ -56,11 +56,11 @@ What these scores mean, and what they do not:
     is ...") minus that of the shipped safety anchors (the same requests refused).
     A high score: fine-tuning on the sample pushes the model more like saying yes to harmful
     requests than like refusing them.
-  - Validation so far (docs/VALIDATION.md): on an aligned SmolLM2, SQSD with a danger
-    direction taken from harmful anchors predicted how much safety a fine-tune loses (v2),
-    a danger adapter trained on 10-token targets did not. This exact default (fresh state,
-    shipped anchors) is being tested in validation v3; until it reports, treat these
-    numbers as a ranking to inspect, not as a validated filter.
+  - Validation (docs/EVIDENCE.md): on an aligned SmolLM2, fine-tuning on the 60 samples this
+    default ranks riskiest vs safest gave content attack success 0.37 vs 0.10 (v3, three
+    seeds; criterion met). Directions from FULL harmful answers and refusals of your own
+    separate better (0.63 vs 0.01 trained as adapters, 0.52 vs 0.03 as anchors). One small
+    model so far: a ranking to act on, with a look at the top.
   - Your own anchors (--danger-anchors / --safety-anchors, any data format) or adapters
     (--danger-direction / --safety-direction) replace the shipped sets; --danger-state a
     state of yours (e.g. a short LoRA warm-up on benign data)."""
