@@ -21,8 +21,8 @@ from sqsd_fast.models.quiet import quiet_libraries
 from sqsd_fast.options.base import OptionError, check_named_directions, option, required_option
 from sqsd_fast.options.groups import DataOptions, ModelOptions, ProgressOptions, QuantizedBaseOptions
 from sqsd_fast.options.train_checks import (
-    LORA_DEFAULTS, MONITOR_ACTIONS, SCHEDULERS, check_monitor_threshold, check_one_process, check_online_drop,
-    check_seed, check_target_modules, check_train_device, check_warmup, number, positive,
+    CHECKPOINTS, LORA_DEFAULTS, MONITOR_ACTIONS, SCHEDULERS, check_monitor_threshold, check_one_process,
+    check_online_drop, check_seed, check_target_modules, check_train_device, check_warmup, number, positive,
 )
 
 with quiet_libraries():   # bitsandbytes, imported with it where installed, announces optional kernels
@@ -259,7 +259,7 @@ class TrainAdapterOptions(ProgressOptions, QuantizedBaseOptions, DataOptions, Mo
     def _set_training_arguments(self) -> None:
         """The TrainingArguments fields that follow the other options, then
         TrainingArguments' own checks (a failure is an OptionError like ours)."""
-        self.output_dir = str(Path(self.out) / "checkpoints")
+        self.output_dir = str(Path(self.out) / CHECKPOINTS)
         self.bf16, self.fp16 = self.dtype == "bfloat16", self.dtype == "float16"
         self.save_strategy = "steps" if self.save_steps else "epoch"
         self.logging_strategy = "steps" if self.logging_steps else "epoch"

@@ -21,6 +21,9 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "constant_with_warmup", "inverse_sqrt")
 
 
+# The folder inside --out where the Trainer writes its checkpoints (training/outdir.py).
+CHECKPOINTS = "checkpoints"
+
 # What --monitor-threshold can do when a projection reaches it.
 MONITOR_ACTIONS = ("warn", "stop")
 # Direction names become CSV columns and log keys (``drift/<name>_proj``): no separators.

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from sqsd_fast.io.atomic import atomic_write_text, fsync_dir
+from sqsd_fast.options.train_checks import CHECKPOINTS  # one name: also the options' output_dir
 
 MARKER = "adapter_config.json"
 SUMMARY = "train_summary.json"
-CHECKPOINTS = "checkpoints"
 STARTED = "train_options.json"
 _TMP = ".final-adapter.tmp"
 # Everything train-adapter itself writes into out; other files are the user's.
