@@ -13,7 +13,12 @@ out of the training time. The goal (issue #26): <= 1.10x the time and <=
 1.05x the memory of plain training. One JSON line per configuration to
 results/online_overhead_smollm2.jsonl, and a table.
 
-    python benchmarks/bench_online_overhead.py --note "what else ran"
+--bergson-python (the python of a separate venv with bergson; not a dependency): the same
+fine-tune with and without bergson's per-sample gradient callback, in that venv
+(benchmarks/peers/bergson_callback.py: HF Trainer + peft, the same recipe and data), so its
+overhead stands beside ours, each against a plain run in its own environment.
+
+    python benchmarks/bench_online_overhead.py --note "what else ran" [--bergson-python PY]
 """
 from __future__ import annotations
 
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--note", default="")
+    parser.add_argument("--bergson-python", default=None, help="python of a venv with bergson (see the docstring)")
     parser.add_argument("--one", nargs=4, metavar=("MODE", "DATA", "WORK", "DIRS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -96,7 +102,22 @@ def main(argv=None) -> int:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         with open(OUT, "a") as f:
             f.write(json.dumps(row) + "\n")
-    plain, online = rows
+    if args.bergson_python:
+        peer = Path(__file__).resolve().parent / "peers" / "bergson_callback.py"
+        for mode in ("plain", "bergson"):
+            done = subprocess.run([args.bergson_python, str(peer), "--model", model_dir, "--data", str(data),
+                                   "--work", str(work / f"bergson-{mode}"), "--mode", mode,
+                                   "--epochs", str(args.epochs)], capture_output=True, text=True, check=True)
+            peer_row = json.loads(done.stdout.strip().splitlines()[-1])
+            row = {"mode": f"bergson-venv {mode}", "train_s": peer_row["train_s"], "start_pass_s": 0.0,
+                   "call_s": peer_row["train_s"], "peak_rss_mb": peer_row["peak_rss_mb"], "steps": peer_row["steps"],
+                   "samples": peer_row["samples"], "bergson": peer_row["bergson"],
+                   "projection_dim": peer_row["projection_dim"], "stored_bytes": peer_row["stored_bytes"],
+                   "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "device": "cpu", "note": args.note}
+            rows.append(row)
+            with open(OUT, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    plain, online = rows[:2]
     print(f"{'mode':<8} {'train s':>8} {'start pass s':>13} {'call s':>8} {'peak MB':>9} {'steps':>6}")
     for r in rows:
         print(f"{r['mode']:<8} {r['train_s']:>8} {r['start_pass_s']:>13} {r['call_s']:>8} {r['peak_rss_mb']:>9} "
@@ -104,6 +125,10 @@ def main(argv=None) -> int:
     print(f"online / plain: time {online['train_s'] / plain['train_s']:.3f}x (training with online scoring), "
           f"{online['call_s'] / plain['call_s']:.3f}x (with the start-weight pass); "
           f"memory {online['peak_rss_mb'] / plain['peak_rss_mb']:.3f}x")
+    if len(rows) == 4:
+        their_plain, theirs = rows[2:]
+        print(f"bergson callback / plain (its venv): time {theirs['train_s'] / their_plain['train_s']:.3f}x, "
+              f"memory {theirs['peak_rss_mb'] / their_plain['peak_rss_mb']:.3f}x")
     return 0
 
 

@@ -147,6 +147,28 @@ def test_bench_influence_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.network
+def test_bench_influence_floor_smoke(tmp_path):
+    """The floor, query_scores, self_stats and sketch on 8 SmolLM2 samples (bergson is a
+    peer in its own venv, not run here)."""
+    require_module("peft")
+    from sqsd_fast.models import ModelFetchError, fetch_smollm2
+    try:
+        fetch_smollm2()
+    except ModelFetchError as exc:
+        pytest.skip(f"SmolLM2 GGUF cannot be fetched here: {exc}")
+    out = tmp_path / "floor.jsonl"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_influence_floor.py"), "--smoke", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["floor", "query", "self_stats", "sketch"]
+    assert all(r["smoke"] and r["samples"] == 8 and r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert rows[0]["x_floor"] == 1.0 and all(r["x_floor"] > 0 for r in rows)
+
+
+@pytest.mark.slow
 def test_bench_large_data_smoke(tmp_path):
     out = tmp_path / "large.jsonl"
     proc = subprocess.run([sys.executable, str(BENCH / "bench_large_data.py"), "--smoke", "--model", "fake",
