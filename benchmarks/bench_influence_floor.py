@@ -52,6 +52,7 @@ import torch  # noqa: E402
 from _model_setup import STATE, floor_pass, load_rows, load_smollm2_lora  # noqa: E402
 from common import _release_free_heap, env_facts, measure_peak_memory  # noqa: E402
 from paths import RESULTS_DIR  # noqa: E402
+from validation.report_common import spearman  # noqa: E402
 
 OUT = RESULTS_DIR / "influence_floor.jsonl"
 ALPACA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "alpaca_5000.json"
@@ -68,8 +69,6 @@ class FloorSetup:
 
 def method_calls(stats, train, q, sketch_size):
     """``{method: callable}``; the floor walks the very batches GradientStats makes."""
-    from sqsd_fast.influence import GradientStats  # noqa: F401  (the face under test)
-
     floor_setup = FloorSetup(stats.model, stats.tokenizer)
     return {
         "floor": lambda: floor_pass(floor_setup, stats._batches(train, None, False, None)),
@@ -131,12 +130,6 @@ def run_bergson(args, model_dir: str, adapter_dir: Path, train_rows, query_rows,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def spearman(a, b) -> float:
-    ra = torch.as_tensor(a, dtype=torch.float64).argsort().argsort().double()
-    rb = torch.as_tensor(b, dtype=torch.float64).argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=256)
@@ -177,7 +170,7 @@ def main(argv=None) -> int:
                "peak_rss_mb": theirs["peak_rss_mb"], "bergson": theirs["version"],
                "projection_dim": theirs.get("projection_dim"), "timed": "whole CLI processes (start, model load)"}
         if cosines is not None:
-            row["spearman_with_our_cosine"] = round(spearman(cosines, theirs["scores"]), 4)
+            row["spearman_with_our_cosine"] = round(spearman(cosines.tolist(), theirs["scores"]), 4)
         floor = next((r for r in rows if r["method"] == "floor"), None)
         if floor:
             row["x_floor"] = round(theirs["score_s"] / floor["seconds"], 3)

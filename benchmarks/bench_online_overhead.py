@@ -70,6 +70,14 @@ def one(mode: str, data: str, work: str, epochs: int, directions: list[str]) -> 
             "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "device": "cpu"}
 
 
+def record(row: dict) -> dict:
+    """Appends one configuration's row to OUT as it finishes (a later failure loses nothing)."""
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with open(OUT, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=60)
@@ -97,11 +105,7 @@ def main(argv=None) -> int:
     for mode in ("plain", "online"):
         done = subprocess.run([sys.executable, __file__, "--epochs", str(args.epochs), "--one", mode, str(data),
                                str(work), json.dumps(directions)], capture_output=True, text=True, check=True)
-        row = {**json.loads(done.stdout.strip().splitlines()[-1]), "note": args.note}
-        rows.append(row)
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        with open(OUT, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        rows.append(record({**json.loads(done.stdout.strip().splitlines()[-1]), "note": args.note}))
     if args.bergson_python:
         peer = Path(__file__).resolve().parent / "peers" / "bergson_callback.py"
         for mode in ("plain", "bergson"):
@@ -109,14 +113,12 @@ def main(argv=None) -> int:
                                    "--work", str(work / f"bergson-{mode}"), "--mode", mode,
                                    "--epochs", str(args.epochs)], capture_output=True, text=True, check=True)
             peer_row = json.loads(done.stdout.strip().splitlines()[-1])
-            row = {"mode": f"bergson-venv {mode}", "train_s": peer_row["train_s"], "start_pass_s": 0.0,
-                   "call_s": peer_row["train_s"], "peak_rss_mb": peer_row["peak_rss_mb"], "steps": peer_row["steps"],
-                   "samples": peer_row["samples"], "bergson": peer_row["bergson"],
-                   "projection_dim": peer_row["projection_dim"], "stored_bytes": peer_row["stored_bytes"],
-                   "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "device": "cpu", "note": args.note}
-            rows.append(row)
-            with open(OUT, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            rows.append(record({
+                "mode": f"bergson-venv {mode}", "train_s": peer_row["train_s"], "start_pass_s": 0.0,
+                "call_s": peer_row["train_s"], "peak_rss_mb": peer_row["peak_rss_mb"], "steps": peer_row["steps"],
+                "samples": peer_row["samples"], "bergson": peer_row["bergson"],
+                "projection_dim": peer_row["projection_dim"], "stored_bytes": peer_row["stored_bytes"],
+                "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "device": "cpu", "note": args.note}))
     plain, online = rows[:2]
     print(f"{'mode':<8} {'train s':>8} {'start pass s':>13} {'call s':>8} {'peak MB':>9} {'steps':>6}")
     for r in rows:
