@@ -177,4 +177,29 @@ def test_bench_large_data_smoke(tmp_path):
     import json
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["samples"] for r in rows] == [200, 400] and all(r["scored"] > 0 and r["mode"] == "smoke" for r in rows)
-    assert all(0 < r["pipeline_own_share"] <= 1 and r["device"] for r in rows)
+    assert all(0 < r["pipeline_own_share"] <= 1 and r["device"] and r["segments"] == 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_bench_large_data_resumes_a_killed_size(tmp_path):
+    """A size whose process is killed part-way (a session's end) is continued by the same
+    command, and its row sums both processes' times."""
+    import json
+    out, work = tmp_path / "large.jsonl", tmp_path / "work"
+    command = [sys.executable, str(BENCH / "bench_large_data.py"), "--model", "fake", "--sizes", "200",
+               "--work-root", str(work), "--heartbeat", "0", "--out", str(out)]
+    killed = subprocess.run(command + ["--kill-after", "3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0 and "rerun to continue" in killed.stderr and not out.exists()
+    (segment,) = [json.loads(p.read_text()) for p in (work / "fake-200" / "segments").glob("*.json")]
+    assert segment["batches"] == 3 and not segment["finished"] and segment["wall_s"] > 0
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "continuing" in resumed.stdout
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["segments"] == 2 and row["scored"] == 200 and row["wall_s"] > segment["wall_s"]
+    scores = [json.loads(line) for line in (work / "fake-200" / "scores.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in scores) == list(range(200))
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "finished earlier" in again.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[1]["wall_s"] == row["wall_s"] and rows[1]["segments"] == 2
