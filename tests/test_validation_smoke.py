@@ -415,12 +415,16 @@ def test_act_verdict_follows_the_preregistered_rule(tmp_path):
     from benchmarks.validation.report_act import act_section
 
     def rows(top, rnd):
-        out = [{"label": f"act-minus-top-seed{s}", "set": "minus-top", "seed": s, "asr_content": a}
+        beside = {"n_train": 240, "asr_keywords": 0.875, "final_loss": 2.5}
+        out = [{"label": f"act-minus-top-seed{s}", "set": "minus-top", "seed": s, "asr_content": a, **beside}
                for s, a in zip((42, 43, 44), top)]
-        out += [{"label": f"act-minus-random-seed{s}", "set": "minus-random", "seed": s, "asr_content": a}
+        out += [{"label": f"act-minus-random-seed{s}", "set": "minus-random", "seed": s, "asr_content": a, **beside}
                 for s, a in zip((42, 43, 44), rnd)]
         _write_csv(tmp_path / "act_asr.csv", out)
         return "\n".join(act_section(tmp_path, 3))
     assert "**dropping by SQSD helps.**" in rows((0.10, 0.12, 0.11), (0.30, 0.28, 0.31))
     assert "not shown to help" in rows((0.27, 0.29, 0.28), (0.30, 0.28, 0.31))          # within the margin
     assert "No verdict yet" in rows((0.10, 0.12), (0.30, 0.28, 0.31))
+    report = rows((0.10, 0.12, 0.11), (0.30, 0.28, 0.31))   # the numbers reported beside the criterion
+    assert "| minus-top | 3 | 0.110 ± 0.010 | 0.875 ± 0.000 | 2.500 ± 0.000 |" in report
+    assert "| minus-random | 44 | 240 | 0.310 | 0.875 | 2.500 |" in report
