@@ -4,8 +4,12 @@ The package imports, and the float64 reference backend works, even when the comp
 extension is not built; ``backend="auto"`` then warns once and says how to build it.
 """
 
-from sqsd_fast import _moved
-from sqsd_fast.ops import (
+from sqsd_fast import _openmp
+
+_openmp.shorten_spin_waits()   # before torch loads libgomp (see _openmp.py)
+
+from sqsd_fast import _moved  # noqa: E402
+from sqsd_fast.ops import (  # noqa: E402
     backend_available,
     build_info,
     direction_sqnorm,
