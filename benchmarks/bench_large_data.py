@@ -57,14 +57,13 @@ def write_records(path: Path, n: int, seed: int = 0) -> None:
     """n generated records, the same for the same n and seed (written once per size)."""
     from sqsd_fast.testing.toy_model import TOY_CORPUS
     words = " ".join(TOY_CORPUS).split()
+    from sqsd_fast.io.atomic import atomic_path
     rng = random.Random(seed)
-    partial = path.with_suffix(".partial")
-    with open(partial, "w") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
         for _ in range(n):
             prompt = " ".join(rng.choices(words, k=rng.randint(5, 20)))
             response = " ".join(rng.choices(words, k=rng.randint(5, 60)))
             handle.write(json.dumps({"instruction": prompt, "response": response}) + "\n")
-    os.replace(partial, path)
 
 
 def model_options(model: str, work: Path) -> dict:
@@ -107,14 +106,13 @@ class Segment:
         self.start = time.perf_counter()
 
     def write(self, force: bool = False) -> dict:
+        from sqsd_fast.io.atomic import atomic_write_text
         now = time.perf_counter()
         if not force and now - self.last_write < self.heartbeat:
             return self.values
         self.last_write = now
         self.values.update(wall_s=round(now - self.start, 2), peak_rss_mb=round(self.read_kb("VmHWM") / 1024, 1))
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps(self.values))
-        os.replace(partial, self.path)
+        atomic_write_text(self.path, json.dumps(self.values))
         return self.values
 
 
