@@ -166,10 +166,18 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# The report's modules, dependencies first: reloaded before each report (write_report).
+REPORT_MODULES = ("report_common", "report_v1", "report_v2", "report_v3", "report_act", "report")
+
+
 def write_report(run: Run) -> None:
-    from .report import build_report
+    """docs/VALIDATION.md (a smoke run's: beside its results) from what the run has written.
+    A round runs for days and reports after every stage: its report code is reloaded from
+    disk each time, so a fix to a table shows at the next stage, not only after the run."""
+    import importlib
+    modules = [importlib.reload(importlib.import_module(f".{name}", __package__)) for name in REPORT_MODULES]
     target = REPO_ROOT / "docs" / "VALIDATION.md" if not run.smoke else run.results / "VALIDATION.md"
-    build_report(run.results, target, recipe=asdict(run.recipe), smoke=run.smoke)
+    modules[-1].build_report(run.results, target, recipe=asdict(run.recipe), smoke=run.smoke)
 
 
 def time_left(stages: list[dict], prefix: str, remaining: int) -> str:
