@@ -251,12 +251,15 @@ def test_sketches_equal_the_explicit_kronecker_projection(pm, tok):
     assert stats.sketch(train[:2], size=4).sketch.shape == (2, len(res.module_names) * 2 * 3 * 4)  # k1 = r
 
 
-def test_callers_model_is_given_back_unchanged(tok):
+@pytest.mark.parametrize("active", [OTHER, STATE], ids=["another-adapter-active", "scored-adapter-active"])
+def test_callers_model_is_given_back_unchanged(tok, active):
+    # With the scored adapter already active the passes skip set_adapter; the caller's
+    # flags must come back all the same (model_state.py changes only what differs).
     model = _peft(tok)
-    model.set_adapter(OTHER)
+    model.set_adapter(active)
     model.train()
     for n, p in model.named_parameters():
-        p.requires_grad_(".other." in n or "embed" in n)
+        p.requires_grad_(f".{active}." in n or "embed" in n)
     layer = next(m for m in model.modules() if isinstance(getattr(m, "scaling", None), dict))
     before = ([(n, p.requires_grad, p.detach().clone()) for n, p in model.named_parameters()],
               [m.training for m in model.modules()], model.active_adapter, layer.scaling[STATE])

@@ -23,26 +23,31 @@ class ModelSettings:
         self.scalings = dict(scalings or {})
         self.checkpointing = False   # recompute each decoder layer in the backward (check_checkpointing)
 
-    def _lora_layers(self, adapter: str):
-        from peft.tuners.lora import LoraLayer
-        return [m for m in self.model.modules()
-                if isinstance(m, LoraLayer) and adapter in getattr(m, "scaling", {})]
-
     @contextmanager
     def scoring(self, adapter: str):
+        # A run makes one or two passes per batch, so this is paid per batch: a module walk
+        # of a 30-layer model costs milliseconds, peft's set_adapter tens of them (a batch on a
+        # GPU costs about as much). So the modules are walked once, and only what differs
+        # from the pass's settings is changed: between the batches of a run (the adapter
+        # already active, eval mode, weights frozen) little is left to do.
         model = self.model
-        trainable = [(p, p.requires_grad) for p in model.parameters()]
-        training = [(m, m.training) for m in model.modules()]
+        modules = list(model.modules())
+        params = list(model.parameters())
+        trainable = [p.requires_grad for p in params]
+        training = [m.training for m in modules]
         active = model.active_adapter
         if isinstance(active, (list, tuple)) and len(active) == 1:
             active = active[0]
-        scaled = [(layer, layer.scaling[adapter]) for layer in self._lora_layers(adapter)] \
+        scaled = [(layer, layer.scaling[adapter]) for layer in _lora_layers(modules, adapter)] \
             if adapter in self.scalings else []
         try:
-            model.set_adapter(adapter)
-            for p, _ in trainable:
-                p.requires_grad_(False)     # set_adapter made the adapter trainable again
-            model.eval()
+            if active != adapter:
+                model.set_adapter(adapter)
+            for p in params:
+                if p.requires_grad:
+                    p.requires_grad_(False)     # set_adapter makes the adapter trainable
+            if any(training):
+                model.eval()
             for layer, _ in scaled:
                 layer.scaling[adapter] = self.scalings[adapter]
             was_checkpointing = self._checkpointing_on() if self.checkpointing else None
@@ -54,10 +59,12 @@ class ModelSettings:
                 layer.scaling[adapter] = value
             if model.active_adapter != active:
                 model.set_adapter(active)
-            for p, flag in trainable:
-                p.requires_grad_(flag)
-            for m, flag in training:
-                m.training = flag
+            for p, flag in zip(params, trainable):
+                if p.requires_grad != flag:
+                    p.requires_grad_(flag)
+            for m, flag in zip(modules, training):
+                if m.training != flag:
+                    m.training = flag
 
     def check_checkpointing(self) -> None:
         """Refuse a model that cannot recompute its layers, naming it."""
@@ -79,6 +86,11 @@ class ModelSettings:
         for layer in layers:
             layer.training = True
         return was_on
+
+
+def _lora_layers(modules, adapter: str) -> list:
+    from peft.tuners.lora import LoraLayer
+    return [m for m in modules if isinstance(m, LoraLayer) and adapter in getattr(m, "scaling", {})]
 
 
 def _base(peft_model):
