@@ -8,9 +8,8 @@ scoring pass suffer most.
 
 A spin count of 10,000 keeps the waits short. On the 2-core development CPU, 16 samples
 scored beside another 2-thread job ran 1.5x (floor) to 2x (query scores) faster than with
-the default, and no slower on a quiet machine. A quiet 256-sample run with it, compared with
-one from the day before without it, was 11% slower; a back-to-back comparison is pending
-(BENCHMARKS.md, "A busy machine: libgomp's spin-waits").
+the default. On a quiet machine it is no slower: 256 samples, back to back, took 6% less
+time in all with it (BENCHMARKS.md, "A busy machine: libgomp's spin-waits").
 
 libgomp reads its environment once, when it is loaded, so this only takes effect when
 sqsd_fast is imported before torch, as the ``sqsd-fast`` command does. A ``GOMP_SPINCOUNT``
