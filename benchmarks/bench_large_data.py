@@ -55,9 +55,9 @@ SUMMED = ("wall_s", "scorer_s", "load_s")
 
 def write_records(path: Path, n: int, seed: int = 0) -> None:
     """n generated records, the same for the same n and seed (written once per size)."""
+    from sqsd_fast.io.atomic import atomic_path
     from sqsd_fast.testing.toy_model import TOY_CORPUS
     words = " ".join(TOY_CORPUS).split()
-    from sqsd_fast.io.atomic import atomic_path
     rng = random.Random(seed)
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         for _ in range(n):

@@ -430,14 +430,14 @@ def test_act_verdict_follows_the_preregistered_rule(tmp_path):
     assert "| minus-random | 44 | 240 | 0.310 | 0.875 | 2.500 |" in report
 
 
-def test_each_report_is_written_by_the_report_code_on_disk_not_the_code_loaded_at_start(tmp_path):
+def test_each_report_is_written_by_the_report_code_on_disk_not_the_code_loaded_at_start(tmp_path, monkeypatch):
     # A round runs for days and reports after every stage; a fix to its tables made
     # meanwhile must show in the next report. Stand in for stale code with a function
     # planted in the loaded module: write_report must not call it.
     run, _, _ = _benchmarks()
     from benchmarks.validation import report
     stale_calls = []
-    report.build_report = lambda *args, **kwargs: stale_calls.append(args)
+    monkeypatch.setattr(report, "build_report", lambda *args, **kwargs: stale_calls.append(args))
     target = _run_at(tmp_path)
     target.results.mkdir(parents=True)
     run.write_report(target)
