@@ -117,6 +117,54 @@ def run_ours(args, train, queries, model, tok) -> tuple[list[dict], torch.Tensor
     return rows, cosines
 
 
+def run_paired(args, train, queries, model, tok) -> list[dict]:
+    """Each method on one batch at a time, the four back to back on every batch.
+
+    Whole passes minutes apart see different machine load (their ratios to the floor moved
+    by +-5% between two runs on a 2-core host); here every batch is timed under all four
+    methods within seconds, the order rotating from batch to batch, so slow drifts in load
+    cancel in the ratio. x floor = sum of a method's batch times / sum of the floor's; its
+    95% interval resamples the batches (bootstrap). Each call scores one batch, so the
+    per-call setup (adapter settings, hooks) is paid every batch instead of once a pass:
+    this slightly overstates what the statistics cost.
+    """
+    from sqsd_fast.influence import GradientStats
+
+    stats = GradientStats(model, adapter=STATE, tokenizer=tok)
+    q = stats.query_gradient(queries)
+    batches = list(stats._batches(train, None, False, None))
+    for fn in method_calls(stats, train[:2 if args.smoke else 8], q, args.sketch).values():
+        fn()                                            # warm-up, as in the whole-pass mode
+    seconds = {m: [[] for _ in batches] for m in METHODS}
+    for repeat in range(args.repeats):
+        for b, batch in enumerate(batches):
+            calls = method_calls(stats, batch, q, args.sketch)
+            shift = (b + repeat) % len(METHODS)
+            for method in METHODS[shift:] + METHODS[:shift]:
+                started = time.perf_counter()
+                calls[method]()
+                seconds[method][b].append(time.perf_counter() - started)
+        total = {m: sum(map(sum, seconds[m])) for m in METHODS}
+        print(f"  round {repeat + 1}/{args.repeats}: " + ", ".join(f"{m} {total[m]:.1f} s" for m in METHODS),
+              flush=True)
+    per_batch = {m: torch.tensor([sum(t) for t in seconds[m]], dtype=torch.float64) for m in METHODS}
+    resample = torch.randint(len(batches), (2000, len(batches)), generator=torch.Generator().manual_seed(0))
+    floor_s = per_batch["floor"].sum().item()
+    n_tokens = sum(s.n_tokens for s in train)
+    rows = []
+    for method in METHODS:
+        ratios = per_batch[method][resample].sum(1) / per_batch["floor"][resample].sum(1)
+        low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        method_s = per_batch[method].sum().item()
+        rows.append({"method": method, "mode": "paired by batch", "samples": len(train), "tokens": n_tokens,
+                     "batches": len(batches), "repeats": args.repeats, "seconds": round(method_s / args.repeats, 2),
+                     "samples_per_s": round(len(train) * args.repeats / method_s, 3),
+                     "x_floor": round(method_s / floor_s, 3), "x_floor_ci95": [round(low, 3), round(high, 3)],
+                     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                     "sketch_size": list(args.sketch) if method == "sketch" else None})
+    return rows
+
+
 def run_bergson(args, model_dir: str, adapter_dir: Path, train_rows, query_rows, work: Path) -> dict:
     """bergson in its own venv and process (benchmarks/peers/bergson_query.py)."""
     script = Path(__file__).resolve().parent / "peers" / "bergson_query.py"
@@ -141,10 +189,14 @@ def main(argv=None) -> int:
     parser.add_argument("--bergson-python", default=None,
                         help="python of a venv with bergson installed (not a dependency of this project)")
     parser.add_argument("--skip-ours", action="store_true", help="bergson only (its rows, no agreement)")
+    parser.add_argument("--paired", action="store_true",
+                        help="time the four methods back to back on each batch (ratios with a 95%% interval)")
     parser.add_argument("--note", default="")
     parser.add_argument("--out", type=Path, default=OUT, help="JSON lines file the rows are appended to")
     parser.add_argument("--smoke", action="store_true", help="8 samples, 1 repeat: checks the script runs")
     args = parser.parse_args(argv)
+    if args.paired and args.bergson_python:
+        parser.error("--paired times our methods only; run bergson without it")
     if args.smoke:
         args.samples, args.repeats = 8, 1
 
@@ -158,7 +210,10 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_influence_bergson_")) if args.bergson_python else None
     if work is not None:      # the state bergson reads, saved before our passes
         model.save_pretrained(work / "state", selected_adapters=[STATE])
-    rows, cosines = ([], None) if args.skip_ours else run_ours(args, train, queries, model, tok)
+    if args.paired:
+        rows, cosines = run_paired(args, train, queries, model, tok), None
+    else:
+        rows, cosines = ([], None) if args.skip_ours else run_ours(args, train, queries, model, tok)
 
     if work is not None:
         del model, tok, samples, train, queries      # bergson runs beside this process: give the memory back
@@ -183,10 +238,12 @@ def main(argv=None) -> int:
             f.write(json.dumps({**facts, **r, "process_peak_rss_mb": round(peak, 1), "note": args.note,
                                 "smoke": args.smoke, "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}) + "\n")
     print(f"\n{'method':<11} {'seconds':>8} {'samples/s':>10} {'x floor':>8} {'peak RSS MB':>12} "
-          f"{'extra peak MB':>14} {'Spearman':>9}")
+          f"{'extra peak MB':>14} {'Spearman':>9} {'x floor 95%':>14}")
     for r in rows:
+        interval = "{:.3f}-{:.3f}".format(*r["x_floor_ci95"]) if "x_floor_ci95" in r else ""
         print(f"{r['method']:<11} {r['seconds']:>8} {r['samples_per_s']:>10} {r.get('x_floor', ''):>8} "
-              f"{r['peak_rss_mb']:>12} {r.get('extra_peak_mb', ''):>14} {r.get('spearman_with_our_cosine', ''):>9}")
+              f"{r['peak_rss_mb']:>12} {r.get('extra_peak_mb', ''):>14} {r.get('spearman_with_our_cosine', ''):>9}"
+              f" {interval:>14}")
     print(f"process peak RSS {peak:,.0f} MB; rows appended to {args.out}")
     return 0
 

@@ -148,9 +148,10 @@ def test_bench_influence_smoke(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_bench_influence_floor_smoke(tmp_path):
-    """The floor, query_scores, self_stats and sketch on 8 SmolLM2 samples (bergson is a
-    peer in its own venv, not run here)."""
+@pytest.mark.parametrize("mode", ["whole passes", "paired by batch"])
+def test_bench_influence_floor_smoke(tmp_path, mode):
+    """The floor, query_scores, self_stats and sketch on 8 SmolLM2 samples, whole passes or
+    back to back on each batch (bergson is a peer in its own venv, not run here)."""
     require_module("peft")
     from sqsd_fast.models import ModelFetchError, fetch_smollm2
     try:
@@ -158,14 +159,18 @@ def test_bench_influence_floor_smoke(tmp_path):
     except ModelFetchError as exc:
         pytest.skip(f"SmolLM2 GGUF cannot be fetched here: {exc}")
     out = tmp_path / "floor.jsonl"
-    proc = subprocess.run([sys.executable, str(BENCH / "bench_influence_floor.py"), "--smoke", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    paired = ["--paired"] if mode == "paired by batch" else []
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_influence_floor.py"), "--smoke", "--out", str(out),
+                           *paired], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["method"] for r in rows] == ["floor", "query", "self_stats", "sketch"]
     assert all(r["smoke"] and r["samples"] == 8 and r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     assert rows[0]["x_floor"] == 1.0 and all(r["x_floor"] > 0 for r in rows)
+    if paired:
+        assert all(r["mode"] == mode and r["batches"] >= 1 for r in rows)
+        assert all(r["x_floor_ci95"][0] <= r["x_floor"] <= r["x_floor_ci95"][1] for r in rows)
 
 
 @pytest.mark.slow
@@ -203,3 +208,17 @@ def test_bench_large_data_resumes_a_killed_size(tmp_path):
     assert again.returncode == 0 and "finished earlier" in again.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[1]["wall_s"] == row["wall_s"] and rows[1]["segments"] == 2
+
+
+@pytest.mark.slow
+def test_bench_large_torchrun_resumes_a_killed_rank_to_the_one_process_rows(tmp_path):
+    out = tmp_path / "torchrun.jsonl"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_large_torchrun.py"), "--samples", "120",
+                           "--kill-after", "4", "--work", str(tmp_path / "work"), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s["step"] for s in row["steps"]] == ["one process", "torchrun, rank 1 killed", "torchrun --resume"]
+    assert 0 < row["steps"][2]["resumed"] < 120 and row["same_indices_in_order"] and row["same_ranks"]
+    assert all(0 <= row[f"max_abs_diff_{k}"] <= 1e-5 for k in ("danger_proj", "safety_proj", "sqsd"))
