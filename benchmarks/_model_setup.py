@@ -189,6 +189,12 @@ def per_sample_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def floor_pass(setup: Setup, batches) -> None:
+    """The floor over ``batches`` (see :func:`floor_steps`)."""
+    for _ in floor_steps(setup, batches):
+        pass
+
+
+def floor_steps(setup: Setup, batches):
     """The floor: forward + backward of every batch, same model and active LoRA, no hooks.
 
     The loss is the engine's own (sqsd_fast.engine.batch_pass.response_loss: each sample's
@@ -197,6 +203,8 @@ def floor_pass(setup: Setup, batches) -> None:
     floor is what one fine-tuning step on these batches costs, and engine / floor is what
     scoring adds on top of it. (Before 2026-11-26 the floor took logits at every position,
     which made it slower than the engine on a 49k vocabulary.)
+
+    A generator: one batch per step, so a bench can interleave it with other passes.
     """
     from sqsd_fast.engine.batch_pass import loss_head, pack_batch, response_loss
 
@@ -211,4 +219,5 @@ def floor_pass(setup: Setup, batches) -> None:
             embeds = model.get_input_embeddings()(packed.input_ids)
             loss = response_loss(model, embeds, packed, head).sum()
         loss.backward()
+        yield
     model.zero_grad(set_to_none=True)

@@ -18,6 +18,10 @@ of them alike; time = the median, extra peak = the largest RSS high-water mark o
 resident before the call, peak RSS = the process's high-water mark during the call
 (benchmarks/common.py; bergson's: the larger of its two processes').
 
+--paired runs the four passes side by side instead, one batch of each in turn (order
+rotating), so that load drifts cancel in the ratios; x floor then comes with a bootstrap
+95% interval over the batches (run_paired).
+
 bergson (--bergson-python, the python of a separate venv with bergson installed; see
 benchmarks/peers/bergson_query.py) runs the same data, model and LoRA state as a query-scoring
 job: ``bergson build`` of the query set's mean gradient, then ``bergson score
@@ -49,7 +53,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from _model_setup import STATE, floor_pass, load_rows, load_smollm2_lora  # noqa: E402
+from _model_setup import STATE, floor_pass, floor_steps, load_rows, load_smollm2_lora  # noqa: E402
 from common import _release_free_heap, env_facts, measure_peak_memory  # noqa: E402
 from paths import RESULTS_DIR  # noqa: E402
 from validation.report_common import spearman  # noqa: E402
@@ -57,6 +61,7 @@ from validation.report_common import spearman  # noqa: E402
 OUT = RESULTS_DIR / "influence_floor.jsonl"
 ALPACA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "alpaca_5000.json"
 METHODS = ("floor", "query", "self_stats", "sketch")
+END = object()
 
 
 class FloorSetup:
@@ -117,47 +122,57 @@ def run_ours(args, train, queries, model, tok) -> tuple[list[dict], torch.Tensor
     return rows, cosines
 
 
+def batch_steps(stats, train, q, sketch_size) -> dict:
+    """``{method: iterator}``: each ``next`` does one more batch of the method's whole pass,
+    the very calls ``method_calls`` makes (setup paid once, on the first step)."""
+    floor_setup = FloorSetup(stats.model, stats.tokenizer)
+    return {"floor": floor_steps(floor_setup, stats._batches(train, None, False, None)),
+            "query": stats.iter_compute(train, queries=q),
+            "self_stats": stats.iter_compute(train),
+            "sketch": stats.iter_compute(train, sketch_size=sketch_size)}
+
+
 def run_paired(args, train, queries, model, tok) -> list[dict]:
-    """Each method on one batch at a time, the four back to back on every batch.
+    """The four whole passes side by side, one batch of each in turn.
 
     Whole passes minutes apart see different machine load (their ratios to the floor moved
-    by +-5% between two runs on a 2-core host); here every batch is timed under all four
-    methods within seconds, the order rotating from batch to batch, so slow drifts in load
-    cancel in the ratio. x floor = sum of a method's batch times / sum of the floor's; its
-    95% interval resamples the batches (bootstrap). Each call scores one batch, so the
-    per-call setup (adapter settings, hooks) is paid every batch instead of once a pass:
-    this slightly overstates what the statistics cost.
+    by +-5% between two runs on a 2-core host). Here the four passes advance together: each
+    batch is done by all four within seconds, in an order that rotates from batch to batch,
+    so slow drifts in load hit all four alike and cancel in the ratio. x floor = a method's
+    summed batch times / the floor's; its 95% interval resamples the batches (bootstrap).
+    Peak RSS is the process's: the four passes are alive at once, so it is not a pass's.
     """
     from sqsd_fast.influence import GradientStats
 
     stats = GradientStats(model, adapter=STATE, tokenizer=tok)
     q = stats.query_gradient(queries)
-    batches = list(stats._batches(train, None, False, None))
+    n_batches = sum(1 for _ in stats._batches(train, None, False, None))
     for fn in method_calls(stats, train[:2 if args.smoke else 8], q, args.sketch).values():
         fn()                                            # warm-up, as in the whole-pass mode
-    seconds = {m: [[] for _ in batches] for m in METHODS}
+    seconds = {m: torch.zeros(n_batches, dtype=torch.float64) for m in METHODS}
     for repeat in range(args.repeats):
-        for b, batch in enumerate(batches):
-            calls = method_calls(stats, batch, q, args.sketch)
+        steps = batch_steps(stats, train, q, args.sketch)
+        for b in range(n_batches):
             shift = (b + repeat) % len(METHODS)
             for method in METHODS[shift:] + METHODS[:shift]:
                 started = time.perf_counter()
-                calls[method]()
-                seconds[method][b].append(time.perf_counter() - started)
-        total = {m: sum(map(sum, seconds[m])) for m in METHODS}
-        print(f"  round {repeat + 1}/{args.repeats}: " + ", ".join(f"{m} {total[m]:.1f} s" for m in METHODS),
-              flush=True)
-    per_batch = {m: torch.tensor([sum(t) for t in seconds[m]], dtype=torch.float64) for m in METHODS}
-    resample = torch.randint(len(batches), (2000, len(batches)), generator=torch.Generator().manual_seed(0))
-    floor_s = per_batch["floor"].sum().item()
+                next(steps[method])
+                seconds[method][b] += time.perf_counter() - started
+        for method, rest in steps.items():      # each pass's end (the floor's zero_grad)
+            if next(rest, END) is not END:
+                raise RuntimeError(f"{method} made more batches than the floor")
+        print(f"  round {repeat + 1}/{args.repeats}: " +
+              ", ".join(f"{m} {seconds[m].sum().item():.1f} s" for m in METHODS), flush=True)
+    resample = torch.randint(n_batches, (2000, n_batches), generator=torch.Generator().manual_seed(0))
+    floor_s = seconds["floor"].sum().item()
     n_tokens = sum(s.n_tokens for s in train)
     rows = []
     for method in METHODS:
-        ratios = per_batch[method][resample].sum(1) / per_batch["floor"][resample].sum(1)
+        ratios = seconds[method][resample].sum(1) / seconds["floor"][resample].sum(1)
         low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-        method_s = per_batch[method].sum().item()
+        method_s = seconds[method].sum().item()
         rows.append({"method": method, "mode": "paired by batch", "samples": len(train), "tokens": n_tokens,
-                     "batches": len(batches), "repeats": args.repeats, "seconds": round(method_s / args.repeats, 2),
+                     "batches": n_batches, "repeats": args.repeats, "seconds": round(method_s / args.repeats, 2),
                      "samples_per_s": round(len(train) * args.repeats / method_s, 3),
                      "x_floor": round(method_s / floor_s, 3), "x_floor_ci95": [round(low, 3), round(high, 3)],
                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
