@@ -5,7 +5,8 @@ test suite checks them on a few dozen. This runs the same checks on --samples ge
 records (bench_large_data's records and toy model) through the `sqsd-fast score` CLI:
   one process   the reference: one process, --threads threads (default 2)
   killed        torchrun, --ranks processes of one thread each; rank 1 is killed (SIGKILL,
-                no clean-up) when it asks for batch --kill-after, as a lost node would be
+                no clean-up) once it has saved --kill-after batches, as a lost node would be
+                (sqsd_fast.testing.kill_rank)
   resumed       the same torchrun command with --resume: only the missing samples are
                 scored, split among the ranks
 and then compares the resumed table with the reference: the same indices in the same
@@ -34,28 +35,11 @@ sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
 
 from bench_large_data import WORK_ROOT, model_options, write_records  # noqa: E402
 from paths import RESULTS_DIR  # noqa: E402
+from sqsd_fast.testing.kill_rank import kill_rank_hook  # noqa: E402
 
 RESULTS = RESULTS_DIR / "large_data_torchrun.jsonl"
 SCORE_COLUMNS = ("danger_proj", "safety_proj", "sqsd")
 ROUNDING = 1e-5      # float32 sums in another order (other batches): far below any score's scale
-
-# Loaded by every Python process with its folder on PYTHONPATH: rank 1 kills itself when it
-# asks for batch KILL_AFTER, so the batches before it are in its sidecar and the rest is not.
-KILL_HOOK = """
-import os, signal
-if os.environ.get("RANK") == "1":
-    import sqsd_fast.app.pipeline as pipeline
-    _iterate, _after = pipeline._iterate, int(os.environ["SQSD_BENCH_KILL_AFTER"])
-
-    def _killed_part_way(*args, **kwargs):
-        for k, rows in enumerate(_iterate(*args, **kwargs)):
-            if k == _after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield rows
-
-    pipeline._iterate = _killed_part_way
-"""
-
 
 def score_argv(options: dict, data: Path, out: Path) -> list[str]:
     return ["score", "--model", options["model"], "--danger-state", options["danger_state"],
@@ -107,7 +91,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the one-process reference")
-    parser.add_argument("--kill-after", type=int, default=5000, help="rank 1 dies asking for this batch")
+    parser.add_argument("--kill-after", type=int, default=5000,
+                        help="rank 1 is killed once it has saved this many batches")
     parser.add_argument("--work", type=Path, default=None, help=f"default {WORK_ROOT}/torchrun-SAMPLES")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON lines appended here")
     args = parser.parse_args()
@@ -129,11 +114,8 @@ def main() -> int:
         steps.append({"step": "one process", "wall_s": round(wall, 1), "peak_rss_mb": round(peak, 1)})
     rank_env = {**env, "OMP_NUM_THREADS": "1"}
     if not ranked.exists() and not list(work.glob("torchrun.jsonl.rank*")):
-        hook = work / "kill_hook"
-        hook.mkdir(exist_ok=True)
-        (hook / "sitecustomize.py").write_text(KILL_HOOK)
-        done, wall, peak = timed(torchrun(args.ranks, score_argv(options, data, ranked)),
-                                 {**rank_env, "PYTHONPATH": str(hook), "SQSD_BENCH_KILL_AFTER": str(args.kill_after)})
+        hook = kill_rank_hook(work / "kill_hook", rank=1, after=args.kill_after)
+        done, wall, peak = timed(torchrun(args.ranks, score_argv(options, data, ranked)), {**rank_env, **hook})
         if done.returncode == 0:
             raise SystemExit(f"rank 1 was not killed: it has fewer than {args.kill_after} batches; "
                              "give a smaller --kill-after")

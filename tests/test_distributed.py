@@ -28,6 +28,7 @@ from sqsd_fast.io.checkpoint import rank_part, sidecar_parts, sidecar_paths
 from sqsd_fast.io.writers import read_rows
 from sqsd_fast.options import ScoreOptions
 from sqsd_fast.testing.fake_scorer import RECORDS, FakeScorer, make_workspace
+from sqsd_fast.testing.kill_rank import kill_rank_hook
 
 DATA = Path(__file__).resolve().parent / "data" / "dolly_like.jsonl"
 
@@ -370,32 +371,11 @@ def test_torchrun_two_processes_write_the_one_process_rows(toy, one_process_rows
     assert _leftovers(out) == ["scores.jsonl.meta.json"]
 
 
-# Loaded by every Python process started with this directory on PYTHONPATH: rank 1 dies
-# (SIGKILL, no clean-up of any kind) when it asks for its second batch, so its first one
-# is in its sidecar and the rest of its shard is not.
-DIES_AFTER_ONE_BATCH = """
-import os, signal
-if os.environ.get("RANK") == "1":
-    import sqsd_fast.app.pipeline as pipeline
-    _iterate = pipeline._iterate
-
-    def _dies_after_one_batch(*args, **kwargs):
-        for k, rows in enumerate(_iterate(*args, **kwargs)):
-            if k == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield rows
-
-    pipeline._iterate = _dies_after_one_batch
-"""
-
-
 @pytest.mark.slow
 def test_torchrun_rank_killed_mid_run_then_resumed(toy, one_process_rows, tmp_path):
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(DIES_AFTER_ONE_BATCH)
+    # rank 1 dies when it asks for its second batch: its first is in its sidecar
     out = tmp_path / "scores.jsonl"
-    proc = _torchrun(_toy_argv(toy, out), env={"PYTHONPATH": str(hook)})
+    proc = _torchrun(_toy_argv(toy, out), env=kill_rank_hook(tmp_path / "hook", rank=1, after=1))
     assert proc.returncode != 0 and not out.exists()
     saved = {p: sidecar_paths(out, p)[0].read_text().count("\n")     # complete rows
              for p in sidecar_parts(out)}
